@@ -1,0 +1,168 @@
+"""Shift calendars: when a machine is planned to work.
+
+Planned busy time (PBT, ISO 22400-2) is derived from the calendar alone: weekly shifts
+minus their breaks, minus holidays, minus planned maintenance windows. The simulators use
+it to decide when a machine works, the gateway to mark planned stops, and the capacity
+service to compute total capacity, so all three agree to the second.
+"""
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+Interval = tuple[datetime, datetime]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Break(_Strict):
+    """A planned pause inside a shift (local wall-clock times)."""
+
+    start: time = Field(description="Local start time, e.g. '09:00'.")
+    end: time = Field(description="Local end time; before start means the next day.")
+
+
+class Shift(_Strict):
+    """A weekly recurring shift in the calendar's time zone."""
+
+    name: str = Field(default="shift", max_length=64, description="Display name.")
+    days: list[Weekday] = Field(
+        min_length=1, max_length=7, description="Weekdays on which the shift starts."
+    )
+    start: time = Field(description="Local start time, e.g. '06:00'.")
+    end: time = Field(
+        description="Local end time; equal to or before start means the shift ends the next day."
+    )
+    breaks: list[Break] = Field(default_factory=list, max_length=16)
+
+    @field_validator("days")
+    @classmethod
+    def _unique_days(cls, days: list[Weekday]) -> list[Weekday]:
+        if len(set(days)) != len(days):
+            raise ValueError("days must not repeat")
+        return days
+
+
+class Maintenance(_Strict):
+    """A planned maintenance window: planned down time, not capacity."""
+
+    start: AwareDatetime
+    end: AwareDatetime
+    reason: str = Field(default="", max_length=200)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end <= self.start:
+            raise ValueError("maintenance end must be after its start")
+        return self
+
+
+class ShiftCalendar(_Strict):
+    """Weekly shifts, holidays and maintenance of one machine."""
+
+    timezone: str = Field(description="IANA time zone of the shift times, e.g. 'Europe/Berlin'.")
+    shifts: list[Shift] = Field(default_factory=list, max_length=32)
+    holidays: list[date] = Field(
+        default_factory=list,
+        max_length=400,
+        description="Local dates on which no shift starts.",
+    )
+    maintenance: list[Maintenance] = Field(default_factory=list, max_length=400)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}") from exc
+        return name
+
+    def planned_intervals(self, start: datetime, end: datetime) -> list[Interval]:
+        """Planned busy time within ``[start, end)`` as sorted, disjoint UTC intervals."""
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware")
+        if end <= start:
+            return []
+        zone = ZoneInfo(self.timezone)
+        first = start.astimezone(zone).date() - timedelta(days=1)
+        last = end.astimezone(zone).date()
+        holidays = set(self.holidays)
+        raw: list[Interval] = []
+        day = first
+        while day <= last:
+            if day not in holidays:
+                weekday = WEEKDAYS[day.weekday()]
+                for shift in self.shifts:
+                    if weekday in shift.days:
+                        raw.extend(_shift_intervals(shift, day, zone))
+            day += timedelta(days=1)
+        windows = [(m.start.astimezone(UTC), m.end.astimezone(UTC)) for m in self.maintenance]
+        return _subtract(_clip(_merge(raw), start.astimezone(UTC), end.astimezone(UTC)), windows)
+
+    def planned_seconds(self, start: datetime, end: datetime) -> float:
+        """Planned busy time within ``[start, end)`` in seconds."""
+        return sum((b - a).total_seconds() for a, b in self.planned_intervals(start, end))
+
+    def is_planned(self, moment: datetime) -> bool:
+        """Whether ``moment`` falls in planned busy time."""
+        return bool(self.planned_intervals(moment, moment + timedelta(microseconds=1)))
+
+
+def _local(day: date, at: time, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+def _shift_intervals(shift: Shift, day: date, zone: ZoneInfo) -> list[Interval]:
+    """The worked intervals of one shift starting on ``day``."""
+    begin = _local(day, shift.start, zone)
+    end_day = day + timedelta(days=1) if shift.end <= shift.start else day
+    finish = _local(end_day, shift.end, zone)
+    pauses: list[Interval] = []
+    for pause in shift.breaks:
+        pause_day = day if pause.start >= shift.start else day + timedelta(days=1)
+        pause_end_day = pause_day + timedelta(days=1) if pause.end <= pause.start else pause_day
+        pauses.append(
+            (_local(pause_day, pause.start, zone), _local(pause_end_day, pause.end, zone))
+        )
+    return _subtract([(begin, finish)], pauses)
+
+
+def _merge(intervals: list[Interval]) -> list[Interval]:
+    merged: list[Interval] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _clip(intervals: list[Interval], start: datetime, end: datetime) -> list[Interval]:
+    return [(max(a, start), min(b, end)) for a, b in intervals if b > start and a < end]
+
+
+def _subtract(intervals: list[Interval], holes: list[Interval]) -> list[Interval]:
+    result = intervals
+    for h0, h1 in holes:
+        result = list(_cut(result, h0, h1))
+    return result
+
+
+def _cut(intervals: list[Interval], h0: datetime, h1: datetime) -> Iterator[Interval]:
+    for a, b in intervals:
+        if h1 <= a or h0 >= b:
+            yield a, b
+            continue
+        if a < h0:
+            yield a, h0
+        if h1 < b:
+            yield h1, b

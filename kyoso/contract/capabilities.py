@@ -1,0 +1,65 @@
+"""The capability taxonomy: what a machine can do, in words the matching platform shares.
+
+A capability is a process (ISA-95 "process segment" in spirit) plus attributes that decide
+whether an order fits: materials and work envelope. The lists are deliberately small;
+extending them is a contract change (new schema minor version) agreed across the region.
+"""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Process(StrEnum):
+    """Manufacturing processes known to the region."""
+
+    CNC_MILLING_3AXIS = "cnc_milling_3axis"
+    CNC_MILLING_5AXIS = "cnc_milling_5axis"
+    CNC_TURNING = "cnc_turning"
+    CNC_GRINDING = "cnc_grinding"
+    EDM_WIRE = "edm_wire"
+    LASER_CUTTING = "laser_cutting"
+    PUNCHING = "punching"
+    PRESS_BRAKING = "press_braking"
+    WELDING = "welding"
+    INJECTION_MOULDING = "injection_moulding"
+    EXTRUSION_BLOW_MOULDING = "extrusion_blow_moulding"
+    ADDITIVE_POLYMER = "additive_polymer"
+    ASSEMBLY = "assembly"
+
+
+class Material(StrEnum):
+    """Material families a machine can process."""
+
+    STEEL = "steel"
+    STAINLESS_STEEL = "stainless_steel"
+    ALUMINIUM = "aluminium"
+    TITANIUM = "titanium"
+    BRASS = "brass"
+    COPPER = "copper"
+    CAST_IRON = "cast_iron"
+    ABS = "abs"
+    PA = "pa"
+    PC = "pc"
+    PE = "pe"
+    POM = "pom"
+    PP = "pp"
+
+
+class Capability(BaseModel):
+    """One process a machine offers, with the attributes an order is matched on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    process: Process
+    materials: list[Material] = Field(default_factory=list, max_length=len(Material))
+    envelope_mm: tuple[float, float, float] | None = Field(
+        default=None, description="Largest work piece (x, y, z) in millimetres."
+    )
+    max_thickness_mm: float | None = Field(
+        default=None, gt=0, le=1000, description="Sheet or wall thickness limit."
+    )
+    force_kn: float | None = Field(
+        default=None, gt=0, le=100_000, description="Press or clamping force."
+    )
+    max_part_kg: float | None = Field(default=None, gt=0, le=100_000)

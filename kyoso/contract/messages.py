@@ -1,0 +1,233 @@
+"""The messages on the wire: sample batches, machine descriptions, gateway status.
+
+Every message is UTF-8 JSON, carries the schema version ``v``, and is validated strictly:
+unknown fields, NaN and Infinity, naive timestamps, negative durations and oversize
+payloads are refused. :func:`decode` raises :class:`ContractError` with a short
+``reason`` code (for dead-letter counting) and a precise message.
+"""
+
+import itertools
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from .calendar import ShiftCalendar
+from .capabilities import Capability
+from .ids import Id, Name
+from .states import MachineState
+from .topics import Topic, TopicError, TopicKind, parse_topic
+
+SCHEMA_VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 256 * 1024
+MAX_SAMPLES_PER_BATCH: Final = 1000
+MAX_INTERVAL_S: Final = 3600.0
+DURATION_TOLERANCE_S: Final = 0.01
+"""How far the state durations may sum away from ``interval_s`` (rounding at the edge)."""
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A timezone-aware timestamp, normalised to UTC."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, str_max_length=1024)
+
+
+class Counter(_Message):
+    """A part counter over the sample's interval, rollover and resets handled at the edge."""
+
+    delta: int = Field(ge=0, le=1_000_000_000, description="Count added during the interval.")
+    total: int | None = Field(
+        default=None, ge=0, le=2**64 - 1, description="The device's raw counter reading at ts."
+    )
+
+
+class SignalStats(_Message):
+    """A numeric signal summarised over the sample's interval."""
+
+    last: float
+    mean: float
+    min: float
+    max: float
+    count: int = Field(default=1, ge=1, le=1_000_000, description="Readings summarised.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        lo, hi = self.min, self.max
+        # Means of float sums may stray a rounding error outside [min, max].
+        slack = 1e-9 * max(1.0, abs(lo), abs(hi))
+        if not (lo <= self.last <= hi and lo - slack <= self.mean <= hi + slack):
+            raise ValueError("signal stats need min <= last, mean <= max")
+        return self
+
+
+class Sample(_Message):
+    """What one machine did during one interval ``(ts - interval_s, ts]``."""
+
+    machine: Id
+    seq: int = Field(ge=0, le=2**63 - 1, description="Per-gateway sequence number.")
+    ts: UtcDatetime = Field(description="End of the interval, taken at the edge (UTC).")
+    interval_s: float = Field(gt=0, le=MAX_INTERVAL_S)
+    state: MachineState = Field(description="State at ts.")
+    durations_s: dict[MachineState, Annotated[float, Field(ge=0)]] = Field(
+        description="Seconds spent in each state during the interval; they sum to interval_s."
+    )
+    counters: dict[Name, Counter] = Field(default_factory=dict, max_length=16)
+    signals: dict[Name, SignalStats] = Field(default_factory=dict, max_length=32)
+    alarm: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Alarm code at ts.")
+    missing: list[Name] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Fields that could not be read in the interval (device error or timeout).",
+    )
+
+    @model_validator(mode="after")
+    def _durations_fill_interval(self) -> Self:
+        total = math.fsum(self.durations_s.values())
+        if abs(total - self.interval_s) > DURATION_TOLERANCE_S:
+            raise ValueError(
+                f"state durations sum to {total:.3f} s but interval_s is {self.interval_s:.3f} s"
+            )
+        return self
+
+
+class SampleBatch(_Message):
+    """Samples of one gateway, one session, in sequence order; the unit of publishing."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    factory: Id
+    gateway: Id
+    session: Id = Field(description="Boot/session id of the gateway's sequence counter.")
+    samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES_PER_BATCH)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Self:
+        seqs = [s.seq for s in self.samples]
+        if any(b <= a for a, b in itertools.pairwise(seqs)):
+            raise ValueError("sample seq numbers must strictly increase within a batch")
+        return self
+
+
+class Sharing(_Message):
+    """What a factory agrees to share about a machine with the region."""
+
+    capacity: bool = Field(default=True, description="Aggregated free capacity.")
+    kpis: bool = Field(default=False, description="Aggregated KPIs (availability, OEE).")
+
+
+class MachineDescription(_Message):
+    """A machine's identity, capabilities and calendar; retained on its topic."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    factory: Id
+    gateway: Id
+    machine: Id
+    name: str = Field(max_length=128, description="Display name.")
+    updated_at: UtcDatetime
+    capabilities: list[Capability] = Field(default_factory=list, max_length=16)
+    ideal_cycle_time_s: float | None = Field(default=None, gt=0, le=86_400)
+    calendar: ShiftCalendar
+    sharing: Sharing = Field(default_factory=Sharing)
+
+
+class GatewayStatus(_Message):
+    """A gateway's liveness; retained, and its ``offline`` form is the MQTT last will."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    factory: Id
+    gateway: Id
+    session: Id
+    status: Literal["online", "offline"]
+    ts: UtcDatetime = Field(
+        description="When the gateway composed this message; for the last will, its connect time."
+    )
+    reason: Literal["connected", "shutdown", "connection_lost"]
+    software: str = Field(default="", max_length=64)
+
+
+Message = SampleBatch | MachineDescription | GatewayStatus
+
+_BY_KIND: dict[TopicKind, type[SampleBatch] | type[MachineDescription] | type[GatewayStatus]] = {
+    TopicKind.SAMPLES: SampleBatch,
+    TopicKind.STATUS: GatewayStatus,
+    TopicKind.MACHINE: MachineDescription,
+}
+
+DeadLetterReason = Literal["oversize", "topic", "json", "schema", "version", "spoofed"]
+
+
+class ContractError(ValueError):
+    """A message the contract refuses; ``reason`` is a short code for counting."""
+
+    def __init__(self, reason: DeadLetterReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: DeadLetterReason = reason
+
+
+def encode(message: Message) -> bytes:
+    """The wire form of a message: compact JSON, no null fields."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def decode(topic: str, payload: bytes) -> Message:
+    """Validate a message received on ``topic``; raise :class:`ContractError` if refused.
+
+    Checks, in order: size, topic, JSON and schema, and that the factory, gateway and
+    machine named in the payload are those of the topic (a gateway cannot speak for
+    another).
+    """
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ContractError("oversize", f"payload of {len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        where = parse_topic(topic)
+    except TopicError as exc:
+        raise ContractError("topic", str(exc)) from exc
+    model = _BY_KIND[where.kind]
+    try:
+        message = model.model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        raise _classify(exc) from exc
+    _check_origin(where, message)
+    return message
+
+
+def _classify(exc: ValidationError) -> ContractError:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return ContractError("json", f"invalid JSON: {first['msg']}")
+    if first["loc"] == ("v",) and first["type"] != "missing":
+        return ContractError("version", f"unsupported schema version (expected {SCHEMA_VERSION})")
+    details = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
+    )
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return ContractError("schema", details + more)
+
+
+def _check_origin(where: Topic, message: Message) -> None:
+    if (message.factory, message.gateway) != (where.factory, where.gateway):
+        raise ContractError(
+            "spoofed",
+            f"payload names {message.factory}/{message.gateway} "
+            f"but was published under {where.factory}/{where.gateway}",
+        )
+    if isinstance(message, MachineDescription) and message.machine != where.machine:
+        raise ContractError(
+            "spoofed",
+            f"payload describes machine {message.machine} but was published for {where.machine}",
+        )

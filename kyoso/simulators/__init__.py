@@ -1,0 +1,1 @@
+"""Demo-factory simulators: Modbus machines and MQTT current clamps with known ground truth."""

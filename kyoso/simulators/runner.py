@@ -1,0 +1,204 @@
+"""Runs whole demo factories: Modbus servers, clamp sensors and the ground-truth log.
+
+Simulation time is wall time by default. A time-scale factor compresses it for tests and
+demos, and a backfill generates the past days at once so that a demo has meaningful
+history from its first second. Everything derives from one clock, so the machines'
+registers, the clamps' readings and the ground truth always agree.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from .behaviour import MachineModel, machine_seed
+from .clamp import ClampPublisher, ClampSensor
+from .config import ClampSourceConfig, FactoryConfig, ModbusServerConfig, ModbusSourceConfig
+from .groundtruth import GroundTruthWriter
+from .modbus import Endpoint, Fault, ModbusServers
+
+log = logging.getLogger(__name__)
+
+
+class SimClock:
+    """Simulation time in epoch seconds, running ``scale`` times faster than the wall."""
+
+    def __init__(self, start: float | None = None, scale: float = 1.0) -> None:
+        if scale <= 0:
+            raise ValueError("scale must be positive")
+        self.start = time.time() if start is None else start
+        self.scale = scale
+        self._mono0 = time.monotonic()
+
+    def now(self) -> float:
+        """The current simulation time."""
+        return self.start + (time.monotonic() - self._mono0) * self.scale
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationOptions:
+    """How to run a simulation; see ``kyoso simulate --help`` for the meaning of each."""
+
+    backfill_s: float = 0.0
+    host: str = "127.0.0.1"
+    ephemeral_ports: bool = False
+    mqtt_host: str | None = None
+    mqtt_port: int = 1883
+    ground_truth_dir: Path | None = None
+    flush_interval_s: float = 1.0
+    faults: dict[str, Fault] = field(default_factory=dict)
+
+
+class FactorySimulation:
+    """One factory's machine models, built from its configuration from ``origin`` on."""
+
+    def __init__(self, config: FactoryConfig, origin: float) -> None:
+        self.config = config
+        self.origin = origin
+        self.models: dict[str, MachineModel] = {}
+        for machine in config.machines:
+            source = machine.source
+            start, daily = (
+                (source.counter_start, source.counter_reset_daily)
+                if isinstance(source, ModbusSourceConfig)
+                else (0, False)
+            )
+            self.models[machine.id] = MachineModel(
+                machine.id,
+                machine.behaviour,
+                config.calendars[machine.calendar],
+                machine_seed(config.seed, machine.id),
+                origin,
+                counter_start=start,
+                counter_reset_daily=daily,
+            )
+
+    def clamp_sensors(self) -> list[ClampSensor]:
+        """The factory's current-clamp sensors."""
+        return [
+            ClampSensor(m.source, self.models[m.id], machine_seed(self.config.seed, m.id) ^ 1)
+            for m in self.config.machines
+            if isinstance(m.source, ClampSourceConfig)
+        ]
+
+
+class Simulation:
+    """All factories at once, as an async context manager::
+
+    async with Simulation(factories, clock, options) as sim:
+        print(sim.endpoints)
+        await stop.wait()
+    """
+
+    def __init__(
+        self, factories: list[FactoryConfig], clock: SimClock, options: SimulationOptions
+    ) -> None:
+        names = [f.factory for f in factories]
+        if len(set(names)) != len(names):
+            raise ValueError("factory ids must be unique")
+        self.clock = clock
+        self.options = options
+        origin = clock.start - options.backfill_s
+        if options.ephemeral_ports:
+            factories = [_ephemeral(f) for f in factories]
+        self.factories = {f.factory: FactorySimulation(f, origin) for f in factories}
+        self.servers: dict[str, ModbusServers] = {}
+        self.publishers: dict[str, ClampPublisher] = {}
+        self._writers: dict[str, GroundTruthWriter] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def endpoints(self) -> dict[str, dict[str, Endpoint]]:
+        """Where each Modbus machine answers: factory -> machine -> endpoint."""
+        return {name: servers.endpoints for name, servers in self.servers.items()}
+
+    def model(self, factory: str, machine: str) -> MachineModel:
+        """The behaviour model of one machine."""
+        return self.factories[factory].models[machine]
+
+    def set_fault(self, factory: str, machine: str, fault: Fault | None) -> None:
+        """Inject a fault into a Modbus machine (None clears it)."""
+        self.servers[factory].set_fault(machine, fault)
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def _start(self) -> None:
+        opts = self.options
+        if opts.ground_truth_dir is not None:
+            for name, sim in self.factories.items():
+                path = opts.ground_truth_dir / f"{name}.jsonl"
+                self._writers[name] = GroundTruthWriter(path, name, sim.config.seed, sim.origin)
+            self._flush()
+        for name, sim in self.factories.items():
+            if sim.config.modbus_servers:
+                servers = ModbusServers(sim.config, sim.models, self.clock.now, host=opts.host)
+                self.servers[name] = servers
+                await servers.start()
+                for machine, fault in opts.faults.items():
+                    if machine in sim.models:
+                        servers.set_fault(machine, fault)
+            sensors = sim.clamp_sensors()
+            if sensors:
+                if opts.mqtt_host is None:
+                    log.warning("%s: no MQTT broker given, clamp sensors stay silent", name)
+                    continue
+                publisher = ClampPublisher(
+                    f"kyoso-sim-{name}",
+                    sensors,
+                    self.clock.now,
+                    scale=self.clock.scale,
+                    host=opts.mqtt_host,
+                    port=opts.mqtt_port,
+                )
+                self.publishers[name] = publisher
+                self._tasks.append(asyncio.create_task(publisher.run()))
+        if self._writers:
+            self._tasks.append(asyncio.create_task(self._flush_loop()))
+
+    async def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for servers in self.servers.values():
+            await servers.stop()
+        if self._writers:
+            self._flush()
+        for writer in self._writers.values():
+            writer.close()
+
+    def _flush(self) -> None:
+        now = self.clock.now()
+        for name, writer in self._writers.items():
+            writer.flush(self.factories[name].models, now)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.flush_interval_s)
+            self._flush()
+
+
+def _ephemeral(config: FactoryConfig) -> FactoryConfig:
+    """The same factory with every Modbus server on a free port."""
+    servers = {name: ModbusServerConfig(port=0) for name in config.modbus_servers}
+    return config.model_copy(update={"modbus_servers": servers})

@@ -1,0 +1,86 @@
+"""Shared fixtures. Real services come from tests/services.py; add new fixtures by topic below."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from services import InfluxDB, Mosquitto
+
+# --- real services ------------------------------------------------------------------------
+#
+# One broker and one InfluxDB per test session, on free loopback ports. Tests share them:
+# use `mqtt_topic_root` / `influxdb_database` to stay out of each other's way. A test may
+# stop() and start() a shared service (same ports, same data), but must leave it running.
+# Tests needing a differently configured service (ACLs, auth, persistence) use the factories.
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
+    server = InfluxDB(tmp_path_factory.mktemp("influxdb"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """Start extra brokers with `Mosquitto` keyword arguments; all stop after the test."""
+    started: list[Mosquitto] = []
+
+    def make(**kwargs: Any) -> Mosquitto:
+        broker = Mosquitto(tmp_path / f"mosquitto-{len(started)}", **kwargs)
+        started.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in started:
+        broker.close()
+
+
+@pytest.fixture
+def influxdb_factory(tmp_path: Path) -> Iterator[Callable[..., InfluxDB]]:
+    """Start extra InfluxDBs with `InfluxDB` keyword arguments; all stop after the test."""
+    started: list[InfluxDB] = []
+
+    def make(**kwargs: Any) -> InfluxDB:
+        server = InfluxDB(tmp_path / f"influxdb-{len(started)}", **kwargs)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def mqtt_topic_root() -> str:
+    """A topic prefix no other test uses, e.g. ``kyoso-test/3f2a...``; no trailing slash."""
+    return f"kyoso-test/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def influxdb_database(influxdb: InfluxDB) -> Iterator[str]:
+    """A fresh database on the shared InfluxDB, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex}"
+    influxdb.create_database(name)
+    yield name
+    if influxdb.running:
+        influxdb.drop_database(name)
