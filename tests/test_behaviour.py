@@ -222,3 +222,14 @@ def test_planned_stop_outside_shifts_uses_week_boundaries() -> None:
     for hours in range(0, 24 * 3, 3):
         moment = (holiday + timedelta(hours=hours)).timestamp()
         assert model.snapshot(moment).state == MachineState.PLANNED_STOP
+
+
+def test_a_calendar_without_shifts_is_one_long_planned_stop() -> None:
+    factory, machine = MACHINES[0]
+    idle_calendar = factory.calendars[machine.calendar].model_copy(update={"shifts": []})
+    model = MachineModel(machine.id, machine.behaviour, idle_calendar, 1, ORIGIN)
+    snap = model.snapshot(ORIGIN + 3 * WEEK)
+    assert snap.state == MachineState.PLANNED_STOP
+    segments = model.completed(ORIGIN + 3 * WEEK)
+    assert {s.state for s in segments} == {MachineState.PLANNED_STOP}
+    assert segments[-1].end == ORIGIN + 3 * WEEK

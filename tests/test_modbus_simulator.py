@@ -381,6 +381,24 @@ def exception_code(response: Any) -> int:
     return int(response.exception_code)
 
 
+def test_meters_integrate_the_timeline() -> None:
+    model = build_models()["m-cdab"]
+    reader = reg.MeterReader(model)
+    step_s = 5.0
+    moments = [ORIGIN + i * step_s for i in range(int(DAY / step_s) + 1)]
+    readings = [reader.at(t) for t in moments]  # one reader, advancing
+    energies = [r.energy_wh for r in readings]
+    assert energies == sorted(energies)
+    assert readings[0] == reg.Meters(0, 0.0)
+    end = moments[-1]
+    assert reg.MeterReader(model).at(end) == readings[-1]  # a fresh reader agrees
+    assert readings[-1].running_h == pytest.approx(running_seconds(model, end) / 3600)
+    assert readings[-1].running_h > 2
+    # Energy agrees with the power register sampled over the day.
+    sampled_wh = sum(model.snapshot(t).power_kw for t in moments[:-1]) * step_s / 3.6
+    assert readings[-1].energy_wh == pytest.approx(sampled_wh, rel=0.01)
+
+
 # -- live values over TCP ------------------------------------------------------------------
 
 

@@ -132,8 +132,13 @@ class MachineModel:
         chunk_start = datetime.fromtimestamp(self.origin, UTC)
         while True:
             chunk_end = chunk_start + _PLANNING_CHUNK
-            for a, b in self.calendar.planned_intervals(chunk_start, chunk_end):
+            intervals = self.calendar.planned_intervals(chunk_start, chunk_end)
+            for a, b in intervals:
                 yield a.timestamp(), b.timestamp()
+            if not intervals:
+                # A week without work: an empty interval at its end lets the timeline
+                # advance through it as a planned stop.
+                yield chunk_end.timestamp(), chunk_end.timestamp()
             chunk_start = chunk_end
 
     def _generate(self) -> Iterator[Segment]:
@@ -324,6 +329,11 @@ _SIGNAL_LEVELS: dict[MachineState, tuple[float, float, float]] = {
     MachineState.PLANNED_STOP: (0.0, 0.0, 0.0),
     MachineState.UNKNOWN: (0.0, 0.0, 0.0),
 }
+
+
+def nominal_power_kw(state: MachineState) -> float:
+    """Mean electrical power drawn in ``state``, around which the power signal wobbles."""
+    return _SIGNAL_LEVELS[state][1]
 
 
 def _signals(state: MachineState, moment: float) -> tuple[float, float, float]:

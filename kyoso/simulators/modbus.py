@@ -90,8 +90,10 @@ class Endpoint(NamedTuple):
 class _MachineDevice(ModbusBaseDeviceContext):
     """One machine behind a unit id; addresses are the map's, zero-based, with no offset.
 
-    Register writes answer exception 1 (the machine has no writable register, so the
-    functions are not supported); coil writes other than to coil 0 answer exception 2.
+    Reads outside the map answer exception 2, quantities beyond the protocol's limits
+    exception 3. Register writes (FC 6, 16, 22, 23) answer exception 1: the machine has no
+    writable register, so it does not support those functions at all, as read-only
+    controllers do. Coil writes anywhere but coil 0 answer exception 2.
     """
 
     def __init__(
@@ -209,9 +211,8 @@ class _Connection(ServerRequestHandler):
 
     async def _answer(self, request: ModbusPDU) -> None:
         fault = self._faults.draw(request.dev_id)
-        kind = None if fault is None else fault.kind
-        if kind is not None:
-            log.debug("unit %d: %s fault", request.dev_id, kind.value)
+        if fault is not None:
+            log.debug("unit %d: %s fault", request.dev_id, fault.kind.value)
         match fault:
             case Fault(kind=FaultKind.NO_RESPONSE):
                 return

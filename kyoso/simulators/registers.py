@@ -21,7 +21,7 @@ from typing import Final, Literal
 
 from kyoso.contract import MachineState
 
-from .behaviour import _SIGNAL_LEVELS, MachineModel, Snapshot
+from .behaviour import MachineModel, Snapshot, nominal_power_kw
 from .config import ModbusSourceConfig, WordOrder
 
 DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
@@ -159,20 +159,18 @@ class MeterReader:
         for seg in segments[len(self._starts) :]:
             duration = seg.end - seg.start
             self._starts.append(seg.start)
-            self._wh_before.append(self._wh_before[-1] + duration * _mean_kw(seg.state) / 3.6)
+            self._wh_before.append(
+                self._wh_before[-1] + duration * nominal_power_kw(seg.state) / 3.6
+            )
             running = duration if seg.state is MachineState.RUNNING else 0.0
             self._running_s_before.append(self._running_s_before[-1] + running)
         index = bisect.bisect_right(self._starts, moment) - 1
         elapsed = moment - segment.start
-        wh = self._wh_before[index] + elapsed * _mean_kw(segment.state) / 3.6
+        wh = self._wh_before[index] + elapsed * nominal_power_kw(segment.state) / 3.6
         running_s = self._running_s_before[index]
         if segment.state is MachineState.RUNNING:
             running_s += elapsed
         return Meters(energy_wh=int(wh), running_h=running_s / 3600)
-
-
-def _mean_kw(state: MachineState) -> float:
-    return _SIGNAL_LEVELS[state][1]
 
 
 @dataclass(frozen=True, slots=True)
