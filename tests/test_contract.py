@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from kyoso.contract import (
     ISO_22400_ELEMENT,
@@ -887,8 +888,8 @@ def test_maintenance_keeps_its_offset_on_the_wire() -> None:
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
-# Years 2000-2099 only: decode currently raises OverflowError (not ContractError) when the
-# UTC conversion leaves years 1-9999, e.g. "0001-01-01T00:30:00+01:00"; reported upstream.
+# Years 2000-2099: far from the ends of the calendar, where an offset can push the UTC
+# conversion out of range (test_timestamps_out_of_range_once_in_utc_are_refused).
 timestamps = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=offsets
 )
@@ -972,15 +973,35 @@ capabilities = st.builds(
     max_part_kg=optional(positive(100_000)),
 )
 ZONES = ["UTC", "Asia/Tokyo", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]
-breaks = st.builds(Break, start=st.times(), end=st.times())
-shifts = st.builds(
-    Shift,
-    name=texts,
-    days=st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=7, unique=True),
-    start=st.times(),
-    end=st.times(),
-    breaks=st.lists(breaks, max_size=3),
-)
+
+
+def _clock(origin: time, offset_s: int) -> time:
+    """The wall-clock time ``offset_s`` seconds after ``origin``, modulo a day."""
+    seconds = (origin.hour * 3600 + origin.minute * 60 + origin.second + offset_s) % 86_400
+    return time(seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+@st.composite
+def shifts(draw: st.DrawFn) -> Shift:
+    """A shift with breaks inside it, as the contract requires."""
+    start = draw(st.times()).replace(microsecond=0)
+    length = draw(st.integers(60, 86_400))
+    pauses = []
+    for _ in range(draw(st.integers(0, 3))):
+        begin = draw(st.integers(0, length - 1))
+        pauses.append(
+            Break(
+                start=_clock(start, begin),
+                end=_clock(start, draw(st.integers(begin + 1, length))),
+            )
+        )
+    return Shift(
+        name=draw(texts),
+        days=draw(st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=7, unique=True)),
+        start=start,
+        end=_clock(start, length),
+        breaks=pauses,
+    )
 
 
 @st.composite
@@ -991,7 +1012,7 @@ def maintenance_windows(draw: st.DrawFn) -> Maintenance:
 
 
 def calendars(
-    shift_strategy: st.SearchStrategy[Shift] = shifts,
+    shift_strategy: st.SearchStrategy[Shift],
 ) -> st.SearchStrategy[ShiftCalendar]:
     return st.builds(
         ShiftCalendar,
@@ -1011,7 +1032,7 @@ descriptions = st.builds(
     updated_at=timestamps,
     capabilities=st.lists(capabilities, max_size=3),
     ideal_cycle_time_s=optional(positive(86_400)),
-    calendar=calendars(),
+    calendar=calendars(shifts()),
     sharing=st.builds(Sharing, capacity=st.booleans(), kpis=st.booleans()),
 )
 statuses = st.builds(
@@ -1019,9 +1040,18 @@ statuses = st.builds(
     factory=ids,
     gateway=ids,
     session=ids,
-    status=st.sampled_from(["online", "offline"]),
+    status=st.just("offline"),
     ts=timestamps,
-    reason=st.sampled_from(["connected", "shutdown", "connection_lost"]),
+    reason=st.sampled_from(["shutdown", "connection_lost"]),
+    software=st.text(max_size=64),
+) | st.builds(
+    GatewayStatus,
+    factory=ids,
+    gateway=ids,
+    session=ids,
+    status=st.just("online"),
+    ts=timestamps,
+    reason=st.just("connected"),
     software=st.text(max_size=64),
 )
 messages: st.SearchStrategy[Message] = batches() | descriptions | statuses
@@ -1380,17 +1410,6 @@ def assert_well_formed(intervals: list[Interval], start: datetime, end: datetime
         assert b < a
 
 
-# Local times outside 02:00-03:00, where the DST gaps of these zones fall: a shift starting
-# inside a gap currently yields a reversed interval (Europe/Berlin, Sunday 2026-03-29,
-# 02:30-03:00 gives -1800 s); reported upstream.
-gap_free_times = st.times().filter(lambda t: t.hour != 2)
-gap_free_shifts = st.builds(
-    Shift,
-    days=st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=7, unique=True),
-    start=gap_free_times,
-    end=gap_free_times,
-    breaks=st.lists(st.builds(Break, start=gap_free_times, end=gap_free_times), max_size=3),
-)
 DST_WEEKENDS = [date(2026, 3, 6), date(2026, 3, 27), date(2026, 4, 3), date(2026, 10, 23)]
 """Fridays before a DST change in New York, Berlin, Lord Howe (back) and Berlin (back)."""
 
@@ -1405,7 +1424,7 @@ def windows(draw: st.DrawFn) -> tuple[datetime, datetime, datetime]:
 
 
 @PROPERTY
-@given(cal=calendars(gap_free_shifts), bounds=windows())
+@given(cal=calendars(shifts()), bounds=windows())
 def test_planned_time_splits_at_any_point(
     cal: ShiftCalendar, bounds: tuple[datetime, datetime, datetime]
 ) -> None:
@@ -1418,3 +1437,102 @@ def test_planned_time_splits_at_any_point(
         cal.planned_seconds(a, b) + cal.planned_seconds(b, c),
         abs_tol=1e-6,
     )
+
+
+# --- DST gaps, local times, wire strictness of versions and timestamps --------------------
+
+BERLIN_SPRING = datetime(2026, 3, 29, tzinfo=UTC)  # 02:00-03:00 local does not exist
+
+
+def test_a_shift_starting_in_a_dst_gap_starts_when_the_clock_jumps() -> None:
+    cal = ShiftCalendar(
+        timezone="Europe/Berlin",
+        shifts=[Shift(days=["sun"], start=time(2, 30), end=time(4))],
+    )
+    # 02:30 does not exist; the clock jumps from 02:00 CET to 03:00 CEST = 01:00 UTC.
+    assert cal.planned_intervals(BERLIN_SPRING, BERLIN_SPRING + timedelta(hours=3)) == [
+        (BERLIN_SPRING + timedelta(hours=1), BERLIN_SPRING + timedelta(hours=2))
+    ]
+    empty = ShiftCalendar(
+        timezone="Europe/Berlin", shifts=[Shift(days=["sun"], start=time(2, 30), end=time(3))]
+    )
+    assert empty.planned_seconds(BERLIN_SPRING, BERLIN_SPRING + timedelta(hours=3)) == 0
+
+
+def test_a_break_in_a_dst_gap_keeps_its_existing_part() -> None:
+    cal = ShiftCalendar(
+        timezone="Europe/Berlin",
+        shifts=[
+            Shift(
+                days=["sat"],
+                start=time(22),
+                end=time(6),
+                breaks=[Break(start=time(2, 30), end=time(3, 30))],
+            )
+        ],
+    )
+    # 8 h of wall clock, one of which does not exist, minus the 03:00-03:30 left of the break.
+    seconds = cal.planned_seconds(
+        BERLIN_SPRING - timedelta(days=1), BERLIN_SPRING + timedelta(days=1)
+    )
+    assert seconds == 6.5 * 3600
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "pause"),
+    [
+        ("06:00", "14:00", ("05:00", "05:30")),  # before the shift
+        ("06:00", "14:00", ("13:30", "14:30")),  # past its end
+        ("22:00", "06:00", ("21:00", "23:00")),  # straddles its start
+        ("06:00", "14:00", ("10:00", "10:00")),  # empty
+    ],
+)
+def test_a_break_outside_its_shift_is_refused(start: str, end: str, pause: tuple[str, str]) -> None:
+    with pytest.raises(ValidationError, match="break"):
+        Shift(
+            days=["mon"],
+            start=time.fromisoformat(start),
+            end=time.fromisoformat(end),
+            breaks=[Break(start=time.fromisoformat(pause[0]), end=time.fromisoformat(pause[1]))],
+        )
+
+
+def test_shift_times_with_an_offset_are_refused() -> None:
+    with pytest.raises(ValidationError, match="without an offset"):
+        Shift.model_validate_json('{"days": ["mon"], "start": "22:00:00+09:00", "end": "06:00"}')
+
+
+STATUS = (
+    b'{"v":1,"factory":"f1","gateway":"g1","session":"s1","status":"online",'
+    b'"ts":"2026-01-01T00:30:00+01:00","reason":"connected"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        (b'"v":1,', b"", "version"),
+        (b'"v":1', b'"v":true', "version"),
+        (b'"v":1', b'"v":1.0', "version"),
+        (b'"v":1', b'"v":null', "version"),
+        (b"2026-01-01T00:30:00+01:00", b"1700000000", "schema"),
+        (b"2026-01-01T00:30:00+01:00", b"2026-01-01T00:30+01:00", "schema"),
+        (b"2026-01-01T00:30:00+01:00", b"2026-01-01T00:30:00+0100", "schema"),
+        (b"2026-01-01T00:30:00+01:00", b"2026-01-01T00:30:00.1234567Z", "schema"),
+        (b"2026-01-01T00:30:00+01:00", b"0001-01-01T00:30:00+01:00", "schema"),
+        (b"2026-01-01T00:30:00+01:00", b"9999-12-31T23:59:59-01:00", "schema"),
+        (b'"reason":"connected"', b'"reason":"shutdown"', "schema"),
+    ],
+)
+def test_wire_versions_timestamps_and_status_reasons_are_strict(
+    old: bytes, new: bytes, reason: str
+) -> None:
+    assert decode("kyoso/v1/f1/g1/status", STATUS) is not None
+    with pytest.raises(ContractError) as caught:
+        decode("kyoso/v1/f1/g1/status", STATUS.replace(old, new))
+    assert caught.value.reason == reason
+
+
+def test_timestamps_out_of_range_once_in_utc_are_refused() -> None:
+    with pytest.raises(ContractError, match="out of range"):
+        decode("kyoso/v1/f1/g1/status", STATUS.replace(b"2026", b"0001"))

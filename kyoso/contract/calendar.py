@@ -8,10 +8,18 @@ service to compute total capacity, so all three agree to the second.
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -23,11 +31,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _naive(value: time) -> time:
+    if value.tzinfo is not None:
+        raise ValueError("shift and break times are local wall-clock times without an offset")
+    return value
+
+
+LocalTime = Annotated[time, AfterValidator(_naive)]
+"""A wall-clock time in the calendar's time zone, e.g. '06:00'."""
+
+_DAY_S = 86_400
+
+
+def _seconds(value: time) -> float:
+    return value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+
+
 class Break(_Strict):
     """A planned pause inside a shift (local wall-clock times)."""
 
-    start: time = Field(description="Local start time, e.g. '09:00'.")
-    end: time = Field(description="Local end time; before start means the next day.")
+    start: LocalTime = Field(description="Local start time, e.g. '09:00'.")
+    end: LocalTime = Field(description="Local end time; before start means the next day.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("a break needs end != start")
+        return self
 
 
 class Shift(_Strict):
@@ -37,11 +67,13 @@ class Shift(_Strict):
     days: list[Weekday] = Field(
         min_length=1, max_length=7, description="Weekdays on which the shift starts."
     )
-    start: time = Field(description="Local start time, e.g. '06:00'.")
-    end: time = Field(
+    start: LocalTime = Field(description="Local start time, e.g. '06:00'.")
+    end: LocalTime = Field(
         description="Local end time; equal to or before start means the shift ends the next day."
     )
-    breaks: list[Break] = Field(default_factory=list, max_length=16)
+    breaks: list[Break] = Field(
+        default_factory=list, max_length=16, description="Pauses, each within the shift."
+    )
 
     @field_validator("days")
     @classmethod
@@ -49,6 +81,20 @@ class Shift(_Strict):
         if len(set(days)) != len(days):
             raise ValueError("days must not repeat")
         return days
+
+    @model_validator(mode="after")
+    def _breaks_inside(self) -> Self:
+        origin = _seconds(self.start)
+        length = (_seconds(self.end) - origin) % _DAY_S or _DAY_S
+        for pause in self.breaks:
+            begin = (_seconds(pause.start) - origin) % _DAY_S
+            end = (_seconds(pause.end) - origin) % _DAY_S or _DAY_S
+            if not begin < end <= length:
+                raise ValueError(
+                    f"break {pause.start}-{pause.end} is not within the shift "
+                    f"{self.start}-{self.end}"
+                )
+        return self
 
 
 class Maintenance(_Strict):
@@ -118,7 +164,23 @@ class ShiftCalendar(_Strict):
 
 
 def _local(day: date, at: time, zone: ZoneInfo) -> datetime:
-    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+    """The UTC instant of a wall-clock time; a time skipped by a DST change (spring
+    forward) means the first instant after the gap, as a clock on the wall shows it.
+    Of a time that occurs twice (fall back), the first occurrence counts."""
+    wall = datetime.combine(day, at, tzinfo=zone)
+    instant = wall.astimezone(UTC)
+    if instant.astimezone(zone).replace(tzinfo=None) == wall.replace(tzinfo=None):
+        return instant
+    # Inside a gap: the offset changes somewhere between the two readings of the wall time.
+    low = wall.replace(fold=1).astimezone(UTC)
+    high = instant
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(zone).utcoffset() == low.astimezone(zone).utcoffset():
+            low = middle
+        else:
+            high = middle
+    return high.replace(microsecond=0)  # transitions fall on whole seconds
 
 
 def _shift_intervals(shift: Shift, day: date, zone: ZoneInfo) -> list[Interval]:
@@ -138,7 +200,7 @@ def _shift_intervals(shift: Shift, day: date, zone: ZoneInfo) -> list[Interval]:
 
 def _merge(intervals: list[Interval]) -> list[Interval]:
     merged: list[Interval] = []
-    for a, b in sorted(intervals):
+    for a, b in sorted(i for i in intervals if i[1] > i[0]):
         if merged and a <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], b))
         else:

@@ -8,6 +8,7 @@ payloads are refused. :func:`decode` raises :class:`ContractError` with a short
 
 import itertools
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal, Self
 
@@ -15,9 +16,11 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -28,6 +31,7 @@ from .states import MachineState
 from .topics import Topic, TopicError, TopicKind, parse_topic
 
 SCHEMA_VERSION: Final = 1
+_WIRE: Final = {"wire": True}
 MAX_MESSAGE_BYTES: Final = 256 * 1024
 MAX_SAMPLES_PER_BATCH: Final = 1000
 MAX_INTERVAL_S: Final = 3600.0
@@ -35,16 +39,52 @@ DURATION_TOLERANCE_S: Final = 0.01
 """How far the state durations may sum away from ``interval_s`` (rounding at the edge)."""
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    """Parse a wire timestamp, admitting only RFC 3339 (no Unix numbers, no bare dates)."""
+    if not isinstance(value, str):
+        return value
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "timestamp must be RFC 3339 with seconds and an offset, e.g. 2026-01-05T10:00:00Z"
+        )
+    return datetime.fromisoformat(value)
+
+
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("timestamp out of range once converted to UTC") from exc
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-"""A timezone-aware timestamp, normalised to UTC."""
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_to_utc)]
+"""A timezone-aware RFC 3339 timestamp, normalised to UTC."""
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, str_max_length=1024)
+
+
+def _version(value: object, info: ValidationInfo) -> object:
+    """On the wire ``v`` is required and an integer; in code it defaults to the current one."""
+    if value is None:
+        if info.context == _WIRE:
+            raise ValueError("the schema version v is required")
+        return SCHEMA_VERSION
+    if type(value) is not int:
+        raise ValueError("the schema version v must be an integer")
+    return value
+
+
+class _Envelope(_Message):
+    """A top-level message, versioned."""
+
+    v: Annotated[Literal[1], BeforeValidator(_version)] = Field(
+        default=None, validate_default=True, description="Schema version."
+    )
 
 
 class Counter(_Message):
@@ -105,10 +145,9 @@ class Sample(_Message):
         return self
 
 
-class SampleBatch(_Message):
+class SampleBatch(_Envelope):
     """Samples of one gateway, one session, in sequence order; the unit of publishing."""
 
-    v: Literal[1] = SCHEMA_VERSION
     factory: Id
     gateway: Id
     session: Id = Field(description="Boot/session id of the gateway's sequence counter.")
@@ -129,10 +168,9 @@ class Sharing(_Message):
     kpis: bool = Field(default=False, description="Aggregated KPIs (availability, OEE).")
 
 
-class MachineDescription(_Message):
+class MachineDescription(_Envelope):
     """A machine's identity, capabilities and calendar; retained on its topic."""
 
-    v: Literal[1] = SCHEMA_VERSION
     factory: Id
     gateway: Id
     machine: Id
@@ -144,10 +182,9 @@ class MachineDescription(_Message):
     sharing: Sharing = Field(default_factory=Sharing)
 
 
-class GatewayStatus(_Message):
+class GatewayStatus(_Envelope):
     """A gateway's liveness; retained, and its ``offline`` form is the MQTT last will."""
 
-    v: Literal[1] = SCHEMA_VERSION
     factory: Id
     gateway: Id
     session: Id
@@ -157,6 +194,12 @@ class GatewayStatus(_Message):
     )
     reason: Literal["connected", "shutdown", "connection_lost"]
     software: str = Field(default="", max_length=64)
+
+    @model_validator(mode="after")
+    def _reason_fits(self) -> Self:
+        if (self.status == "online") != (self.reason == "connected"):
+            raise ValueError("status online goes with reason connected, offline with the others")
+        return self
 
 
 Message = SampleBatch | MachineDescription | GatewayStatus
@@ -198,7 +241,7 @@ def decode(topic: str, payload: bytes) -> Message:
         raise ContractError("topic", str(exc)) from exc
     model = _BY_KIND[where.kind]
     try:
-        message = model.model_validate_json(payload, strict=True)
+        message = model.model_validate_json(payload, strict=True, context=_WIRE)
     except ValidationError as exc:
         raise _classify(exc) from exc
     _check_origin(where, message)
@@ -210,8 +253,8 @@ def _classify(exc: ValidationError) -> ContractError:
     first = errors[0]
     if first["type"] == "json_invalid":
         return ContractError("json", f"invalid JSON: {first['msg']}")
-    if first["loc"] == ("v",) and first["type"] != "missing":
-        return ContractError("version", f"unsupported schema version (expected {SCHEMA_VERSION})")
+    if first["loc"] == ("v",):
+        return ContractError("version", f"v: {first['msg']} (this decoder reads {SCHEMA_VERSION})")
     details = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
     )
