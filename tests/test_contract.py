@@ -943,10 +943,15 @@ def samples(draw: st.DrawFn, seq: int) -> Sample:
         interval_s=interval_s,
         state=draw(st.sampled_from(MachineState)),
         durations_s=draw(durations(interval_s)),
-        counters=draw(st.dictionaries(names, counters, max_size=3)),
-        signals=draw(st.dictionaries(names, signal_stats(), max_size=3)),
+        counters=(present_counters := draw(st.dictionaries(names, counters, max_size=3))),
+        signals=(present_signals := draw(st.dictionaries(names, signal_stats(), max_size=3))),
         alarm=draw(optional(st.integers(0, 2**32 - 1))),
-        missing=draw(st.lists(names, max_size=3)),
+        missing=draw(
+            st.lists(
+                names.filter(lambda n: n not in present_counters and n not in present_signals),
+                max_size=3,
+            )
+        ),
     )
 
 
@@ -967,7 +972,7 @@ capabilities = st.builds(
     Capability,
     process=st.sampled_from(Process),
     materials=st.lists(st.sampled_from(Material), max_size=4, unique=True),
-    envelope_mm=optional(st.tuples(finite, finite, finite)),
+    envelope_mm=optional(st.tuples(positive(100_000), positive(100_000), positive(100_000))),
     max_thickness_mm=optional(positive(1000)),
     force_kn=optional(positive(100_000)),
     max_part_kg=optional(positive(100_000)),
@@ -1536,3 +1541,27 @@ def test_wire_versions_timestamps_and_status_reasons_are_strict(
 def test_timestamps_out_of_range_once_in_utc_are_refused() -> None:
     with pytest.raises(ContractError, match="out of range"):
         decode("kyoso/v1/f1/g1/status", STATUS.replace(b"2026", b"0001"))
+
+
+def test_capability_envelopes_are_positive_and_materials_unique() -> None:
+    with pytest.raises(ValidationError, match="greater than 0"):
+        Capability(process=Process.CNC_TURNING, envelope_mm=(100, 0, 50))
+    with pytest.raises(ValidationError, match="must not repeat"):
+        Capability(process=Process.CNC_TURNING, materials=[Material.STEEL, Material.STEEL])
+
+
+def test_a_value_cannot_be_both_present_and_missing() -> None:
+    sample = {
+        "machine": "m1",
+        "seq": 1,
+        "ts": "2026-01-05T10:00:00Z",
+        "interval_s": 10.0,
+        "state": "running",
+        "durations_s": {"running": 10.0},
+        "signals": {"power_kw": {"last": 1.0, "mean": 1.0, "min": 1.0, "max": 1.0}},
+        "missing": ["power_kw"],
+    }
+    with pytest.raises(ValidationError, match="listed as missing"):
+        Sample.model_validate(sample)
+    sample["missing"] = ["spindle_load_pct"]
+    assert Sample.model_validate(sample).missing == ["spindle_load_pct"]

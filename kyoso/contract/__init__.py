@@ -8,6 +8,8 @@ from .calendar import Break, Maintenance, Shift, ShiftCalendar
 from .capabilities import Capability, Material, Process
 from .ids import ID_PATTERN, NAME_PATTERN, Id, InvalidIdError, Name, check_id, check_name
 from .messages import (
+    COUNTER_GOOD,
+    COUNTER_REJECT,
     MAX_INTERVAL_S,
     MAX_MESSAGE_BYTES,
     MAX_SAMPLES_PER_BATCH,
@@ -39,6 +41,8 @@ from .topics import (
 )
 
 __all__ = [
+    "COUNTER_GOOD",
+    "COUNTER_REJECT",
     "ID_PATTERN",
     "ISO_22400_ELEMENT",
     "MAX_INTERVAL_S",

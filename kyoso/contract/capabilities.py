@@ -6,8 +6,9 @@ extending them is a contract change (new schema minor version) agreed across the
 """
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Process(StrEnum):
@@ -46,6 +47,9 @@ class Material(StrEnum):
     PP = "pp"
 
 
+_Millimetres = Annotated[float, Field(gt=0, le=100_000)]
+
+
 class Capability(BaseModel):
     """One process a machine offers, with the attributes an order is matched on."""
 
@@ -53,7 +57,7 @@ class Capability(BaseModel):
 
     process: Process
     materials: list[Material] = Field(default_factory=list, max_length=len(Material))
-    envelope_mm: tuple[float, float, float] | None = Field(
+    envelope_mm: tuple[_Millimetres, _Millimetres, _Millimetres] | None = Field(
         default=None, description="Largest work piece (x, y, z) in millimetres."
     )
     max_thickness_mm: float | None = Field(
@@ -63,3 +67,10 @@ class Capability(BaseModel):
         default=None, gt=0, le=100_000, description="Press or clamping force."
     )
     max_part_kg: float | None = Field(default=None, gt=0, le=100_000)
+
+    @field_validator("materials")
+    @classmethod
+    def _unique(cls, materials: list[Material]) -> list[Material]:
+        if len(set(materials)) != len(materials):
+            raise ValueError("materials must not repeat")
+        return materials

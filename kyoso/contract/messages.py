@@ -87,6 +87,12 @@ class _Envelope(_Message):
     )
 
 
+COUNTER_GOOD: Final = "good"
+"""Counter of good parts; with :data:`COUNTER_REJECT` the produced quantity (ISO 22400)."""
+COUNTER_REJECT: Final = "reject"
+"""Counter of rejected (scrap) parts."""
+
+
 class Counter(_Message):
     """A part counter over the sample's interval, rollover and resets handled at the edge."""
 
@@ -142,6 +148,8 @@ class Sample(_Message):
             raise ValueError(
                 f"state durations sum to {total:.3f} s but interval_s is {self.interval_s:.3f} s"
             )
+        if both := set(self.missing) & (set(self.signals) | set(self.counters)):
+            raise ValueError(f"{sorted(both)} both carry a value and are listed as missing")
         return self
 
 
