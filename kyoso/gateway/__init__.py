@@ -1,0 +1,1 @@
+"""The edge gateway: reads machines, keeps every sample in a durable outbox, publishes it."""
