@@ -11,39 +11,17 @@ reference is the raw limit of this machine: one core, 100 %.
 
 import argparse
 import asyncio
-import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from procstat import cpu_seconds, rss_mib, start_mosquitto
 from pymodbus.client import AsyncModbusTcpClient
 
 _ENDPOINT = re.compile(r"^(\S+)/(\S+): modbus (\S+):(\d+) unit (\d+)$")
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _poll(endpoints: list[tuple[str, int, int]], seconds: float) -> tuple[int, int]:
@@ -74,13 +52,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window")
     args = parser.parse_args()
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     kyoso = Path(sys.executable).with_name("kyoso")
     with tempfile.TemporaryDirectory() as tmp:
-        broker_port = _free_port()
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\n")
-        broker = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        broker, broker_port = start_mosquitto(tmp)
         sim = subprocess.Popen(
             [str(kyoso), "simulate", "--ephemeral-ports", "--backfill", "7d",
              "--mqtt", f"127.0.0.1:{broker_port}", "--ground-truth", f"{tmp}/truth"],
@@ -98,10 +72,10 @@ def main() -> int:
                 elif line.startswith("simulating"):
                     break
             time.sleep(2)  # let start-up work settle before measuring
-            cpu0, wall0, own0 = _cpu_seconds(sim.pid), time.monotonic(), time.process_time()
+            cpu0, wall0, own0 = cpu_seconds(sim.pid), time.monotonic(), time.process_time()
             ok, failed = asyncio.run(_poll(endpoints, args.seconds))
-            cpu1, wall1, own1 = _cpu_seconds(sim.pid), time.monotonic(), time.process_time()
-            rss = _rss_mib(sim.pid)
+            cpu1, wall1, own1 = cpu_seconds(sim.pid), time.monotonic(), time.process_time()
+            rss = rss_mib(sim.pid)
         finally:
             sim.terminate()
             sim.wait(10)

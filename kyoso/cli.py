@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from kyoso import __version__
+from kyoso.gateway import command as gateway_command
 from kyoso.simulators import command as simulate_command
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     simulate_command.register(commands)
+    gateway_command.register(commands)
     return parser
 
 
@@ -34,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,  # libraries may have configured the root logger at import
     )
     code: int = args.run(args)
     return code

@@ -1,0 +1,178 @@
+"""The gateway agent: polls every machine, derives samples, and hands them to the outbox.
+
+One asyncio event loop, one task per machine, so that a dead or slow device delays only
+itself (units behind one serial line share it, as they must). Every sample goes into the
+durable outbox first; the publisher drains it to the regional broker.
+
+Time comes from a clock (wall time by default), so that tests and demos can run against
+simulated factories faster than real time: every period in the configuration is in clock
+seconds, and the agent sleeps ``period / clock.scale`` of wall time.
+"""
+
+import asyncio
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+from kyoso.contract import MachineDescription
+
+from .config import GatewayConfig, MachineConfig
+from .machine import MachineTracker
+from .modbus import ModbusConnections, ModbusSource
+from .outbox import SqliteOutbox
+from .publisher import MqttPublisher
+from .sensors import SensorHub
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Epoch seconds, and how many of them pass per wall-clock second."""
+
+    @property
+    def scale(self) -> float: ...
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    """Wall time."""
+
+    scale = 1.0
+
+    def now(self) -> float:
+        """Epoch seconds."""
+        return time.time()
+
+
+class Gateway:
+    """One gateway: its sources, trackers, outbox and publisher; see the module docstring."""
+
+    def __init__(
+        self, config: GatewayConfig, *, clock: Clock | None = None, session: str | None = None
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.machines = {m.id: m for m in config.machines}
+        self.outbox = SqliteOutbox(config.outbox, session=session)
+        self.publisher = MqttPublisher(config.broker, self.outbox, descriptions=self.descriptions())
+        self.connections = ModbusConnections()
+        self.sources = {
+            m.id: ModbusSource(m.source.modbus, self.connections.get(m.source.modbus))
+            for m in config.machines
+            if m.source.modbus is not None
+        }
+        self.sensors = (
+            SensorHub(
+                config.sensor_broker,
+                [m.source.mqtt for m in config.machines if m.source.mqtt is not None],
+                self.clock.now,
+            )
+            if config.sensor_broker is not None
+            else None
+        )
+        self.trackers: dict[str, MachineTracker] = {}
+        self.emit_failures = 0
+        self.poll_failures = 0
+
+    def descriptions(self) -> list[MachineDescription]:
+        """The retained description of every machine."""
+        now = datetime.fromtimestamp(self.clock.now(), UTC)
+        return [
+            MachineDescription(
+                factory=self.config.factory,
+                gateway=self.config.gateway,
+                machine=m.id,
+                name=m.name,
+                updated_at=now,
+                capabilities=m.capabilities,
+                ideal_cycle_time_s=m.ideal_cycle_time_s,
+                calendar=self.config.calendars[m.calendar],
+                sharing=m.sharing,
+            )
+            for m in self.config.machines
+        ]
+
+    async def start(self) -> None:
+        """Connect the publisher and the sensors; trackers start counting from now."""
+        start = self.clock.now()
+        self.trackers = {
+            m.id: MachineTracker(m, self.config.calendars[m.calendar], start)
+            for m in self.config.machines
+        }
+        await self.publisher.start()
+        if self.sensors is not None:
+            await self.sensors.start()
+
+    async def stop(self) -> None:
+        """Emit the partial interval, flush what the broker takes, close everything."""
+        if self.trackers:
+            self.emit(self.clock.now())
+        await self.publisher.stop()
+        if self.sensors is not None:
+            await self.sensors.stop()
+        await self.connections.aclose()
+        self.outbox.close()
+
+    async def poll(self, machine: str) -> None:
+        """Poll one machine once and feed its tracker."""
+        config = self.machines[machine]
+        at = self.clock.now()
+        if config.source.modbus is not None:
+            result = await self.sources[machine].poll()
+            self.trackers[machine].observe(at, result.values, set(result.missing))
+        else:
+            assert self.sensors is not None
+            assert config.source.mqtt is not None
+            values, missing = self.sensors.poll(config.source.mqtt)
+            self.trackers[machine].observe(at, values, missing)
+
+    def emit(self, end: float) -> list[int]:
+        """Close every machine's interval at ``end``; submit the samples; return their seqs."""
+        samples = [s for t in self.trackers.values() if (s := t.sample(end)) is not None]
+        return self.publisher.submit(samples) if samples else []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, poll and publish until ``stop`` is set, then stop cleanly."""
+        await self.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._poll_loop(m)) for m in self.config.machines]
+                tasks.append(group.create_task(self._emit_loop()))
+                await stop.wait()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self.stop()
+
+    async def _sleep_until(self, moment: float) -> None:
+        await asyncio.sleep(max(0.0, (moment - self.clock.now()) / self.clock.scale))
+
+    async def _poll_loop(self, machine: MachineConfig) -> None:
+        period = self.config.poll_interval_s
+        next_at = self.clock.now()
+        while True:
+            try:
+                await self.poll(machine.id)
+            except Exception:
+                self.poll_failures += 1
+                log.exception("poll of %s failed", machine.id)
+            next_at += period
+            now = self.clock.now()
+            if next_at < now:  # fell behind: skip the missed polls rather than burst
+                next_at += math.ceil((now - next_at) / period) * period
+            await self._sleep_until(next_at)
+
+    async def _emit_loop(self) -> None:
+        period = self.config.publish_interval_s
+        boundary = math.floor(self.clock.now() / period) * period
+        while True:
+            boundary += period
+            await self._sleep_until(boundary)
+            try:
+                self.emit(boundary)
+            except Exception:
+                self.emit_failures += 1
+                log.exception("emitting the samples ending %s failed", boundary)

@@ -1,0 +1,106 @@
+"""``kyoso gateway``: run a gateway, check its configuration, or probe a device."""
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from .agent import Gateway
+from .config import ConfigError, load_config
+from .http import HealthServer
+from .modbus import ModbusError, format_probe, probe
+from .modbus_decode import format_plan, plan_device
+
+
+def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``gateway`` (and ``gateway probe``) to the ``kyoso`` command."""
+    parser = commands.add_parser(
+        "gateway",
+        help="run the edge gateway (Modbus and MQTT sensors -> MQTT)",
+        description="Poll the machines of one factory and publish their samples.",
+    )
+    parser.add_argument("--config", type=Path, metavar="GATEWAY.yaml", help="required to run")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the file, print each machine's Modbus request plan, then exit",
+    )
+    parser.set_defaults(run=run)
+    tools = parser.add_subparsers(dest="tool", metavar="TOOL")
+    probe_parser = tools.add_parser(
+        "probe", help="read raw Modbus registers and print every interpretation"
+    )
+    probe_parser.add_argument("target", metavar="HOST[:PORT]")
+    probe_parser.add_argument("--unit", type=int, default=1)
+    probe_parser.add_argument("--address", type=int, default=0, help="zero-based address")
+    probe_parser.add_argument("--count", type=int, default=2)
+    probe_parser.add_argument(
+        "--table", choices=["holding", "input", "coil", "discrete_input"], default="holding"
+    )
+    probe_parser.add_argument("--rtu-over-tcp", action="store_true", help="RTU framing over TCP")
+    probe_parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    probe_parser.set_defaults(run=run_probe)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``kyoso gateway``."""
+    if args.config is None:
+        print("kyoso gateway: --config GATEWAY.yaml is required", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: factory {config.factory}, gateway {config.gateway}, ok")
+        for machine in config.machines:
+            device = machine.source.modbus
+            if device is not None:
+                print(f"{machine.id}: {device.endpoint} unit {device.unit}")
+                print(format_plan(plan_device(device)))
+            elif machine.source.mqtt is not None:
+                print(f"{machine.id}: mqtt {machine.source.mqtt.topic}")
+        return 0
+    asyncio.run(_serve(Gateway(config)))
+    return 0
+
+
+async def _serve(gateway: Gateway) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    health = HealthServer(gateway, gateway.config.http)
+    await health.start()
+    try:
+        await gateway.run(stop)
+    finally:
+        await health.stop()
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """Execute ``kyoso gateway probe``."""
+    host, _, port = args.target.rpartition(":") if ":" in args.target else (args.target, "", "502")
+    if not host or not port.isdigit():
+        print(f"{args.target!r} is not HOST[:PORT]", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(
+            probe(
+                host,
+                int(port),
+                unit=args.unit,
+                address=args.address,
+                count=args.count,
+                table=args.table,
+                transport="rtu_over_tcp" if args.rtu_over_tcp else "tcp",
+                timeout_s=args.timeout,
+            )
+        )
+    except (ValueError, ModbusError) as exc:
+        print(f"probe failed: {exc}", file=sys.stderr)
+        return 1
+    print(format_probe(result))
+    return 0

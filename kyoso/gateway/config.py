@@ -1,0 +1,280 @@
+"""The gateway's configuration: one YAML file per gateway, validated as one pydantic tree.
+
+Secrets stay out of the file: ``${NAME}`` in any string value is replaced by the
+environment variable ``NAME``, and an unknown name is an error (``$${`` writes a literal
+``${``). :func:`load_config` reports every problem with its location in the file.
+"""
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
+
+from .modbus_decode import ModbusDeviceConfig
+from .outbox import OutboxConfig
+from .publisher import PublisherConfig
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class MqttSensorConfig(_Config):
+    """A sensor publishing JSON on a local broker (e.g. a current clamp on a legacy machine)."""
+
+    topic: str = Field(min_length=1, description="Topic the sensor publishes on.")
+    values: dict[Name, str] = Field(
+        min_length=1,
+        description="Field name -> dotted path into the JSON payload, e.g. 'ENERGY.Current'.",
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="A value older than this counts as missing."
+    )
+
+
+class SourceConfig(_Config):
+    """Where a machine's fields come from: exactly one of ``modbus`` and ``mqtt``."""
+
+    modbus: ModbusDeviceConfig | None = None
+    mqtt: MqttSensorConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.modbus is None) == (self.mqtt is None):
+            raise ValueError("give exactly one of modbus and mqtt")
+        return self
+
+    @property
+    def fields(self) -> set[str]:
+        """Names of every field the source yields."""
+        if self.modbus is not None:
+            return {f.name for f in self.modbus.fields}
+        assert self.mqtt is not None
+        return set(self.mqtt.values)
+
+
+class Level(_Config):
+    """A state entered when a numeric field reaches ``above``."""
+
+    state: MachineState
+    above: float
+
+
+class StateFromCode(_Config):
+    """The state is a code in a register, mapped value by value."""
+
+    field: Name = Field(description="Field holding the state code.")
+    map: dict[int, MachineState] = Field(min_length=1, description="Code -> state.")
+    otherwise: MachineState = Field(
+        default=MachineState.UNKNOWN, description="State of a code not in the map."
+    )
+
+
+class StateFromThreshold(_Config):
+    """The state follows a numeric field (e.g. current draw) through thresholds."""
+
+    field: Name = Field(description="Numeric field, e.g. current_a.")
+    levels: list[Level] = Field(
+        min_length=1, description="Highest first: the first level whose threshold is met wins."
+    )
+    otherwise: MachineState = Field(
+        default=MachineState.DOWN, description="State below the lowest level."
+    )
+    hysteresis: float = Field(
+        default=0.0, ge=0, description="To leave a level, the value must fall this far below it."
+    )
+    min_dwell_s: float = Field(
+        default=0.0, ge=0, description="A new state must persist this long to be taken."
+    )
+
+    @model_validator(mode="after")
+    def _descending(self) -> Self:
+        thresholds = [level.above for level in self.levels]
+        if thresholds != sorted(thresholds, reverse=True):
+            raise ValueError("levels must be ordered from the highest threshold down")
+        return self
+
+
+class AlarmRule(_Config):
+    """A field that forces ``down`` while it is non-zero (an alarm code or an alarm bit)."""
+
+    field: Name
+
+
+class StateConfig(_Config):
+    """How the machine state is derived."""
+
+    from_code: StateFromCode | None = None
+    from_threshold: StateFromThreshold | None = None
+    alarm: AlarmRule | None = Field(default=None, description="Forces down while non-zero.")
+    planned_stops_from_calendar: bool = Field(
+        default=True, description="Outside planned busy time the state is planned_stop."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.from_code is None) == (self.from_threshold is None):
+            raise ValueError("give exactly one of from_code and from_threshold")
+        return self
+
+
+class CounterConfig(_Config):
+    """A part counter read from the device, as a raw value that rolls over or resets."""
+
+    field: Name
+    width_bits: Literal[16, 32, 64] = Field(default=32, description="Register width.")
+
+
+class MachineConfig(_Config):
+    """One machine behind this gateway."""
+
+    id: Id
+    name: str = Field(max_length=128, description="Display name.")
+    calendar: Id = Field(description="Name of a calendar in `calendars`.")
+    capabilities: list[Capability] = Field(default_factory=list, max_length=16)
+    ideal_cycle_time_s: float | None = Field(default=None, gt=0)
+    sharing: Sharing = Field(default_factory=Sharing)
+    source: SourceConfig
+    state: StateConfig
+    counters: dict[Name, CounterConfig] = Field(
+        default_factory=dict, description="Published counter -> raw counter field."
+    )
+    signals: list[Name] = Field(
+        default_factory=list, description="Fields published as signals (last/mean/min/max)."
+    )
+
+    @model_validator(mode="after")
+    def _fields_exist(self) -> Self:
+        known = self.source.fields
+        rules = self.state.from_code or self.state.from_threshold
+        assert rules is not None
+        wanted = [rules.field, *(c.field for c in self.counters.values()), *self.signals]
+        if self.state.alarm is not None:
+            wanted.append(self.state.alarm.field)
+        if unknown := sorted(set(wanted) - known):
+            raise ValueError(
+                f"fields {unknown} are not read by the source (it reads {sorted(known)})"
+            )
+        return self
+
+
+class HttpConfig(_Config):
+    """The local endpoint with /healthz and Prometheus /metrics."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address.")
+    port: int = Field(default=9105, ge=0, le=65535, description="Port; 0 picks a free one.")
+
+
+class SensorBrokerConfig(_Config):
+    """The shop's local broker that MQTT sensors publish to."""
+
+    host: str = Field(default="localhost")
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+
+
+class GatewayConfig(_Config):
+    """A whole gateway."""
+
+    factory: Id = Field(description="Factory id: first topic level, confined by the broker ACL.")
+    gateway: Id = Field(description="Gateway id within the factory.")
+    broker: PublisherConfig = Field(description="Regional broker; factory and gateway are added.")
+    outbox: OutboxConfig
+    sensor_broker: SensorBrokerConfig | None = Field(
+        default=None, description="Local broker of MQTT sensors; needed if any machine has one."
+    )
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=3600, description="Device poll period.")
+    publish_interval_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Sample interval: one sample per machine."
+    )
+    calendars: dict[Id, ShiftCalendar] = Field(min_length=1)
+    machines: Annotated[list[MachineConfig], Field(min_length=1, max_length=500)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _broker_identity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("broker"), dict):
+            broker = dict(data["broker"])
+            broker.setdefault("factory", data.get("factory"))
+            broker.setdefault("gateway", data.get("gateway"))
+            data = {**data, "broker": broker}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.broker.factory, self.broker.gateway) != (self.factory, self.gateway):
+            raise ValueError("broker.factory and broker.gateway must match factory and gateway")
+        ids = [m.id for m in self.machines]
+        if duplicates := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"machine ids repeat: {duplicates}")
+        for machine in self.machines:
+            if machine.calendar not in self.calendars:
+                raise ValueError(f"machine {machine.id}: unknown calendar {machine.calendar!r}")
+            if machine.source.mqtt is not None and self.sensor_broker is None:
+                raise ValueError(f"machine {machine.id} reads MQTT: give sensor_broker")
+        if self.publish_interval_s < self.poll_interval_s:
+            raise ValueError("publish_interval_s must be at least poll_interval_s")
+        return self
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; one line per problem, with its location."""
+
+
+_ENV = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def substitute_env(data: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${NAME}`` in every string of a parsed file by the environment variable.
+
+    ``$${NAME}`` stays literal as ``${NAME}``. Substituting after parsing keeps comments out
+    of it and keeps a secret's characters from changing the YAML structure.
+    """
+    env = os.environ if environ is None else environ
+    unknown: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        if match[1]:
+            return "${" + match[2] + "}"
+        if match[2] not in env:
+            unknown.add(match[2])
+            return ""
+        return env[match[2]]
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return _ENV.sub(replace, node)
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    result = walk(data)
+    if unknown:
+        raise ConfigError(f"unknown environment variables: {', '.join(sorted(unknown))}")
+    return result
+
+
+def load_config(path: Path, environ: dict[str, str] | None = None) -> GatewayConfig:
+    """Read, substitute and validate a gateway file; :class:`ConfigError` lists every error."""
+    try:
+        data = substitute_env(yaml.safe_load(path.read_text()), environ)
+    except (OSError, yaml.YAMLError, ConfigError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise ConfigError("\n".join(lines)) from exc

@@ -1,0 +1,422 @@
+"""The gateway's durable on-disk outbox: every sample enters it first, and leaves it only
+once the broker has acknowledged it.
+
+Promises:
+
+- **Numbering.** :meth:`SqliteOutbox.append` gives each sample the next per-gateway sequence
+  number (+1 per sample). The counter is stored in the same transaction as the rows, so a
+  restart continues the sequence and a number is never handed out twice, even for samples
+  that were later delivered, refused or dropped. Each row keeps the session id of the
+  process that numbered it, so a replay after a reboot carries its original session.
+- **Durability.** When ``append`` returns, its rows are committed to an SQLite database in
+  WAL mode. Killing the process at any point after that loses none of them (the WAL has
+  been written); with ``synchronous="full"`` (the default) the commit has also been
+  fsynced, so a power cut does not lose them either.
+- **Leaving.** A row leaves only through :meth:`mark_delivered` (a successful PUBACK),
+  :meth:`mark_refused` (moved to the ``refused`` table, counted, kept for inspection and
+  :meth:`requeue_refused`), or the full-outbox policy (counted, its seq range recorded).
+- **Full outbox** (``max_rows`` / ``max_bytes`` of encoded samples), per ``policy``:
+  ``drop_oldest`` (default) deletes the oldest pending rows until the new ones fit, counts
+  them in ``dropped`` and records the dropped seq range, so a consumer's gap is explained;
+  ``reject_new`` refuses the whole ``append`` call with :class:`OutboxFullError`, stores
+  none of it, and counts it in ``rejected``. ``drop_oldest`` keeps the newest data, which
+  live capacity needs; ``reject_new`` keeps the oldest, for sites that value the past more.
+
+One process writes an outbox: :class:`SqliteOutbox` takes an exclusive ``flock`` on a
+sidecar ``.lock`` file, and a second opener fails with :class:`OutboxLockedError`. Within
+the process every method holds one lock, so the outbox may be shared between threads.
+"""
+
+import contextlib
+import fcntl
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kyoso.contract import Sample, check_id
+
+__all__ = [
+    "DroppedRange",
+    "FullPolicy",
+    "OutboxConfig",
+    "OutboxError",
+    "OutboxFullError",
+    "OutboxLockedError",
+    "OutboxRow",
+    "RefusedRow",
+    "SqliteOutbox",
+]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY, session TEXT NOT NULL, payload BLOB NOT NULL,
+    appended_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS refused (
+    seq INTEGER PRIMARY KEY, session TEXT NOT NULL, payload BLOB NOT NULL,
+    appended_at REAL NOT NULL, reason TEXT NOT NULL, refused_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dropped (
+    first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, dropped_at REAL NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0), ('rejected', 0),
+    ('refused', 0);
+"""
+
+
+class FullPolicy(StrEnum):
+    """What :meth:`SqliteOutbox.append` does when the new rows do not fit."""
+
+    DROP_OLDEST = "drop_oldest"
+    REJECT_NEW = "reject_new"
+
+
+class OutboxConfig(BaseModel):
+    """Where the outbox lives, how big it may grow, and what happens when it is full."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Field(
+        Path("/var/lib/kyoso/outbox.sqlite3"), description="SQLite file; its directory exists."
+    )
+    max_rows: int = Field(
+        1_000_000, ge=1, description="Most pending samples (6 days of 20 machines every 10 s)."
+    )
+    max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Most bytes of pending encoded samples."
+    )
+    policy: FullPolicy = Field(
+        FullPolicy.DROP_OLDEST, description="When full: drop the oldest, or reject the new."
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description=(
+            "SQLite synchronous mode. 'full' fsyncs every commit: an append survives a power "
+            "cut. 'normal' fsyncs at checkpoints only: it survives a crash of the process, but "
+            "a power cut may lose the last commits (fewer writes spare an SD card)."
+        ),
+    )
+
+
+class OutboxError(Exception):
+    """Root of the outbox's errors."""
+
+
+class OutboxFullError(OutboxError):
+    """``append`` refused under the ``reject_new`` policy; nothing of the call was stored."""
+
+
+class OutboxLockedError(OutboxError):
+    """Another process (or another open outbox in this one) holds the outbox."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A pending sample: its number, the session that numbered it, its encoded JSON."""
+
+    seq: int
+    session: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRow:
+    """A sample the broker refused, kept for inspection."""
+
+    seq: int
+    session: str
+    payload: bytes
+    reason: str
+    refused_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedRange:
+    """Samples dropped by a full outbox: ``count`` pending rows with seqs in the range.
+
+    Seqs inside the range that are not counted had been delivered (or refused) already;
+    a row still in flight when it was dropped may have been delivered too.
+    """
+
+    first_seq: int
+    last_seq: int
+    count: int
+    bytes: int
+    dropped_at: float
+
+
+class SqliteOutbox:
+    """The durable outbox of one gateway; see the module docstring for what it promises."""
+
+    def __init__(self, config: OutboxConfig, *, session: str | None = None) -> None:
+        self.config = config
+        self.session = check_id(session if session is not None else str(uuid.uuid4()), "session")
+        self._lock = threading.Lock()
+        self._lock_file = _acquire_file_lock(config.path)
+        try:
+            self._db = sqlite3.connect(config.path, isolation_level=None, check_same_thread=False)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise OutboxError(f"{config.path}: SQLite refused WAL mode (got {mode!r})")
+            self._db.execute(f"PRAGMA synchronous={config.synchronous.upper()}")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise OutboxError(f"{config.path}: unknown outbox schema version {version}")
+            self._db.executescript(
+                f"BEGIN; {_SCHEMA} PRAGMA user_version={_SCHEMA_VERSION}; COMMIT;"
+            )
+            depth, size = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
+            ).fetchone()
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self._depth: int = depth
+        self._bytes: int = size
+        log.info("outbox %s: %d samples pending, session %s", config.path, depth, self.session)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def append(self, samples: Sequence[Sample]) -> list[int]:
+        """Number, encode and store ``samples`` in one transaction; return their seqs.
+
+        The ``seq`` each given sample carries is ignored (build them with ``seq=0``): the
+        outbox assigns the next numbers, in the order given. Raises :class:`OutboxFullError`
+        under the ``reject_new`` policy if they do not all fit.
+        """
+        if not samples:
+            return []
+        now = time.time()
+        refusal: str | None = None
+        with self._lock, self._transaction():
+            first = self._meta("next_seq")
+            seqs = list(range(first, first + len(samples)))
+            rows = [
+                (seq, self.session, _encode(sample, seq), now)
+                for seq, sample in zip(seqs, samples, strict=True)
+            ]
+            added = sum(len(row[2]) for row in rows)
+            cfg = self.config
+            fits = self._depth + len(rows) <= cfg.max_rows and self._bytes + added <= cfg.max_bytes
+            if not fits and cfg.policy is FullPolicy.REJECT_NEW:
+                self._bump("rejected", len(rows))
+                refusal = (
+                    f"outbox full ({self._depth} samples, {self._bytes} bytes): "
+                    f"rejected {len(rows)} new samples"
+                )
+            else:
+                self._db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", rows)
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'next_seq'", (seqs[-1] + 1,)
+                )
+                self._depth += len(rows)
+                self._bytes += added
+                self._drop_oldest_beyond_limits(now)
+        if refusal is not None:
+            log.warning("%s", refusal)
+            raise OutboxFullError(refusal)
+        return seqs
+
+    def mark_delivered(self, seqs: Sequence[int]) -> int:
+        """Delete acknowledged rows; return how many were pending (others are ignored)."""
+        if not seqs:
+            return 0
+        with self._lock, self._transaction():
+            return self._delete(seqs)
+
+    def mark_refused(self, seqs: Iterable[int], reason: str) -> int:
+        """Move rows the broker refused to the ``refused`` table; return how many moved.
+
+        They are not published again unless :meth:`requeue_refused` puts them back.
+        """
+        keys = [(seq,) for seq in seqs]
+        now = time.time()
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO refused SELECT seq, session, payload, appended_at, ?, ? "
+                "FROM outbox WHERE seq = ?",
+                [(reason, now, key[0]) for key in keys],
+            )
+            moved = self._delete(key[0] for key in keys)
+            self._bump("refused", moved)
+        if moved:
+            log.warning("outbox: %d samples refused by the broker: %s", moved, reason)
+        return moved
+
+    def requeue_refused(self, seqs: Iterable[int] | None = None) -> int:
+        """Put refused rows (all, or those of ``seqs``) back in the outbox, keeping their seq.
+
+        For an operator who fixed the cause (an ACL, a quota). Limits are not applied.
+        """
+        select = "SELECT seq, session, payload, appended_at FROM refused"
+        with self._lock, self._transaction():
+            if seqs is None:
+                rows = self._db.execute(select).fetchall()
+            else:
+                rows = [r for s in seqs for r in self._db.execute(f"{select} WHERE seq = ?", (s,))]
+            self._db.executemany("INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("DELETE FROM refused WHERE seq = ?", [(r[0],) for r in rows])
+            self._depth += len(rows)
+            self._bytes += sum(len(r[2]) for r in rows)
+        return len(rows)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def pending(
+        self, limit: int, *, after: int = -1, through: int | None = None
+    ) -> list[OutboxRow]:
+        """Up to ``limit`` pending rows with ``after < seq <= through``, in seq order."""
+        upper = 2**63 - 1 if through is None else through
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, session, payload FROM outbox WHERE seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (after, upper, limit),
+            ).fetchall()
+        return [OutboxRow(seq, session, payload) for seq, session, payload in rows]
+
+    def refused(self, limit: int = 1000) -> list[RefusedRow]:
+        """Refused rows in seq order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, session, payload, reason, refused_at FROM refused "
+                "ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RefusedRow(*row) for row in rows]
+
+    def dropped_ranges(self) -> list[DroppedRange]:
+        """Every seq range dropped by the ``drop_oldest`` policy, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM dropped ORDER BY first_seq").fetchall()
+        return [DroppedRange(*row) for row in rows]
+
+    def depth(self) -> int:
+        """Pending rows (not yet delivered, refused or dropped)."""
+        return self._depth
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of encoded pending samples (what ``max_bytes`` limits)."""
+        return self._bytes
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq ever handed out, or -1 before the first append."""
+        with self._lock:
+            return self._meta("next_seq") - 1
+
+    @property
+    def dropped(self) -> int:
+        """Samples dropped by a full outbox since it was created (persisted)."""
+        with self._lock:
+            return self._meta("dropped")
+
+    @property
+    def rejected(self) -> int:
+        """Samples rejected by a full outbox since it was created (persisted)."""
+        with self._lock:
+            return self._meta("rejected")
+
+    @property
+    def refused_total(self) -> int:
+        """Samples the broker refused since the outbox was created (persisted)."""
+        with self._lock:
+            return self._meta("refused")
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database and release the lock; idempotent."""
+        with self._lock:
+            if not self._lock_file.closed:
+                self._db.close()
+                self._lock_file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- internals (called with self._lock held) ------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; on error, roll back and restore the counters."""
+        saved = (self._depth, self._bytes)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._depth, self._bytes = saved
+            raise
+        self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> int:
+        value: int = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+        return value
+
+    def _bump(self, key: str, by: int) -> None:
+        self._db.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
+
+    def _delete(self, seqs: Iterable[int]) -> int:
+        deleted = size = 0
+        for seq in seqs:
+            for (length,) in self._db.execute(
+                "DELETE FROM outbox WHERE seq = ? RETURNING length(payload)", (seq,)
+            ):
+                deleted, size = deleted + 1, size + length
+        self._depth -= deleted
+        self._bytes -= size
+        return deleted
+
+    def _drop_oldest_beyond_limits(self, now: float) -> None:
+        excess_rows = self._depth - self.config.max_rows
+        excess_bytes = self._bytes - self.config.max_bytes
+        if excess_rows <= 0 and excess_bytes <= 0:
+            return
+        count = size = 0
+        first = last = -1
+        for seq, length in self._db.execute("SELECT seq, length(payload) FROM outbox ORDER BY seq"):
+            if count >= excess_rows and size >= excess_bytes:
+                break
+            first = seq if count == 0 else first
+            last, count, size = seq, count + 1, size + length
+        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last,))
+        self._db.execute(
+            "INSERT INTO dropped VALUES (?, ?, ?, ?, ?)", (first, last, count, size, now)
+        )
+        self._bump("dropped", count)
+        self._depth -= count
+        self._bytes -= size
+        log.warning("outbox full: dropped %d oldest samples (seq %d..%d)", count, first, last)
+
+
+def _encode(sample: Sample, seq: int) -> bytes:
+    # The contract's canonical form (as `encode` writes it); stored so a replay re-sends
+    # byte-for-byte what was first sent.
+    return sample.model_copy(update={"seq": seq}).model_dump_json(exclude_none=True).encode()
+
+
+def _acquire_file_lock(path: Path) -> IO[bytes]:
+    lock_path = path.with_name(path.name + ".lock")
+    handle = lock_path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutboxLockedError(f"outbox {path} is open in another process") from None
+    return handle

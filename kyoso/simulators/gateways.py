@@ -1,0 +1,114 @@
+"""Gateway configurations for simulated factories: how a technician would commission them.
+
+Each Modbus machine is read through the documented register map (one request for the
+live block), each clamp through its vendor JSON with current thresholds half-way between
+the clamp's state levels. The demo and the tests use these; they double as worked
+examples of a gateway configuration.
+"""
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from .config import ClampSourceConfig, FactoryConfig, ModbusSourceConfig
+from .modbus import Endpoint
+
+_LIVE_FIELDS = [
+    {"name": "state_code", "address": 0, "dtype": "uint16"},
+    {"name": "alarm_code", "address": 1, "dtype": "uint16"},
+    {"name": "good_count", "address": 2, "dtype": "uint32"},
+    {"name": "reject_count", "address": 4, "dtype": "uint32"},
+    {"name": "load_pct", "address": 6, "dtype": "float32"},
+    {"name": "power_kw", "address": 8, "dtype": "float32"},
+]
+_COUNTERS = {"good": {"field": "good_count"}, "reject": {"field": "reject_count"}}
+_THRESHOLD_STATES = ("running", "setup", "idle")
+
+
+def gateway_config(
+    factory: FactoryConfig,
+    endpoints: dict[str, Endpoint],
+    *,
+    gateway: str,
+    broker: dict[str, Any],
+    outbox_path: Path,
+    sensor_broker: dict[str, Any] | None = None,
+    poll_interval_s: float = 1.0,
+    publish_interval_s: float = 10.0,
+) -> dict[str, Any]:
+    """A gateway configuration (as loaded from YAML) reading every machine of ``factory``."""
+    machines = []
+    for machine in factory.machines:
+        entry: dict[str, Any] = {
+            "id": machine.id,
+            "name": machine.name,
+            "calendar": machine.calendar,
+            "capabilities": [
+                c.model_dump(mode="json", exclude_none=True) for c in machine.capabilities
+            ],
+            "ideal_cycle_time_s": machine.ideal_cycle_time_s,
+            "counters": _COUNTERS,
+        }
+        source = machine.source
+        if isinstance(source, ModbusSourceConfig):
+            endpoint = endpoints[machine.id]
+            entry["source"] = {
+                "modbus": {
+                    "host": endpoint.host,
+                    "port": endpoint.port,
+                    "unit": endpoint.unit,
+                    "word_order": source.word_order,
+                    "fields": _LIVE_FIELDS,
+                }
+            }
+            entry["state"] = {
+                "from_code": {
+                    "field": "state_code",
+                    "map": {code: state for state, code in source.state_codes.items()},
+                },
+                "alarm": {"field": "alarm_code"},
+            }
+            entry["signals"] = ["load_pct", "power_kw"]
+        else:
+            entry["source"] = {"mqtt": _clamp_source(source)}
+            entry["state"] = {"from_threshold": _thresholds(source)}
+            entry["signals"] = ["current_a"]
+        machines.append(entry)
+    config: dict[str, Any] = {
+        "factory": factory.factory,
+        "gateway": gateway,
+        "broker": broker,
+        "outbox": {"path": str(outbox_path)},
+        "poll_interval_s": poll_interval_s,
+        "publish_interval_s": publish_interval_s,
+        "calendars": {
+            name: calendar.model_dump(mode="json") for name, calendar in factory.calendars.items()
+        },
+        "machines": machines,
+    }
+    if sensor_broker is not None:
+        config["sensor_broker"] = sensor_broker
+    return config
+
+
+def _clamp_source(source: ClampSourceConfig) -> dict[str, Any]:
+    return {
+        "topic": f"sensors/{source.sensor}/tele/SENSOR",
+        "values": {
+            "current_a": "ENERGY.Current",
+            "good_count": "COUNTER.C1",
+            "reject_count": "COUNTER.C2",
+        },
+        "timeout_s": 3 * source.period_s,
+    }
+
+
+def _thresholds(source: ClampSourceConfig) -> dict[str, Any]:
+    """Levels half-way between the clamp's mean currents, highest first."""
+    amps = source.amps
+    ordered = sorted((*_THRESHOLD_STATES, "down"), key=lambda s: amps[s], reverse=True)
+    levels = [
+        {"state": state, "above": round((amps[state] + amps[below]) / 2, 3)}
+        for state, below in itertools.pairwise(ordered)
+    ]
+    return {"field": "current_a", "levels": levels, "otherwise": ordered[-1], "hysteresis": 0.1}

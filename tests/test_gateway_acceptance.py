@@ -1,0 +1,215 @@
+"""The gateway against whole simulated factories, through a real broker.
+
+The clocks of the simulators and the gateways are one manual clock that the test steps,
+so a working day passes in seconds and every poll happens at a known simulated moment.
+Utilization and part counts computed from the samples the gateway published are compared
+with the simulators' ground truth.
+"""
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from services import Mosquitto
+
+from kyoso.contract import COUNTER_GOOD, COUNTER_REJECT, MachineState, SampleBatch
+from kyoso.gateway.agent import Gateway
+from kyoso.gateway.config import GatewayConfig
+from kyoso.simulators.behaviour import MachineModel
+from kyoso.simulators.clamp import ClampSensor
+from kyoso.simulators.config import load_factory, shipped_factories
+from kyoso.simulators.gateways import gateway_config
+from kyoso.simulators.modbus import ModbusServers
+from kyoso.simulators.runner import FactorySimulation
+
+START = datetime(2026, 1, 7, 0, 0, tzinfo=UTC).timestamp()  # Wednesday 09:00 in Tokyo
+HOURS = 6.0
+POLL_S = 10.0
+PUBLISH_S = 60.0
+
+
+class ManualClock:
+    """Simulated time that moves only when the test says so."""
+
+    scale = 1.0
+
+    def __init__(self, start: float) -> None:
+        self.moment = start
+
+    def now(self) -> float:
+        return self.moment
+
+
+class SampleCollector:
+    """Subscribes to every sample topic and keeps what arrives."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.batches: list[SampleBatch] = []
+        self._ready = threading.Event()
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5
+        )
+        self._client.on_connect = lambda c, *_: c.subscribe("kyoso/v1/+/+/samples", qos=1)
+        self._client.on_subscribe = lambda *_: self._ready.set()
+        self._client.on_message = lambda _c, _u, m: self.batches.append(
+            SampleBatch.model_validate_json(m.payload)
+        )
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+        assert self._ready.wait(10)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def _clamp_publisher(broker: Mosquitto) -> mqtt.Client:
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_gateway_samples_match_the_ground_truth(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    factories = [load_factory(p) for p in shipped_factories()]
+    clock = ManualClock(START)
+    sims = {f.factory: FactorySimulation(f, START) for f in factories}
+    collector = SampleCollector(mosquitto)
+    clamp_client = _clamp_publisher(mosquitto)
+
+    async def main() -> dict[str, list[float]]:
+        servers = {
+            name: ModbusServers(sim.config, sim.models, clock.now, host="127.0.0.1")
+            for name, sim in sims.items()
+        }
+        clamps: list[ClampSensor] = []
+        gateways: list[Gateway] = []
+        for name, sim in sims.items():
+            await servers[name].start()
+            clamps.extend(sim.clamp_sensors())
+            config = gateway_config(
+                sim.config,
+                servers[name].endpoints,
+                gateway="gw-01",
+                broker={"host": mosquitto.host, "port": mosquitto.port},
+                outbox_path=tmp_path / f"{name}.sqlite3",
+                sensor_broker={"host": mosquitto.host, "port": mosquitto.port},
+                poll_interval_s=POLL_S,
+                publish_interval_s=PUBLISH_S,
+            )
+            gateways.append(Gateway(GatewayConfig.model_validate(config), clock=clock))
+        for gateway in gateways:
+            await gateway.start()
+            await gateway.publisher.wait_connected()
+            assert gateway.sensors is not None
+        polls: dict[str, list[float]] = {}
+        steps = int(HOURS * 3600 / POLL_S)
+        for step in range(steps + 1):
+            clock.moment = START + step * POLL_S
+            await _publish_clamps(clamp_client, clamps, gateways, clock.moment)
+            await asyncio.gather(*(g.poll(m) for g in gateways for m in g.machines))
+            for gateway in gateways:
+                for machine in gateway.machines:
+                    polls.setdefault(machine, []).append(clock.moment)
+            if step and clock.moment % PUBLISH_S == 0:
+                for gateway in gateways:
+                    gateway.emit(clock.moment)
+        for gateway in gateways:
+            await gateway.publisher.wait_drained()
+            await gateway.stop()
+        for server in servers.values():
+            await server.stop()
+        return polls
+
+    try:
+        polls = asyncio.run(main())
+        expected_batches_done = _wait_for_samples(collector, sims)
+    finally:
+        clamp_client.loop_stop()
+        clamp_client.disconnect()
+        collector.close()
+    assert expected_batches_done
+    _check_against_truth(collector.batches, sims, polls)
+
+
+async def _publish_clamps(
+    client: mqtt.Client, clamps: list[ClampSensor], gateways: list[Gateway], moment: float
+) -> None:
+    """Publish every clamp's reading at ``moment`` and wait until the gateways have it."""
+    for clamp in clamps:
+        client.publish(clamp.topic, clamp.payload(moment), qos=1).wait_for_publish(5)
+    hubs = [g.sensors for g in gateways if g.sensors is not None]
+    for _ in range(500):
+        if all(
+            hub.received_at(clamp.topic) == moment
+            for hub in hubs
+            for clamp in clamps
+            if hub.watches(clamp.topic)
+        ):
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("clamp readings did not reach the gateways")
+
+
+def _wait_for_samples(collector: SampleCollector, sims: dict[str, FactorySimulation]) -> bool:
+    machines = sum(len(s.models) for s in sims.values())
+    expected = machines * int(HOURS * 3600 / PUBLISH_S)
+    for _ in range(500):
+        if sum(len(b.samples) for b in collector.batches) >= expected:
+            return True
+        threading.Event().wait(0.02)
+    return False
+
+
+def _check_against_truth(
+    batches: list[SampleBatch], sims: dict[str, FactorySimulation], polls: dict[str, list[float]]
+) -> None:
+    for factory, sim in sims.items():
+        for machine, model in sim.models.items():
+            samples = sorted(
+                (
+                    s
+                    for b in batches
+                    if b.factory == factory
+                    for s in b.samples
+                    if s.machine == machine
+                ),
+                key=lambda s: s.seq,
+            )
+            assert [s.seq for s in samples] == sorted({s.seq for s in samples}), "duplicates"
+            start, end = START, polls[machine][-1]
+            observed = dict.fromkeys(MachineState, 0.0)
+            for sample in samples:
+                for state, seconds in sample.durations_s.items():
+                    observed[state] += seconds
+            window = end - start
+            assert sum(observed.values()) == pytest.approx(window, abs=0.01)
+            truth = _truth_seconds(model, start, end)
+            for state in MachineState:
+                share, true_share = observed[state] / window, truth[state] / window
+                assert abs(share - true_share) <= 0.01, (factory, machine, state, share, true_share)
+            good = sum(
+                s.counters[COUNTER_GOOD].delta for s in samples if COUNTER_GOOD in s.counters
+            )
+            rejects = sum(
+                s.counters[COUNTER_REJECT].delta for s in samples if COUNTER_REJECT in s.counters
+            )
+            first = polls[machine][0]
+            true_good = model.totals_at(end)[0] - model.totals_at(first)[0]
+            true_rejects = model.totals_at(end)[1] - model.totals_at(first)[1]
+            assert (good, rejects) == (true_good, true_rejects), (factory, machine)
+
+
+def _truth_seconds(model: MachineModel, start: float, end: float) -> dict[MachineState, float]:
+    totals = dict.fromkeys(MachineState, 0.0)
+    for seg in [*model.completed(end), model.segment_at(end)]:
+        overlap = min(seg.end, end) - max(seg.start, start)
+        if overlap > 0:
+            totals[seg.state] += overlap
+    return totals

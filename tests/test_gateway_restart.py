@@ -1,0 +1,116 @@
+"""`kyoso gateway` as a process: killed with SIGKILL mid-stream while the broker is away,
+restarted, it delivers every sample that had entered its outbox, in a gap-free sequence."""
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from services import Mosquitto
+
+from kyoso.contract import SampleBatch
+from kyoso.simulators.config import load_factory, shipped_factories
+from kyoso.simulators.gateways import gateway_config
+from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
+
+
+def _start_gateway(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kyoso.cli",
+            "--log-level",
+            "WARNING",
+            "gateway",
+            "--config",
+            str(config),
+        ]
+    )
+
+
+@pytest.mark.integration
+def test_sigkill_while_offline_then_restart_delivers_everything(
+    mosquitto_factory: "object", tmp_path: Path
+) -> None:
+    broker: Mosquitto = mosquitto_factory(persistence=True)  # type: ignore[operator]
+    factory = next(
+        f for f in map(load_factory, shipped_factories()) if f.factory == "okada-machining"
+    )
+    received: list[SampleBatch] = []
+    lock = threading.Lock()
+
+    def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        with lock:
+            received.append(SampleBatch.model_validate_json(message.payload))
+
+    async def main() -> tuple[list[int], list[int]]:
+        async with Simulation(
+            [factory], SimClock(), SimulationOptions(ephemeral_ports=True)
+        ) as sim:
+            config = gateway_config(
+                factory,
+                sim.endpoints[factory.factory],
+                gateway="gw-01",
+                broker={"host": broker.host, "port": broker.port, "reconnect_max_delay_s": 1},
+                outbox_path=tmp_path / "outbox.sqlite3",
+                sensor_broker={"host": broker.host, "port": broker.port},
+                poll_interval_s=0.5,
+                publish_interval_s=1.0,
+            )
+            config["http"] = {"port": 0}
+            path = tmp_path / "gateway.yaml"
+            path.write_text(yaml.safe_dump(config))
+            subscriber = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id="kyoso-test-collector",
+                protocol=mqtt.MQTTv5,
+                clean_session=None,
+            )
+            subscriber.on_message = on_message
+            subscriber.on_connect = lambda c, *_: c.subscribe("kyoso/v1/+/+/samples", qos=1)
+            # A persistent session: the broker queues what arrives while we reconnect.
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 300
+            subscriber.reconnect_delay_set(1, 1)
+            subscriber.connect(broker.host, broker.port, clean_start=False, properties=properties)
+            subscriber.loop_start()
+            first = _start_gateway(path)
+            await asyncio.sleep(4)  # samples flow
+            broker.stop()
+            await asyncio.sleep(3)  # samples pile up in the outbox
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+            with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+                pending = [row[0] for row in db.execute("SELECT seq FROM outbox ORDER BY seq")]
+            broker.start()
+            second = _start_gateway(path)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with lock:
+                    seqs = sorted({s.seq for b in received for s in b.samples})
+                if pending and set(pending) <= set(seqs) and seqs[-1] > pending[-1]:
+                    break
+                await asyncio.sleep(0.2)
+            second.send_signal(signal.SIGTERM)
+            second.wait(30)
+            subscriber.loop_stop()
+            subscriber.disconnect()
+            return pending, seqs
+
+    pending, seqs = asyncio.run(main())
+    assert len(pending) >= len(factory.machines), "the outage left samples in the outbox"
+    assert set(pending) <= set(seqs), sorted(set(pending) - set(seqs))
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a gap in the gateway's sequence"
+    assert seqs[0] == 0
