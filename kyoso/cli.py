@@ -1,13 +1,30 @@
 """The ``kyoso`` command; each component adds its subcommand here."""
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from kyoso import __version__
 from kyoso.gateway import command as gateway_command
 from kyoso.simulators import command as simulate_command
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the exception if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default: INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text for people, json (one object a line) for log collectors (default: text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     simulate_command.register(commands)
     gateway_command.register(commands)
@@ -32,12 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kyoso`` command line; return the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,  # libraries may have configured the root logger at import
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # force: libraries may have configured the root logger at import.
+    logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
     code: int = args.run(args)
     return code
 
