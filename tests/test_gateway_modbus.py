@@ -38,8 +38,6 @@ from kyoso.gateway.modbus import (
     ModbusSource,
     ModbusTimeoutError,
     ReadResult,
-    format_probe,
-    probe,
 )
 from kyoso.gateway.modbus_decode import (
     DataType,
@@ -54,6 +52,7 @@ from kyoso.gateway.modbus_decode import (
     plan_device,
     plan_requests,
 )
+from kyoso.gateway.modbus_probe import format_probe, probe
 from kyoso.simulators import registers as reg
 from kyoso.simulators.behaviour import MachineModel, machine_seed
 from kyoso.simulators.config import FactoryConfig, ModbusSourceConfig

@@ -9,8 +9,9 @@ from pathlib import Path
 from .agent import Gateway
 from .config import ConfigError, load_config
 from .http import HealthServer
-from .modbus import ModbusError, format_probe, probe
+from .modbus import ModbusError
 from .modbus_decode import format_plan, plan_device
+from .modbus_probe import format_probe, probe
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
+from kyoso.validation import error_lines
 
 from .modbus_decode import ModbusDeviceConfig
 from .outbox import OutboxConfig
@@ -273,8 +274,4 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> GatewayCon
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        ]
-        raise ConfigError("\n".join(lines)) from exc
+        raise ConfigError(error_lines(path, exc)) from exc

@@ -220,8 +220,9 @@ class MqttPublisher:
         self.config, self.outbox = config, outbox
         self._samples_topic = samples_topic(config.factory, config.gateway)
         self._status_topic = status_topic(config.factory, config.gateway)
-        # Replaced, never mutated: paho's thread reads it on every CONNACK.
+        # Replaced, never mutated: paho's thread reads them on every CONNACK.
         self._descriptions: dict[str, MachineDescription] = {}
+        self._withdrawn: frozenset[str] = frozenset()
         for description in descriptions:
             self._check_origin(description)
             self._descriptions[description.machine] = description
@@ -303,13 +304,16 @@ class MqttPublisher:
         """Publish a machine description now (if connected) and after every reconnect."""
         self._check_origin(description)
         self._descriptions = {**self._descriptions, description.machine: description}
-        if self.connected:
+        self._withdrawn -= {description.machine}
+        if self._client.is_connected():  # else the next CONNACK publishes it
             self._publish_control(encode(description), description.machine)
 
     def remove_description(self, machine: str) -> None:
-        """Withdraw a machine: an empty retained message deletes its description."""
+        """Withdraw a machine: an empty retained message (now and after every reconnect)
+        deletes its description."""
         self._descriptions = {m: d for m, d in self._descriptions.items() if m != machine}
-        if self.connected:
+        self._withdrawn |= {machine}
+        if self._client.is_connected():
             self._publish_control(b"", machine)
 
     @property
@@ -488,8 +492,10 @@ class MqttPublisher:
         if not self._stopping:  # else stop() might not see it, and `online` would stay
             online = self._status("online", "connected")
             control.append((client.publish(self._status_topic, online, 1, True).mid, "status"))
-            for machine, description in self._descriptions.items():
-                info = client.publish(self._machine_topic(machine), encode(description), 1, True)
+            retained = [(m, encode(d)) for m, d in self._descriptions.items()]
+            retained += [(machine, b"") for machine in self._withdrawn]  # empty: deleted
+            for machine, payload in retained:
+                info = client.publish(self._machine_topic(machine), payload, 1, True)
                 control.append((info.mid, f"machine {machine}"))
         self._to_loop(self._on_connected, getattr(props, "ReceiveMaximum", 65535), control)
 

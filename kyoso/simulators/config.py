@@ -7,6 +7,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kyoso.contract import Capability, Id, ShiftCalendar
+from kyoso.validation import error_lines
 
 WordOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 """Order of the bytes of a 32/64-bit value across registers: A is the most significant byte.
@@ -165,11 +166,7 @@ def load_factory(path: Path) -> FactoryConfig:
     try:
         return FactoryConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        ]
-        raise FactoryConfigError("\n".join(lines)) from exc
+        raise FactoryConfigError(error_lines(path, exc)) from exc
 
 
 def shipped_factories() -> list[Path]:
