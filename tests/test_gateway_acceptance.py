@@ -170,6 +170,7 @@ def _wait_for_samples(collector: SampleCollector, sims: dict[str, FactorySimulat
 def _check_against_truth(
     batches: list[SampleBatch], sims: dict[str, FactorySimulation], polls: dict[str, list[float]]
 ) -> None:
+    worst = 0.0
     for factory, sim in sims.items():
         for machine, model in sim.models.items():
             samples = sorted(
@@ -194,6 +195,7 @@ def _check_against_truth(
             for state in MachineState:
                 share, true_share = observed[state] / window, truth[state] / window
                 assert abs(share - true_share) <= 0.01, (factory, machine, state, share, true_share)
+                worst = max(worst, abs(share - true_share))
             good = sum(
                 s.counters[COUNTER_GOOD].delta for s in samples if COUNTER_GOOD in s.counters
             )
@@ -204,6 +206,7 @@ def _check_against_truth(
             true_good = model.totals_at(end)[0] - model.totals_at(first)[0]
             true_rejects = model.totals_at(end)[1] - model.totals_at(first)[1]
             assert (good, rejects) == (true_good, true_rejects), (factory, machine)
+    print(f"largest deviation of a state's share from the ground truth: {100 * worst:.3f} pp")
 
 
 def _truth_seconds(model: MachineModel, start: float, end: float) -> dict[MachineState, float]:
