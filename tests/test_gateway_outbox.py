@@ -2,7 +2,7 @@
 
 The crash test runs a child process that appends (and delivers) in a loop and prints every
 seq that append() returned, SIGKILLs it mid-stream, and checks that the reopened outbox
-holds every printed seq that was not printed as delivered.
+holds every printed seq that it had not begun to deliver.
 """
 
 import os
@@ -264,6 +264,7 @@ while True:
     seqs = outbox.append([make_sample(i, "imm-01")] * (1 + i % 4))
     print("A", *seqs, flush=True)
     if i % 3 == 0:
+        print("d", seqs[0], flush=True)  # about to deliver: may be gone, or not
         outbox.mark_delivered(seqs[:1])
         print("D", seqs[0], flush=True)
     i += 1
@@ -278,7 +279,8 @@ def test_sigkill_mid_stream_loses_nothing_that_append_returned(
     script.write_text(CHILD)
     database = tmp_path / "outbox.sqlite3"
     appended: set[int] = set()
-    delivered: set[int] = set()
+    delivering: set[int] = set()  # mark_delivered() called; it may not have returned
+    delivered: set[int] = set()  # mark_delivered() returned
     for round_ in range(3):
         child = subprocess.Popen(
             [sys.executable, str(script), str(database), synchronous, str(Path(__file__).parent)],
@@ -304,12 +306,14 @@ def test_sigkill_mid_stream_loses_nothing_that_append_returned(
         for line in printed:
             if line.endswith("\n"):
                 kind, *numbers = line.split()
-                (appended if kind == "A" else delivered).update(int(n) for n in numbers)
+                got = {"A": appended, "d": delivering, "D": delivered}[kind]
+                got.update(int(n) for n in numbers)
     assert len(appended) > 300
     with sqlite3.connect(database) as check:
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     with SqliteOutbox(OutboxConfig(path=database)) as outbox:
         still = set(pending_seqs(outbox))
-        assert appended - delivered <= still, sorted(appended - delivered - still)[:10]
+        assert appended - delivering <= still, sorted(appended - delivering - still)[:10]
         assert not (delivered & still)
+        assert len(delivering - delivered) <= 3  # at most the one cut short in each run
         assert outbox.append([make_sample(0)])[0] > max(appended)

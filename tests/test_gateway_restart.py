@@ -15,8 +15,6 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from services import Mosquitto
 
 from kyoso.contract import SampleBatch
@@ -72,19 +70,18 @@ def test_sigkill_while_offline_then_restart_delivers_everything(
             config["http"] = {"port": 0}
             path = tmp_path / "gateway.yaml"
             path.write_text(yaml.safe_dump(config))
+            # MQTT 3.1.1 with a persistent session: Mosquitto 2.0.11 restores those after a
+            # restart (not MQTT 5 ones), and queues what arrives while we reconnect.
             subscriber = mqtt.Client(
                 callback_api_version=CallbackAPIVersion.VERSION2,
                 client_id="kyoso-test-collector",
-                protocol=mqtt.MQTTv5,
-                clean_session=None,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
             )
             subscriber.on_message = on_message
             subscriber.on_connect = lambda c, *_: c.subscribe("kyoso/v1/+/+/samples", qos=1)
-            # A persistent session: the broker queues what arrives while we reconnect.
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = 300
             subscriber.reconnect_delay_set(1, 1)
-            subscriber.connect(broker.host, broker.port, clean_start=False, properties=properties)
+            subscriber.connect(broker.host, broker.port)
             subscriber.loop_start()
             first = _start_gateway(path)
             await asyncio.sleep(4)  # samples flow

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
 from kyoso.validation import error_lines
 
+from .errors import GatewayError
 from .modbus_decode import ModbusDeviceConfig
 from .outbox import OutboxConfig
 from .publisher import PublisherConfig
@@ -226,7 +227,7 @@ class GatewayConfig(_Config):
         return self
 
 
-class ConfigError(ValueError):
+class ConfigError(GatewayError, ValueError):
     """A configuration that cannot be used; one line per problem, with its location."""
 
 

@@ -39,6 +39,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from .errors import GatewayError
 from .modbus_decode import (
     BIT_TABLES,
     DecodeError,
@@ -112,7 +113,7 @@ _UNREACHABLE_CODES: Final = frozenset({10, 11})
 # -- errors --------------------------------------------------------------------------------
 
 
-class ModbusError(Exception):
+class ModbusError(GatewayError):
     """Root of the errors of this module."""
 
 

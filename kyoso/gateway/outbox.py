@@ -44,6 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kyoso.contract import Sample, check_id
 
+from .errors import GatewayError
+
 __all__ = [
     "DroppedRange",
     "FullPolicy",
@@ -109,7 +111,7 @@ class OutboxConfig(BaseModel):
     )
 
 
-class OutboxError(Exception):
+class OutboxError(GatewayError):
     """Root of the outbox's errors."""
 
 
@@ -257,7 +259,8 @@ class SqliteOutbox:
     def requeue_refused(self, seqs: Iterable[int] | None = None) -> int:
         """Put refused rows (all, or those of ``seqs``) back in the outbox, keeping their seq.
 
-        For an operator who fixed the cause (an ACL, a quota). Limits are not applied.
+        For an operator who fixed the cause (an ACL, a quota). Limits are not applied. A
+        running publisher sends them with its next backlog pass, after its next reconnect.
         """
         select = "SELECT seq, session, payload, appended_at FROM refused"
         with self._lock, self._transaction():

@@ -62,6 +62,7 @@ from kyoso.contract import (
     status_topic,
 )
 
+from .errors import GatewayError
 from .outbox import OutboxRow, SqliteOutbox
 
 __all__ = [
@@ -124,7 +125,7 @@ class PublisherConfig(_Config):
     )
 
 
-class PublisherError(Exception):
+class PublisherError(GatewayError):
     """Misuse of the publisher, or paho refusing to queue a message."""
 
 
