@@ -2,12 +2,16 @@
 
 import subprocess
 import sys
+from enum import Enum
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from kyoso.gateway.config import ConfigError, load_config, substitute_env
+from kyoso.gateway.config import ConfigError, HttpConfig, load_config, substitute_env
+from kyoso.gateway.outbox import OutboxConfig
+from kyoso.gateway.publisher import PublisherConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "kyoso" / "gateway" / "gateway.example.yaml"
 ENV = {"KYOSO_BROKER_PASSWORD": "s3cret: with {yaml} chars"}
@@ -98,3 +102,36 @@ def test_check_command_prints_the_plan_or_the_errors(tmp_path: Path) -> None:
     bad = check(_broken(tmp_path, {"poll_interval_s": -1}))
     assert bad.returncode == 2
     assert "poll_interval_s: Input should be greater than 0" in bad.stderr
+
+
+def _documented_defaults(section: str) -> dict[str, object]:
+    """``option: value  # default D`` lines directly under ``section:`` -> D, as YAML."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{section}:")) + 1
+    found: dict[str, object] = {}
+    for line in lines[start:]:
+        if not line.startswith("  ") or line.startswith("   "):
+            if not line.startswith("   "):
+                break
+            continue
+        key, _, rest = line.strip().partition(":")
+        if "# default " in rest and key != "software":  # the software default carries the version
+            token = rest.split("# default ", 1)[1].split()[0].rstrip(":;,")
+            found[key] = yaml.safe_load(token)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("section", "model"),
+    [("broker", PublisherConfig), ("outbox", OutboxConfig), ("http", HttpConfig)],
+)
+def test_documented_defaults_are_the_real_ones(section: str, model: type[BaseModel]) -> None:
+    documented = _documented_defaults(section)
+    assert documented, section
+    for key, value in documented.items():
+        default = model.model_fields[key].default
+        if isinstance(default, Enum | Path):
+            default = str(getattr(default, "value", default))
+        if key == "max_bytes":
+            default //= 1024 * 1024  # documented as "512 MiB"
+        assert value == default, (section, key, value, default)
