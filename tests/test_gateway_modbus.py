@@ -25,6 +25,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusBaseDeviceContext, ModbusServerContext
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
+from simfactory import machine, small_factory
 
 from kyoso.contract import MachineState
 from kyoso.gateway.modbus import (
@@ -55,7 +56,7 @@ from kyoso.gateway.modbus_decode import (
 from kyoso.gateway.modbus_probe import format_probe, probe
 from kyoso.simulators import registers as reg
 from kyoso.simulators.behaviour import MachineModel, machine_seed
-from kyoso.simulators.config import FactoryConfig, ModbusSourceConfig
+from kyoso.simulators.config import ModbusSourceConfig
 from kyoso.simulators.modbus import Endpoint, Fault, FaultKind, ModbusServers
 from kyoso.simulators.registers import encode_value
 
@@ -491,69 +492,29 @@ def test_circuit_breaker_opens_then_half_opens() -> None:
 
 # -- against the simulated machines ----------------------------------------------------------
 
-BEHAVIOUR = {
-    "cycle_time_s": 30,
-    "job_parts": [5, 20],
-    "setup_s": [300, 900],
-    "idle_gap_s": 600,
-    "mtbf_h": 1,
-    "mttr_min": 10,
-    "micro_stops_per_h": 2,
-    "scrap_rate": 0.05,
-    "alarm_codes": [1021, 2210],
-}
-
-
-def machine(machine_id: str, server: str, unit: int, order: str, **source: Any) -> dict[str, Any]:
-    return {
-        "id": machine_id,
-        "name": machine_id,
-        "calendar": "days",
-        "capabilities": [{"process": "cnc_turning"}],
-        "ideal_cycle_time_s": 28,
-        "behaviour": BEHAVIOUR,
-        "source": {"kind": "modbus", "server": server, "unit": unit, "word_order": order, **source},
-    }
-
-
-FACTORY = FactoryConfig.model_validate(
-    {
-        "factory": "gateway-works",
-        "name": "Gateway Works",
-        "seed": 7,
-        "calendars": {
-            "days": {
-                "timezone": "UTC",
-                "shifts": [
-                    {
-                        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
-                        "start": "06:00",
-                        "end": "22:00",
-                    }
-                ],
-            }
-        },
-        # two units share "cell" (one connection), the others have a server each
-        "modbus_servers": {"cell": {"port": 0}, "left": {"port": 0}, "right": {"port": 0}},
-        "machines": [
-            machine("m-abcd", "cell", 1, "ABCD", counter_start=4_294_967_000),
-            machine("m-cdab", "cell", 2, "CDAB"),
-            machine("m-badc", "left", 3, "BADC"),
-            machine(
-                "m-dcba",
-                "right",
-                4,
-                "DCBA",
-                state_codes={
-                    "planned_stop": 10,
-                    "idle": 11,
-                    "setup": 12,
-                    "running": 13,
-                    "down": 99,
-                },
-            ),
-        ],
-    }
+# two units share "cell" (one connection), the others have a server each
+FACTORY = small_factory(
+    "gateway-works",
+    7,
+    ["cell", "left", "right"],
+    [
+        machine("m-abcd", "cell", 1, "ABCD", counter_start=4_294_967_000),
+        machine("m-cdab", "cell", 2, "CDAB"),
+        machine("m-badc", "left", 3, "BADC"),
+        machine(
+            "m-dcba",
+            "right",
+            4,
+            "DCBA",
+            state_codes={
+                "planned_stop": 10,
+                "idle": 11,
+                "setup": 12,
+                "running": 13,
+                "down": 99,
+            },
+        ),
+    ],
 )
 SOURCES = {m.id: m.source for m in FACTORY.machines if isinstance(m.source, ModbusSourceConfig)}
 

@@ -21,6 +21,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 from services import find_binary
+from simfactory import machine, small_factory
 
 from kyoso.contract import MachineState
 from kyoso.simulators import registers as reg
@@ -238,71 +239,31 @@ def test_coolant_temperature_is_signed_tenths() -> None:
 
 # -- a small factory -----------------------------------------------------------------------
 
-BEHAVIOUR = {
-    "cycle_time_s": 30,
-    "job_parts": [5, 20],
-    "setup_s": [300, 900],
-    "idle_gap_s": 600,
-    "mtbf_h": 1,
-    "mttr_min": 10,
-    "micro_stops_per_h": 2,
-    "scrap_rate": 0.05,
-    "alarm_codes": [1021, 2210],
-}
-
-
-def machine(machine_id: str, server: str, unit: int, order: str, **source: Any) -> dict[str, Any]:
-    return {
-        "id": machine_id,
-        "name": machine_id,
-        "calendar": "days",
-        "capabilities": [{"process": "cnc_turning"}],
-        "ideal_cycle_time_s": 28,
-        "behaviour": BEHAVIOUR,
-        "source": {"kind": "modbus", "server": server, "unit": unit, "word_order": order, **source},
-    }
-
-
-FACTORY = FactoryConfig.model_validate(
-    {
-        "factory": "test-works",
-        "name": "Test Works",
-        "seed": 42,
-        "calendars": {
-            "days": {
-                "timezone": "UTC",
-                "shifts": [
-                    {
-                        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
-                        "start": "06:00",
-                        "end": "22:00",
-                        "breaks": [{"start": "12:00", "end": "12:30"}],
-                    }
-                ],
-            }
-        },
-        "modbus_servers": {"cell": {"port": 0}, "solo": {"port": 0}},
-        "machines": [
-            # mbpoll prints int32 only: this counter shows its sign bit.
-            machine("m-abcd", "cell", 1, "ABCD", counter_start=3_000_000_000),
-            machine("m-cdab", "cell", 2, "CDAB"),
-            machine("m-badc", "cell", 3, "BADC"),
-            machine("m-dcba", "cell", 4, "DCBA", counter_start=4_294_967_000),
-            machine(
-                "m-solo",
-                "solo",
-                7,
-                "ABCD",
-                state_codes={
-                    "planned_stop": 10,
-                    "idle": 11,
-                    "setup": 12,
-                    "running": 13,
-                    "down": 99,
-                },
-            ),
-        ],
-    }
+FACTORY = small_factory(
+    "test-works",
+    42,
+    ["cell", "solo"],
+    [
+        # mbpoll prints int32 only: this counter shows its sign bit.
+        machine("m-abcd", "cell", 1, "ABCD", counter_start=3_000_000_000),
+        machine("m-cdab", "cell", 2, "CDAB"),
+        machine("m-badc", "cell", 3, "BADC"),
+        machine("m-dcba", "cell", 4, "DCBA", counter_start=4_294_967_000),
+        machine(
+            "m-solo",
+            "solo",
+            7,
+            "ABCD",
+            state_codes={
+                "planned_stop": 10,
+                "idle": 11,
+                "setup": 12,
+                "running": 13,
+                "down": 99,
+            },
+        ),
+    ],
+    breaks=[{"start": "12:00", "end": "12:30"}],
 )
 SOURCES = {m.id: m.source for m in FACTORY.machines if isinstance(m.source, ModbusSourceConfig)}
 
