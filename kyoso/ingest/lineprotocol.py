@@ -1,0 +1,310 @@
+"""InfluxDB line protocol: escaping, and the points the ingest writes for each message.
+
+Pure functions, no I/O. Every function either returns one complete, safe line or raises
+:class:`LineProtocolError`: no measurement, tag, field key or value can add a line, a tag
+or a field. The escaping follows the line protocol reference and was checked character by
+character against InfluxDB 1.6.7 (see tests/test_ingest_lineprotocol.py):
+
+============================  ===================================  ============================
+element                        escaped                              refused
+============================  ===================================  ============================
+measurement                    ``,`` and space                      empty; a backslash, CR or LF;
+                                                                    a leading ``#`` (a comment),
+                                                                    whitespace or NUL (skipped)
+tag key, tag value, field key  ``,`` ``=`` and space                empty; a backslash, CR or LF;
+                                                                    key ``time`` (and
+                                                                    ``_measurement``/``_field``
+                                                                    as tag keys, reserved by 2.x);
+                                                                    a field key's leading
+                                                                    whitespace or NUL (skipped)
+string field value             ``"`` and backslash                  CR or LF
+integer field value            written ``123i``                     outside signed 64 bits
+float field value              ``repr`` (a ``.`` or an exponent)    NaN and infinities
+timestamp                      nanoseconds since the epoch          naive datetimes; outside
+                                                                    InfluxDB's range (1677-2262)
+============================  ===================================  ============================
+
+Why backslashes are refused in names: InfluxDB's scanner skips the character after any
+backslash but unescapes only ``\\,`` ``\\=`` ``\\ ``, keeping other backslashes literally. So
+``a\\,b`` escaped as ``a\\\\,b`` ends the value at the comma, and a trailing backslash has no
+spelling at all (1.6.7 answers ``invalid tag format``). Contract ids and names never
+contain one. Text that is not valid Unicode (lone surrogates) is refused everywhere.
+
+Why line breaks are refused in string fields: line protocol has no escape for them
+(``\\n`` reads back as two characters). InfluxDB 1.x accepts a literal line break inside a
+quoted string, but the point then spans two physical lines, which defeats per-line error
+reporting, batch splitting and every tool that splits on newlines, and 2.x/3.x parsers do
+not promise to accept it. The one contract string that may hold one is a machine's
+display ``name``; such a description is refused here and dead-lettered by the caller.
+
+Points written per message (docs/storage.md has the full layout):
+
+==================  ===========  ===============================================  ==========
+measurement         tags         fields                                           time
+==================  ===========  ===============================================  ==========
+``samples``         gateway,     ``seq`` (i), ``session``, ``interval_s``,        sample.ts
+                    machine      ``state``, ``<state>_s`` per duration present,
+                                 ``<counter>_delta`` (i), ``<counter>_total``
+                                 (i), ``<signal>_last/_mean/_min/_max``,
+                                 ``<signal>_count`` (i), ``alarm`` (i) if
+                                 present, ``missing`` (comma-joined) if any
+``machines``        gateway,     ``name``, ``capabilities`` (JSON),               updated_at
+                    machine      ``calendar`` (JSON), ``ideal_cycle_time_s`` if
+                                 present, ``share_capacity``, ``share_kpis``
+``gateway_status``  gateway      ``status``, ``reason``, ``session``,             status.ts
+                                 ``software``
+==================  ===========  ===============================================  ==========
+
+The factory is not a tag: it selects the database (:func:`database_name`). A counter total
+at or above 2**63 (the contract admits raw 64-bit readings, InfluxDB 1.x has only signed
+64-bit integers) is stored as its two's-complement reinterpretation ``total - 2**64``; a
+negative ``_total`` therefore means ``value + 2**64``, losslessly.
+"""
+
+import functools
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample, check_id
+
+__all__ = [
+    "CAPACITY_DATABASE_SUFFIX",
+    "DEFAULT_DATABASE_PREFIX",
+    "MAX_TIME_NS",
+    "MIN_TIME_NS",
+    "RESERVED_FACTORY_IDS",
+    "FieldValue",
+    "LineProtocolError",
+    "database_name",
+    "description_point",
+    "escape_field_key",
+    "escape_measurement",
+    "escape_tag",
+    "format_field_value",
+    "line",
+    "sample_point",
+    "status_point",
+    "timestamp_ns",
+]
+
+FieldValue = bool | int | float | str
+
+MIN_TIME_NS: Final = -(2**63) + 2
+"""Earliest timestamp InfluxDB stores (``models.MinNanoTime``, 1677-09-21)."""
+MAX_TIME_NS: Final = 2**63 - 2
+"""Latest timestamp InfluxDB stores (``models.MaxNanoTime``, 2262-04-11)."""
+DEFAULT_DATABASE_PREFIX: Final = "kyoso_"
+CAPACITY_DATABASE_SUFFIX: Final = "capacity"
+"""The shared capacity database is ``<prefix>capacity``."""
+RESERVED_FACTORY_IDS: Final = frozenset({CAPACITY_DATABASE_SUFFIX})
+"""Factory ids whose database name would be a shared database's name."""
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_BREAKS: Final = ("\n", "\r")
+_MEASUREMENT_ESCAPES: Final = str.maketrans({",": "\\,", " ": "\\ "})
+_TAG_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
+_STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
+_RESERVED_TAG_KEYS: Final = frozenset({"time", "_measurement", "_field"})
+
+
+class LineProtocolError(ValueError):
+    """A value that cannot be written as line protocol without changing its meaning."""
+
+
+def _check_utf8(text: str, what: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise LineProtocolError(f"{what} {text[:80]!r} is not valid Unicode text") from exc
+
+
+def _check_name(text: str, what: str) -> None:
+    if not text:
+        raise LineProtocolError(f"{what} must not be empty")
+    if "\\" in text or "\n" in text or "\r" in text:
+        raise LineProtocolError(
+            f"{what} {text[:80]!r} contains a backslash or a line break, "
+            "which line protocol cannot carry"
+        )
+    _check_utf8(text, what)
+
+
+def _skipped(char: str) -> bool:
+    """InfluxDB 1.x skips spaces, tabs and NUL before a line and before its first field."""
+    return char.isspace() or char == "\x00"
+
+
+@functools.lru_cache(maxsize=4096)  # keys and ids repeat in every point
+def escape_measurement(name: str) -> str:
+    """Escape a measurement name (commas and spaces)."""
+    _check_name(name, "measurement")
+    if name[0] == "#" or _skipped(name[0]):
+        raise LineProtocolError(
+            f"measurement {name[:80]!r} must not start with '#', whitespace or NUL"
+        )
+    return name.translate(_MEASUREMENT_ESCAPES)
+
+
+@functools.lru_cache(maxsize=4096)  # keys and ids repeat in every point
+def escape_tag(text: str, what: str = "tag") -> str:
+    """Escape a tag key or tag value (commas, equals signs and spaces)."""
+    _check_name(text, what)
+    return text.translate(_TAG_ESCAPES)
+
+
+@functools.lru_cache(maxsize=4096)  # keys and ids repeat in every point
+def escape_field_key(key: str) -> str:
+    """Escape a field key (commas, equals signs and spaces); ``time`` is refused."""
+    _check_name(key, "field key")
+    if key == "time":
+        raise LineProtocolError("field key 'time' is reserved by InfluxDB")
+    if _skipped(key[0]):
+        raise LineProtocolError(f"field key {key[:80]!r} must not start with whitespace or NUL")
+    return key.translate(_TAG_ESCAPES)
+
+
+def format_field_value(value: FieldValue) -> str:
+    """One field value: ``true``/``false``, ``12i``, ``1.5``/``1e+16``, or ``"text"``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise LineProtocolError(f"integer {value} does not fit in a signed 64-bit field")
+        return f"{value}i"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise LineProtocolError(f"float field value {value!r} is not finite")
+        return repr(value)  # shortest round-trip form, always with '.' or an exponent
+    if isinstance(value, str):
+        if "\n" in value or "\r" in value:
+            raise LineProtocolError(
+                f"string field value {value[:80]!r} contains a line break, "
+                "which line protocol cannot escape"
+            )
+        _check_utf8(value, "string field value")
+        return f'"{value.translate(_STRING_ESCAPES)}"'
+    raise LineProtocolError(f"unsupported field value type {type(value).__name__}")
+
+
+def timestamp_ns(moment: datetime) -> int:
+    """Nanoseconds since the Unix epoch of an aware datetime, exactly (no float rounding)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise LineProtocolError(f"timestamp {moment.isoformat()} has no time zone")
+    ns = (moment - _EPOCH) // _MICROSECOND * 1000
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise LineProtocolError(f"timestamp {moment.isoformat()} is outside InfluxDB's range")
+    return ns
+
+
+def line(
+    measurement: str,
+    tags: Mapping[str, str],
+    fields: Mapping[str, FieldValue],
+    ts: datetime | int | None = None,
+) -> str:
+    """One point as one line; tags are sorted by key, as InfluxDB stores them."""
+    if not fields:
+        raise LineProtocolError("a point needs at least one field")
+    parts = [escape_measurement(measurement)]
+    for key in sorted(tags):
+        if key in _RESERVED_TAG_KEYS:
+            raise LineProtocolError(f"tag key {key!r} is reserved by InfluxDB")
+        parts.append(f",{escape_tag(key, 'tag key')}={escape_tag(tags[key], 'tag value')}")
+    parts.append(" ")
+    parts.append(
+        ",".join(f"{escape_field_key(k)}={format_field_value(v)}" for k, v in fields.items())
+    )
+    if ts is not None:
+        ns = timestamp_ns(ts) if isinstance(ts, datetime) else ts
+        if isinstance(ns, bool) or not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+            raise LineProtocolError(f"timestamp {ns!r} is outside InfluxDB's range")
+        parts.append(f" {ns}")
+    return "".join(parts)
+
+
+def database_name(factory: str, prefix: str = DEFAULT_DATABASE_PREFIX) -> str:
+    """The database holding one factory's raw telemetry: ``<prefix><factory>``."""
+    check_id(factory, "factory")
+    if factory in RESERVED_FACTORY_IDS:
+        raise LineProtocolError(
+            f"factory id {factory!r} is reserved: its database would be a shared one"
+        )
+    return prefix + factory
+
+
+class _Fields(dict[str, FieldValue]):
+    """Field map that refuses to overwrite a key (two names mapping to one field)."""
+
+    def put(self, key: str, value: FieldValue) -> None:
+        if key in self:
+            raise LineProtocolError(f"field {key!r} would be written twice")
+        self[key] = value
+
+
+def sample_point(factory: str, gateway: str, session: str, sample: Sample) -> str:
+    """The ``samples`` line of one sample (``factory`` picks the database, not a tag)."""
+    check_id(factory, "factory")
+    fields = _Fields(seq=sample.seq, session=check_id(session, "session"))
+    fields.put("interval_s", float(sample.interval_s))
+    fields.put("state", sample.state.value)
+    for state in MachineState:
+        if state in sample.durations_s:
+            fields.put(f"{state.value}_s", float(sample.durations_s[state]))
+    for name in sorted(sample.counters):
+        counter = sample.counters[name]
+        fields.put(f"{name}_delta", counter.delta)
+        if counter.total is not None:
+            total = counter.total
+            fields.put(f"{name}_total", total - 2**64 if total > _INT64_MAX else total)
+    for name in sorted(sample.signals):
+        stats = sample.signals[name]
+        fields.put(f"{name}_last", float(stats.last))
+        fields.put(f"{name}_mean", float(stats.mean))
+        fields.put(f"{name}_min", float(stats.min))
+        fields.put(f"{name}_max", float(stats.max))
+        fields.put(f"{name}_count", stats.count)
+    if sample.alarm is not None:
+        fields.put("alarm", sample.alarm)
+    if sample.missing:
+        fields.put("missing", ",".join(sample.missing))
+    tags = {"gateway": check_id(gateway, "gateway"), "machine": sample.machine}
+    return line("samples", tags, fields, sample.ts)
+
+
+def _compact_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def description_point(description: MachineDescription) -> str:
+    """The ``machines`` line of a machine description, at its ``updated_at``."""
+    fields = _Fields(
+        name=description.name,
+        capabilities=_compact_json(
+            [c.model_dump(mode="json", exclude_none=True) for c in description.capabilities]
+        ),
+        calendar=_compact_json(description.calendar.model_dump(mode="json", exclude_none=True)),
+    )
+    if description.ideal_cycle_time_s is not None:
+        fields.put("ideal_cycle_time_s", float(description.ideal_cycle_time_s))
+    fields.put("share_capacity", description.sharing.capacity)
+    fields.put("share_kpis", description.sharing.kpis)
+    tags = {"gateway": description.gateway, "machine": description.machine}
+    return line("machines", tags, fields, description.updated_at)
+
+
+def status_point(status: GatewayStatus) -> str:
+    """The ``gateway_status`` line of a gateway status, at the gateway's ``ts``."""
+    fields: dict[str, FieldValue] = {
+        "status": status.status,
+        "reason": status.reason,
+        "session": status.session,
+        "software": status.software,
+    }
+    return line("gateway_status", {"gateway": status.gateway}, fields, status.ts)

@@ -1,0 +1,264 @@
+"""The store interface: what the ingest writes and what the capacity service reads.
+
+Two implementations share it: the embedded :class:`~kyoso.store.sqlite.SqliteStore` (demo,
+single shop) and an InfluxDB store (regional stack). One test suite
+(``tests/store_suite.py``) pins the semantics below for both.
+
+Why a :class:`typing.Protocol` and not an ABC: the implementations share no code (SQL over a
+local file versus line protocol and InfluxQL over HTTP), so a base class would hold nothing
+but abstract methods. A protocol lets the ingest depend on :class:`StoreWriter` alone and
+the capacity service on :class:`StoreReader` alone, lets any test fake satisfy them without
+inheriting, and mypy checks conformance wherever a concrete store is used as a ``Store``.
+Lifecycle (open, close) is deliberately not part of it: whoever builds a store closes it.
+
+Semantics every implementation keeps
+------------------------------------
+
+**Time.** Every datetime argument must be timezone-aware (any offset; ``ValueError``
+otherwise); every datetime returned is in UTC. Precision is the microsecond.
+
+**Samples are keyed by (factory, machine, ts)**, like an InfluxDB point keyed by
+measurement, tags and timestamp. Writing a sample again at the same key replaces it: a
+replay or duplicate is counted once, and the later write wins for every value it carries.
+(A field-union store such as InfluxDB may keep a counter or signal *name* carried only by
+the earlier write; the contract forbids replays that differ (section 8.5), so the suite does
+not pin that case. It does pin that all six state durations are replaced.)
+
+**A sample covers its interval** ``(ts - interval_s, ts]``. Window queries over
+``[start, end)`` attribute every sample by **proration**: a sample contributes to a window
+(or bucket) the share ``overlap / interval_s`` of each of its state durations and counter
+deltas, where ``overlap`` is the length of the intersection of its interval with the
+window. A sample wholly inside contributes fully; one ending exactly at ``start`` or
+starting exactly at ``end`` contributes nothing; one straddling an edge is split between
+the two sides in proportion to time, so the buckets of a window always add up to the whole
+window. Counter totals are therefore floats.
+
+**Gaps stay visible.** ``no_data_s`` of a window is its length minus the time covered by
+sample intervals (never negative, should a faulty gateway send overlapping intervals).
+``unknown`` time (the gateway ran but could not read the machine) is reported as a state;
+time without any sample is ``no_data_s``. The state seconds of a window add up to its
+covered time within the contract's tolerance (durations may sum 0.01 s away from
+``interval_s`` per sample).
+
+**Which machines a window query reports.** For ``machine=None``: every machine of the
+factory that has a description now or a sample overlapping ``[start, end)``, each with one
+result per bucket, buckets without samples included (all ``no_data_s``). For a given
+machine: that machine's buckets, whatever is stored. Results are sorted by machine, then
+start. Buckets are aligned to ``start``; the last one ends at ``end`` and may be shorter.
+"""
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol
+
+from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample
+
+__all__ = [
+    "MAX_BUCKETS",
+    "BucketGrid",
+    "CounterWindow",
+    "StateWindow",
+    "Store",
+    "StoreError",
+    "StoreReader",
+    "StoreUnavailableError",
+    "StoreWriter",
+    "StoredSample",
+    "check_aware",
+    "window_buckets",
+]
+
+MAX_BUCKETS: Final = 100_000
+"""Most buckets one window query may ask for (a year of 6-minute buckets)."""
+
+
+class StoreError(Exception):
+    """Root of the store's errors; a permanent failure unless it is the subclass below."""
+
+
+class StoreUnavailableError(StoreError):
+    """Retryable: the store is busy or unreachable. Writes are idempotent, so repeat them."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    """A sample as stored, with who sent it and when the ingest received it."""
+
+    gateway: str
+    session: str
+    sample: Sample
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StateWindow:
+    """Prorated state seconds of one machine over ``[start, end)``."""
+
+    machine: str
+    start: datetime
+    end: datetime
+    seconds: Mapping[MachineState, float]
+    """Every state, zeros included."""
+    no_data_s: float
+    """Time of the window covered by no sample."""
+
+    @property
+    def length_s(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class CounterWindow:
+    """Prorated counter deltas of one machine over ``[start, end)``, by counter name.
+
+    A name is present when some sample overlapping the window carries it (with delta 0
+    too); an empty mapping means no counter was reported in the window.
+    """
+
+    machine: str
+    start: datetime
+    end: datetime
+    totals: Mapping[str, float]
+
+
+class StoreWriter(Protocol):
+    """What the ingest needs: idempotent writes of decoded messages."""
+
+    async def write_samples(
+        self,
+        factory: str,
+        gateway: str,
+        session: str,
+        samples: Sequence[Sample],
+        *,
+        received_at: datetime | None = None,
+    ) -> None:
+        """Store samples of one batch; a sample at an existing (factory, machine, ts)
+        replaces it. ``received_at`` (default: now) is reported by :meth:`latest_samples`.
+        When this returns, the samples are durable: the ingest may acknowledge them."""
+        ...
+
+    async def write_description(self, desc: MachineDescription) -> None:
+        """Keep the description with the latest ``updated_at`` per (factory, machine); an
+        equal ``updated_at`` replaces, an older one (a late redelivery) is ignored."""
+        ...
+
+    async def remove_description(self, factory: str, machine: str) -> None:
+        """The machine was withdrawn (empty retained payload): :meth:`StoreReader.machines`
+        no longer lists it. Its samples stay; a later description lists it again."""
+        ...
+
+    async def write_status(self, status: GatewayStatus) -> None:
+        """Keep the status **last written** per (factory, gateway), whatever its ``ts``:
+        a last will carries the time of its CONNECT, earlier than the online status it
+        supersedes, so only arrival order tells which is current. The ingest writes the
+        statuses of one gateway in the order the broker delivered them."""
+        ...
+
+
+class StoreReader(Protocol):
+    """What the capacity service needs; every query is confined to one factory."""
+
+    async def factories(self) -> list[str]:
+        """Every factory with a stored sample, description or status, sorted."""
+        ...
+
+    async def machines(self, factory: str) -> list[MachineDescription]:
+        """The current description of each described machine, sorted by machine."""
+        ...
+
+    async def gateway_status(self, factory: str) -> list[GatewayStatus]:
+        """The status last written per gateway, sorted by gateway."""
+        ...
+
+    async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
+        """The sample with the latest ``ts`` of each machine that has one."""
+        ...
+
+    async def state_seconds(
+        self,
+        factory: str,
+        machine: str | None,
+        start: datetime,
+        end: datetime,
+        bucket_s: float | None = None,
+    ) -> list[StateWindow]:
+        """Prorated state durations per machine (and per bucket of ``bucket_s``)."""
+        ...
+
+    async def counter_totals(
+        self,
+        factory: str,
+        machine: str | None,
+        start: datetime,
+        end: datetime,
+        bucket_s: float | None = None,
+    ) -> list[CounterWindow]:
+        """Prorated counter deltas per machine (and per bucket), the same rows as
+        :meth:`state_seconds` would report."""
+        ...
+
+
+class Store(StoreWriter, StoreReader, Protocol):
+    """A store both written and read (one embedded process, or the test suite)."""
+
+
+def check_aware(moment: datetime, what: str) -> datetime:
+    """``moment`` in UTC; ``ValueError`` if it is naive."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{what} {moment.isoformat()} must be timezone-aware")
+    return moment.astimezone(UTC)
+
+
+def window_buckets(
+    start: datetime, end: datetime, bucket_s: float | None
+) -> list[tuple[datetime, datetime]]:
+    """The UTC buckets of a window query: ``[start, end)`` cut every ``bucket_s`` from
+    ``start`` (the last bucket may be shorter), or the whole window for ``None``.
+
+    An empty window gives no bucket; ``end < start``, a non-positive or sub-microsecond
+    ``bucket_s``, or more than :data:`MAX_BUCKETS` buckets raise ``ValueError``.
+    """
+    start, end = check_aware(start, "start"), check_aware(end, "end")
+    if end < start:
+        raise ValueError(f"window end {end.isoformat()} is before its start {start.isoformat()}")
+    if bucket_s is not None and not (math.isfinite(bucket_s) and bucket_s >= 1e-6):
+        raise ValueError(f"bucket_s must be at least one microsecond, not {bucket_s!r}")
+    if end == start:
+        return []
+    if bucket_s is None:
+        return [(start, end)]
+    step = timedelta(microseconds=round(bucket_s * 1e6))
+    count = -((start - end) // step)  # exact ceiling, no float
+    if count > MAX_BUCKETS:
+        raise ValueError(f"{count} buckets asked for; at most {MAX_BUCKETS} per query")
+    return [(start + i * step, min(start + (i + 1) * step, end)) for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketGrid:
+    """The buckets of a window query on an integer time axis (µs, ns: any one unit), and
+    the proration rule above in code, for stores whose query language cannot prorate:
+    bucket ``i`` is ``[start + i * step, min(start + (i + 1) * step, end))``."""
+
+    start: int
+    end: int
+    step: int
+
+    @property
+    def count(self) -> int:
+        return -((self.start - self.end) // self.step)
+
+    def shares(self, first: int, last: int) -> Iterator[tuple[int, float, int]]:
+        """``(bucket, share, overlap)`` for each bucket that the interval ``(first, last]``
+        overlaps: ``overlap`` is the length in common, ``share`` its fraction of the
+        interval (multiply durations and counter deltas by it)."""
+        low = max(0, (first - self.start) // self.step)
+        high = min(self.count - 1, (last - 1 - self.start) // self.step)
+        for index in range(low, high + 1):
+            begin = self.start + index * self.step
+            overlap = min(last, begin + self.step, self.end) - max(first, begin)
+            if overlap > 0:
+                yield index, overlap / (last - first), overlap
