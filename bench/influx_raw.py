@@ -2,7 +2,7 @@
 
 Starts its own influxd (Debian's 1.6.7) on free loopback ports in a temporary directory,
 builds ``--points`` sample points (the contract example's shape: two states, two counters
-with totals, two signals, an alarm; 21 fields) for ``--machines`` machines, one minute
+with totals, two signals, an alarm; 26 fields) for ``--machines`` machines, one minute
 apart, and writes them into a fresh database three ways:
 
 1. raw: pre-built bodies POSTed in batches of ``--batch`` over one kept-alive connection
@@ -70,7 +70,7 @@ enabled = false
 """
 
 
-def _start_influxd(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_influxd(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port, rpc_port = free_port(), free_port()
     config = workdir / "influxdb.conf"
     config.write_text(_influxd_config(workdir, port, rpc_port))
@@ -85,7 +85,7 @@ def _start_influxd(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
         if process.poll() is not None:
             raise RuntimeError(f"influxd exited: {(workdir / 'influxd.log').read_text()[-2000:]}")
         try:
-            status, _ = _request(port, "GET", "/ping")
+            status, _ = request(port, "GET", "/ping")
             if status == 204:
                 return process, port
         except OSError:
@@ -95,7 +95,7 @@ def _start_influxd(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("influxd did not answer /ping within 60 s")
 
 
-def _request(
+def request(
     port: int,
     method: str,
     path: str,
@@ -111,7 +111,7 @@ def _request(
         connection.close()
 
 
-def _samples(count: int, machines: int, offset: int) -> list[Sample]:
+def bench_samples(count: int, machines: int, offset: int, start: datetime = START) -> list[Sample]:
     out = []
     for i in range(count):
         machine, step = i % machines, offset + i // machines
@@ -119,7 +119,7 @@ def _samples(count: int, machines: int, offset: int) -> list[Sample]:
             Sample(
                 machine=f"m{machine:03d}",
                 seq=offset * machines + i,
-                ts=START + timedelta(minutes=step),
+                ts=start + timedelta(minutes=step),
                 interval_s=60.0,
                 state=MachineState.RUNNING,
                 durations_s={MachineState.RUNNING: 52.5, MachineState.DOWN: 7.5},
@@ -145,7 +145,7 @@ def _lines(samples: list[Sample]) -> tuple[list[str], float]:
     return lines, time.perf_counter() - started
 
 
-def _raw(port: int, database: str, lines: list[str], batch: int, compress: bool) -> float:
+def raw_write(port: int, database: str, lines: list[str], batch: int, compress: bool) -> float:
     path = f"/write?{urlencode({'db': database, 'precision': 'ns'})}"
     headers = {"Content-Type": "text/plain; charset=utf-8"}
     bodies = ["\n".join(lines[i : i + batch]).encode() for i in range(0, len(lines), batch)]
@@ -184,10 +184,10 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="kyoso-bench-influx-"))
-    process, port = _start_influxd(workdir)
+    process, port = start_influxd(workdir)
     try:
         database = "kyoso_bench"
-        _request(
+        request(
             port,
             "POST",
             "/query",
@@ -196,10 +196,10 @@ def main() -> int:
         )
         per_run = args.points // args.machines
         runs = {"raw": False, "raw gzip": True, "writer": None}
-        built, build_s = _lines(_samples(args.points, args.machines, 0))
+        built, build_s = _lines(bench_samples(args.points, args.machines, 0))
         size = sum(len(line) + 1 for line in built)
         print(
-            f"influxd 1.6.7, data in {workdir}; {args.points} points of 21 fields, "
+            f"influxd 1.6.7, data in {workdir}; {args.points} points of 26 fields, "
             f"{args.machines} series, batches of {args.batch}"
         )
         print(
@@ -210,20 +210,20 @@ def main() -> int:
             lines = (
                 built
                 if run == 0
-                else _lines(_samples(args.points, args.machines, run * per_run))[0]
+                else _lines(bench_samples(args.points, args.machines, run * per_run))[0]
             )
             cpu0 = cpu_seconds(process.pid)
             if compress is None:
                 elapsed = asyncio.run(_writer(port, database, lines, args.batch))
             else:
-                elapsed = _raw(port, database, lines, args.batch, compress)
+                elapsed = raw_write(port, database, lines, args.batch, compress)
             cpu = cpu_seconds(process.pid) - cpu0
             print(
                 f"{name:>9}: {args.points / elapsed:>10,.0f} points/s "
-                f"({args.points * 21 / elapsed:,.0f} field values/s), "
+                f"({args.points * 26 / elapsed:,.0f} field values/s), "
                 f"influxd CPU {cpu / elapsed * 100:.0f} % of one core"
             )
-        _, body = _request(
+        _, body = request(
             port,
             "GET",
             "/query?" + urlencode({"db": database, "q": COUNT_QUERY}),

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from kyoso import __version__
 from kyoso.gateway import command as gateway_command
+from kyoso.ingest import command as ingest_command
 from kyoso.simulators import command as simulate_command
 
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     simulate_command.register(commands)
     gateway_command.register(commands)
+    ingest_command.register(commands)
     return parser
 
 

@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -302,6 +304,15 @@ class _Service:
         if self._process is None and self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET a loopback URL: (status, body), error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def mqtt_connack(

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from examples import documented_defaults, uncommented_lines
 from pydantic import BaseModel
 
-from kyoso.gateway.config import ConfigError, HttpConfig, load_config, substitute_env
+from kyoso.gateway.config import ConfigError, load_config, substitute_env
 from kyoso.gateway.outbox import OutboxConfig
 from kyoso.gateway.publisher import PublisherConfig
+from kyoso.ops import HttpConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "kyoso" / "gateway" / "gateway.example.yaml"
 ENV = {"KYOSO_BROKER_PASSWORD": "s3cret: with {yaml} chars"}
@@ -30,12 +32,7 @@ def test_the_example_loads_with_every_section() -> None:
 def test_every_example_option_has_a_comment() -> None:
     """Up to the first machine every option is explained; later machines only show sources."""
     text = EXAMPLE.read_text()
-    explained = text[: text.index("  - id: manual-lathe")]
-    for number, line in enumerate(explained.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("#", "- ", "{")) or stripped.endswith(":"):
-            continue
-        assert "#" in line, f"line {number} has no comment: {line}"
+    assert uncommented_lines(text[: text.index("  - id: manual-lathe")]) == []
 
 
 def test_environment_substitution() -> None:
@@ -104,29 +101,12 @@ def test_check_command_prints_the_plan_or_the_errors(tmp_path: Path) -> None:
     assert "poll_interval_s: Input should be greater than 0" in bad.stderr
 
 
-def _documented_defaults(section: str) -> dict[str, object]:
-    """``option: value  # default D`` lines directly under ``section:`` -> D, as YAML."""
-    lines = EXAMPLE.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"{section}:")) + 1
-    found: dict[str, object] = {}
-    for line in lines[start:]:
-        if not line.startswith("  ") or line.startswith("   "):
-            if not line.startswith("   "):
-                break
-            continue
-        key, _, rest = line.strip().partition(":")
-        if "# default " in rest and key != "software":  # the software default carries the version
-            token = rest.split("# default ", 1)[1].split()[0].rstrip(":;,")
-            found[key] = yaml.safe_load(token)
-    return found
-
-
 @pytest.mark.parametrize(
     ("section", "model"),
     [("broker", PublisherConfig), ("outbox", OutboxConfig), ("http", HttpConfig)],
 )
 def test_documented_defaults_are_the_real_ones(section: str, model: type[BaseModel]) -> None:
-    documented = _documented_defaults(section)
+    documented = documented_defaults(EXAMPLE, section, ignore={"software"})  # has the version
     assert documented, section
     for key, value in documented.items():
         default = model.model_fields[key].default

@@ -5,16 +5,15 @@ Faulty devices (dead, slow, busy) must not slow the others; samples flow to the 
 """
 
 import asyncio
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from services import Mosquitto
+from services import Mosquitto, http_get
 
 from kyoso.gateway.agent import Gateway
 from kyoso.gateway.config import GatewayConfig
-from kyoso.gateway.http import HealthServer
+from kyoso.gateway.http import health_server
 from kyoso.simulators.config import load_factory, shipped_factories
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.modbus import Fault, FaultKind
@@ -24,14 +23,6 @@ START = datetime(2026, 1, 7, 0, 0, tzinfo=UTC).timestamp()
 SCALE = 5.0
 POLL_S = 1.0
 RUN_WALL_S = 4.0
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 @pytest.mark.integration
@@ -64,15 +55,15 @@ def test_faulty_devices_do_not_slow_the_others(mosquitto: Mosquitto, tmp_path: P
                     machine["source"]["modbus"]["timeout_s"] = 0.5
             config["http"] = {"port": 0}
             gateway = Gateway(GatewayConfig.model_validate(config), clock=clock)
-            health = HealthServer(gateway, gateway.config.http)
+            health = health_server(gateway, gateway.config.http)
             await health.start()
             stop = asyncio.Event()
             task = asyncio.create_task(gateway.run(stop))
             await asyncio.sleep(RUN_WALL_S)
             base = f"http://127.0.0.1:{health.port}"
-            metrics = await asyncio.to_thread(_get, base + "/metrics")
-            ready = await asyncio.to_thread(_get, base + "/readyz")
-            missing = await asyncio.to_thread(_get, base + "/nope")
+            metrics = await asyncio.to_thread(http_get, base + "/metrics")
+            ready = await asyncio.to_thread(http_get, base + "/readyz")
+            missing = await asyncio.to_thread(http_get, base + "/nope")
             polls = {m: s.stats.polls for m, s in gateway.sources.items()}
             stop.set()
             await task

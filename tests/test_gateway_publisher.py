@@ -44,7 +44,8 @@ from kyoso.contract import (
     status_topic,
 )
 from kyoso.gateway.outbox import OutboxConfig, OutboxRow, SqliteOutbox
-from kyoso.gateway.publisher import MqttPublisher, PublisherConfig, TlsConfig, encode_batches
+from kyoso.gateway.publisher import MqttPublisher, PublisherConfig, encode_batches
+from kyoso.mqtt import TlsConfig
 
 TESTS = Path(__file__).parent
 

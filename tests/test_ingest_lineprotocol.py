@@ -44,6 +44,7 @@ from kyoso.ingest.lineprotocol import (
     escape_measurement,
     escape_tag,
     format_field_value,
+    interval_ns,
     line,
     sample_point,
     status_point,
@@ -288,22 +289,47 @@ def _example_batch() -> SampleBatch:
 
 def test_sample_points_of_the_contract_example() -> None:
     batch = _example_batch()
-    lines = [sample_point(batch.factory, batch.gateway, batch.session, s) for s in batch.samples]
+    received = datetime(2026, 1, 12, 23, 15, 0, 250000, tzinfo=UTC)
+    lines = [
+        sample_point(batch.factory, batch.gateway, batch.session, s, received_at=received)
+        for s in batch.samples
+    ]
     session = "0f8e6c1a-4b7d-4e2a-9c35-7a1d2b3c4d5e"
     assert lines == [
         "samples,gateway=gw-01,machine=imm-01 "
-        f'seq=48213i,session="{session}",interval_s=60.0,state="down",'
-        "running_s=52.5,down_s=7.5,"
+        f'seq=48213i,session="{session}",interval_s=60.0,start_ns=1768259640000000000i,'
+        'state="down",running_s=52.5,setup_s=0.0,down_s=7.5,idle_s=0.0,planned_stop_s=0.0,'
+        "unknown_s=0.0,"
         "good_delta=2i,good_total=1i,reject_delta=0i,reject_total=17i,"
         "load_pct_last=0.0,load_pct_mean=61.5,load_pct_min=0.0,load_pct_max=78.0,"
         "load_pct_count=60i,"
         "power_kw_last=3.1,power_kw_mean=12.4,power_kw_min=3.1,power_kw_max=15.2,"
         "power_kw_count=60i,"
-        "alarm=240i 1768259700000000000",
+        "alarm=240i,received_ns=1768259700250000000i 1768259700000000000",
         "samples,gateway=gw-01,machine=blow-01 "
-        f'seq=48214i,session="{session}",interval_s=60.0,state="unknown",'
-        'running_s=21.0,unknown_s=39.0,missing="current_a" 1768259700000000000',
+        f'seq=48214i,session="{session}",interval_s=60.0,start_ns=1768259640000000000i,'
+        'state="unknown",running_s=21.0,setup_s=0.0,down_s=0.0,idle_s=0.0,planned_stop_s=0.0,'
+        'unknown_s=39.0,missing="current_a",received_ns=1768259700250000000i '
+        "1768259700000000000",
     ]
+
+
+def test_every_state_duration_is_written() -> None:
+    sample = _example_batch().samples[0]
+    durations = {MachineState.IDLE: 0.0, MachineState.DOWN: 60.0, MachineState.SETUP: 0.0}
+    _, _, fields, _ = read(
+        sample_point("f", "g", "s", sample.model_copy(update={"durations_s": durations}))
+    )
+    assert {state: fields[f"{state.value}_s"] for state in MachineState} == {
+        state: durations.get(state, 0.0) for state in MachineState
+    }
+    assert "received_ns" not in fields
+
+
+def test_interval_ns_is_whole_and_positive() -> None:
+    assert interval_ns(60.0) == 60_000_000_000
+    assert interval_ns(0.1) == 100_000_000
+    assert interval_ns(1e-12) == 1  # an interval never has length 0
 
 
 def test_description_and_status_points() -> None:
@@ -329,16 +355,21 @@ def test_description_and_status_points() -> None:
         True,
         False,
     )
+    without = description.model_copy(update={"ideal_cycle_time_s": None})
+    assert read(description_point(without))[2]["ideal_cycle_time_s"] == 0.0  # always written
 
     status = decode(
         "kyoso/v1/mori-plastics/gw-01/status", (EXAMPLES / "status_online.json").read_bytes()
     )
     assert isinstance(status, GatewayStatus)
-    assert status_point(status) == (
+    # Stamped with the store's write time; the gateway's own ts is a field.
+    assert status_point(status, written_at=1768258690123456789) == (
         'gateway_status,gateway=gw-01 status="online",reason="connected",'
-        'session="0f8e6c1a-4b7d-4e2a-9c35-7a1d2b3c4d5e",software="kyoso-gateway 0.1.0" '
-        "1768258683000000000"
+        'session="0f8e6c1a-4b7d-4e2a-9c35-7a1d2b3c4d5e",software="kyoso-gateway 0.1.0",'
+        "ts_ns=1768258683000000000i 1768258690123456789"
     )
+    written = datetime(2026, 1, 12, 23, 0, tzinfo=UTC)
+    assert read(status_point(status, written_at=written))[3] == timestamp_ns(written)
 
 
 def test_a_display_name_with_a_line_break_is_refused() -> None:
@@ -554,8 +585,9 @@ def test_every_valid_sample_reads_back(gateway: str, session: str, sample: Sampl
         session,
         sample.state.value,
     )
-    for state, seconds in sample.durations_s.items():
-        assert fields[f"{state.value}_s"] == seconds
+    assert fields["start_ns"] == ts - interval_ns(sample.interval_s)
+    for state in MachineState:
+        assert fields[f"{state.value}_s"] == sample.durations_s.get(state, 0.0)
     for name, counter in sample.counters.items():
         assert fields[f"{name}_delta"] == counter.delta
         if counter.total is not None:
@@ -622,3 +654,21 @@ def test_real_influxdb_reads_back_exactly_what_was_written(influxdb: InfluxDB, c
         **case.tags,
         **case.fields,
     }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"machine": "m,x=1"},
+        {"counters": {"a b": Counter(delta=1)}},
+        {"signals": {'a"': SignalStats(last=1, mean=1, min=1, max=1)}},
+        {"missing": ["a\nb"]},
+        {"seq": True},
+        {"interval_s": float("nan")},
+    ],
+)
+def test_a_sample_built_without_validation_cannot_inject(change: dict[str, object]) -> None:
+    """The contract never lets such a sample through; sample_point refuses it anyway."""
+    sample = _example_batch().samples[0].model_copy(update=change)
+    with pytest.raises(LineProtocolError):
+        sample_point("f", "g", "s", sample)

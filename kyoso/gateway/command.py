@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .agent import Gateway
 from .config import ConfigError, load_config
-from .http import HealthServer
+from .http import health_server
 from .modbus import ModbusError
 from .modbus_decode import format_plan, plan_device
 from .modbus_probe import format_probe, probe
@@ -73,7 +73,7 @@ async def _serve(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    health = HealthServer(gateway, gateway.config.http)
+    health = health_server(gateway, gateway.config.http)
     await health.start()
     try:
         await gateway.run(stop)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
+from kyoso.ops import HttpConfig
 from kyoso.validation import error_lines
 
 from .errors import GatewayError
@@ -164,13 +165,6 @@ class MachineConfig(_Config):
                 f"fields {unknown} are not read by the source (it reads {sorted(known)})"
             )
         return self
-
-
-class HttpConfig(_Config):
-    """The local endpoint with /healthz and Prometheus /metrics."""
-
-    host: str = Field(default="127.0.0.1", description="Bind address.")
-    port: int = Field(default=9105, ge=0, le=65535, description="Port; 0 picks a free one.")
 
 
 class SensorBrokerConfig(_Config):

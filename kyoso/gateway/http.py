@@ -1,22 +1,18 @@
-"""The gateway's local HTTP endpoint: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``.
+"""The gateway's ``/healthz``, ``/readyz`` and Prometheus ``/metrics`` (see :mod:`kyoso.ops`).
 
 Metrics are read from the gateway's own counters at scrape time, so polling and publishing
-never pay for them. The server is a few lines on asyncio streams: it serves three GETs on
-a local port and nothing else.
+never pay for them.
 """
 
-import asyncio
-import json
 from collections.abc import Iterator
+from functools import partial
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .agent import Gateway
-from .config import HttpConfig
+from kyoso.ops import HttpConfig, OpsServer
 
-_MAX_REQUEST_LINE = 4096
+from .agent import Gateway
 
 
 class GatewayCollector(Collector):
@@ -87,72 +83,23 @@ class GatewayCollector(Collector):
         )
 
 
-class HealthServer:
-    """Serves the endpoints for one gateway until stopped."""
+def health_server(gateway: Gateway, config: HttpConfig) -> OpsServer:
+    """The gateway's endpoints: ready while connected to the regional broker."""
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(gateway))
+    return OpsServer(
+        config, registry, partial(_health, gateway), lambda: gateway.publisher.stats.connected
+    )
 
-    def __init__(self, gateway: Gateway, config: HttpConfig) -> None:
-        self.gateway = gateway
-        self.config = config
-        self.registry = CollectorRegistry()
-        self.registry.register(GatewayCollector(gateway))
-        self._server: asyncio.Server | None = None
 
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def start(self) -> None:
-        """Listen."""
-        self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port)
-
-    async def stop(self) -> None:
-        """Stop listening and close open connections."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    def health(self) -> dict[str, object]:
-        """What /healthz reports."""
-        gw = self.gateway
-        return {
-            "factory": gw.config.factory,
-            "gateway": gw.config.gateway,
-            "broker_connected": gw.publisher.stats.connected,
-            "outbox_depth": gw.outbox.depth(),
-            "machines": {
-                machine: {"polls": s.stats.polls, "circuit": s.breaker.state.value}
-                for machine, s in gw.sources.items()
-            },
-        }
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
-            parts = line[:_MAX_REQUEST_LINE].decode("latin-1").split()
-            method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            status, ctype, body = self._route(method, path.split("?")[0])
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
-        if method != "GET":
-            return "405 Method Not Allowed", "text/plain", b"only GET\n"
-        if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
-        if path in ("/healthz", "/readyz"):
-            health = self.health()
-            ready = path == "/healthz" or bool(health["broker_connected"])
-            status = "200 OK" if ready else "503 Service Unavailable"
-            return status, "application/json", json.dumps(health).encode() + b"\n"
-        return "404 Not Found", "text/plain", b"not found: /healthz, /readyz, /metrics\n"
+def _health(gw: Gateway) -> dict[str, object]:
+    return {
+        "factory": gw.config.factory,
+        "gateway": gw.config.gateway,
+        "broker_connected": gw.publisher.stats.connected,
+        "outbox_depth": gw.outbox.depth(),
+        "machines": {
+            machine: {"polls": s.stats.polls, "circuit": s.breaker.state.value}
+            for machine, s in gw.sources.items()
+        },
+    }

@@ -38,15 +38,14 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field
 
 from kyoso import __version__
 from kyoso.contract import (
@@ -61,6 +60,7 @@ from kyoso.contract import (
     samples_topic,
     status_topic,
 )
+from kyoso.mqtt import BrokerConnection, new_client
 
 from .errors import GatewayError
 from .outbox import OutboxRow, SqliteOutbox
@@ -71,45 +71,18 @@ __all__ = [
     "PublisherConfig",
     "PublisherError",
     "PublisherStats",
-    "TlsConfig",
     "encode_batches",
 ]
 
 log = logging.getLogger(__name__)
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsConfig(_Config):
-    """TLS to the broker: CA-only (server authenticated) or mutual (client certificate too)."""
-
-    ca_file: Path | None = Field(None, description="CA file (PEM); None: the system's CAs.")
-    cert_file: Path | None = Field(None, description="Client certificate (PEM): mutual TLS.")
-    key_file: Path | None = Field(None, description="Its unencrypted key; None: in cert_file.")
-    check_hostname: bool = Field(True, description="Check the broker certificate's name.")
-
-    @model_validator(mode="after")
-    def _key_needs_cert(self) -> Self:
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("tls.key_file needs tls.cert_file")
-        return self
-
-
-class PublisherConfig(_Config):
+class PublisherConfig(BrokerConnection):
     """How the gateway reaches the regional broker and paces what it sends."""
 
     factory: Id = Field(description="This gateway's factory id (first topic level).")
     gateway: Id = Field(description="This gateway's id within its factory.")
-    host: str = Field("localhost", description="Broker host name or address.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port; usually 8883 with TLS.")
     client_id: str | None = Field(None, description="None: kyoso-<factory>-<gateway>, stable.")
-    username: str | None = Field(None, description="Broker user; None: anonymous.")
-    password: SecretStr | None = Field(None, description="Broker password.")
-    tls: TlsConfig | None = Field(None, description="TLS settings; None: plain TCP.")
-    keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive.")
-    session_expiry_s: int = Field(3600, ge=0, le=2**32 - 1, description="MQTT 5 session expiry.")
     max_inflight: int = Field(20, ge=1, le=65535, description="Most batches awaiting PUBACK.")
     max_samples_per_batch: int = Field(
         500, ge=1, le=MAX_SAMPLES_PER_BATCH, description="Most samples per batch."
@@ -117,8 +90,6 @@ class PublisherConfig(_Config):
     replay_rate_samples_per_s: float = Field(
         100.0, gt=0, description="Backlog replay rate; live samples are not limited."
     )
-    reconnect_min_delay_s: int = Field(1, ge=1, description="First reconnect delay; doubles.")
-    reconnect_max_delay_s: int = Field(30, ge=1, description="Longest reconnect delay.")
     shutdown_timeout_s: float = Field(10.0, ge=0, description="Longest wait of stop().")
     software: str = Field(
         f"kyoso-gateway {__version__}", max_length=64, description="Sent in the status."
@@ -522,26 +493,9 @@ class MqttPublisher:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"kyoso-{cfg.factory}-{cfg.gateway}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
+        client_id = cfg.client_id or f"kyoso-{cfg.factory}-{cfg.gateway}"
+        client = new_client(cfg, client_id, logging.getLogger(f"{__name__}.paho"))
         client.max_inflight_messages_set(0)  # the window is ours (see _room)
-        client.reconnect_delay_set(cfg.reconnect_min_delay_s, cfg.reconnect_max_delay_s)
-        paho_log = logging.getLogger(f"{__name__}.paho")
-        if _drop_not_connected_noise not in paho_log.filters:
-            paho_log.addFilter(_drop_not_connected_noise)
-        client.enable_logger(paho_log)
-        if cfg.username is not None:
-            password = cfg.password.get_secret_value() if cfg.password is not None else None
-            client.username_pw_set(cfg.username, password)
-        if (tls := cfg.tls) is not None:
-            ca, cert, key = (
-                None if f is None else str(f) for f in (tls.ca_file, tls.cert_file, tls.key_file)
-            )
-            client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-            client.tls_insecure_set(not tls.check_hostname)
         client.on_pre_connect = self._paho_pre_connect
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
@@ -579,9 +533,3 @@ class MqttPublisher:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._watchers.append(waiter)
             await waiter
-
-
-def _drop_not_connected_noise(record: logging.LogRecord) -> bool:
-    # paho 2.2 logs this at ERROR after every clean DISCONNECT and every failed reconnect
-    # attempt; our own connect and disconnect messages say what happened.
-    return not str(record.msg).startswith("Client is not connected")

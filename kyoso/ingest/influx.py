@@ -564,11 +564,18 @@ class InfluxBatcher:
     :meth:`write` returns when the request that carried its lines is done, with the result
     for those lines only, so the caller acknowledges or dead-letters exactly its own. A
     database's pending lines go out when they reach ``max_batch_lines`` or when the oldest
-    has waited ``flush_interval_s``. Back-pressure is the callers': each waits for its lines.
+    has waited ``flush_interval_s`` (the config's unless given here; 0 sends them on the
+    event loop's next iteration, which still coalesces the calls started together, e.g. by
+    one ``asyncio.gather``). Back-pressure is the callers': each waits for its lines.
     """
 
-    def __init__(self, writer: InfluxWriter) -> None:
+    def __init__(self, writer: InfluxWriter, *, flush_interval_s: float | None = None) -> None:
+        if flush_interval_s is not None and not flush_interval_s >= 0:
+            raise ValueError(f"flush_interval_s must be >= 0, not {flush_interval_s!r}")
         self._writer = writer
+        self._flush_interval_s = (
+            writer.config.flush_interval_s if flush_interval_s is None else flush_interval_s
+        )
         self._pending: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -592,11 +599,10 @@ class InfluxBatcher:
         future: asyncio.Future[WriteResult] = loop.create_future()
         pending.waiters.append((len(pending.lines), len(lines), future))
         pending.lines.extend(lines)
-        config = self._writer.config
-        if len(pending.lines) >= config.max_batch_lines:
+        if len(pending.lines) >= self._writer.config.max_batch_lines:
             self._flush(database)
         elif pending.timer is None:
-            pending.timer = loop.call_later(config.flush_interval_s, self._flush, database)
+            pending.timer = loop.call_later(self._flush_interval_s, self._flush, database)
         return await future
 
     async def aclose(self) -> None:

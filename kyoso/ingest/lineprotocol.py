@@ -39,21 +39,43 @@ display ``name``; such a description is refused here and dead-lettered by the ca
 
 Points written per message (docs/storage.md has the full layout):
 
-==================  ===========  ===============================================  ==========
+==================  ===========  ===============================================  ============
 measurement         tags         fields                                           time
-==================  ===========  ===============================================  ==========
+==================  ===========  ===============================================  ============
 ``samples``         gateway,     ``seq`` (i), ``session``, ``interval_s``,        sample.ts
-                    machine      ``state``, ``<state>_s`` per duration present,
+                    machine      ``start_ns`` (i), ``state``, all six
+                                 ``<state>_s`` (0.0 for a state absent from
+                                 ``durations_s``),
                                  ``<counter>_delta`` (i), ``<counter>_total``
                                  (i), ``<signal>_last/_mean/_min/_max``,
                                  ``<signal>_count`` (i), ``alarm`` (i) if
-                                 present, ``missing`` (comma-joined) if any
+                                 present, ``missing`` (comma-joined) if any,
+                                 ``received_ns`` (i) if given
 ``machines``        gateway,     ``name``, ``capabilities`` (JSON),               updated_at
-                    machine      ``calendar`` (JSON), ``ideal_cycle_time_s`` if
-                                 present, ``share_capacity``, ``share_kpis``
-``gateway_status``  gateway      ``status``, ``reason``, ``session``,             status.ts
-                                 ``software``
-==================  ===========  ===============================================  ==========
+                    machine      ``calendar`` (JSON), ``ideal_cycle_time_s``
+                                 (0.0: none), ``share_capacity``,
+                                 ``share_kpis``
+``gateway_status``  gateway      ``status``, ``reason``, ``session``,             the store's
+                                 ``software``, ``ts_ns`` (i, the status's ts)     write time
+==================  ===========  ===============================================  ============
+
+What a rewrite must replace is always written, because InfluxDB merges field sets when a
+point is written again at the same key (a field absent from the second write keeps the
+first write's value): hence all six state durations (a state sent with 0 s and one not
+sent mean the same) and ``ideal_cycle_time_s`` as 0.0 when absent (the contract requires
+more than 0). ``start_ns`` (the interval's start, ``ts`` minus :func:`interval_ns`)
+lets InfluxQL find the samples straddling a bucket edge. A
+status point is stamped with the time it is written, not the gateway's ``ts``: the current
+status is the last one written (see :mod:`kyoso.store.base`), which a last will, carrying
+the earlier time of its CONNECT, would otherwise never be.
+
+Why :func:`sample_point` does not escape: it is the ingest's hot path (one call per sample)
+and a sample's tag values and field keys are contract ids and names
+(``[a-z0-9][a-z0-9_-]*``), which line protocol never needs to escape. It checks each with
+one regular expression instead, and refuses (``LineProtocolError``) anything else, so the
+promise above holds for samples not built by the contract's validation too. Its suffixed
+field keys cannot collide: counter fields end in ``_delta``/``_total``, signal fields in
+``_last``/``_mean``/``_min``/``_max``/``_count``, and no fixed field ends in either.
 
 The factory is not a tag: it selects the database (:func:`database_name`). A counter total
 at or above 2**63 (the contract admits raw 64-bit readings, InfluxDB 1.x has only signed
@@ -64,6 +86,7 @@ negative ``_total`` therefore means ``value + 2**64``, losslessly.
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -84,6 +107,7 @@ __all__ = [
     "escape_measurement",
     "escape_tag",
     "format_field_value",
+    "interval_ns",
     "line",
     "sample_point",
     "status_point",
@@ -111,6 +135,9 @@ _MEASUREMENT_ESCAPES: Final = str.maketrans({",": "\\,", " ": "\\ "})
 _TAG_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
 _RESERVED_TAG_KEYS: Final = frozenset({"time", "_measurement", "_field"})
+_PLAIN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+"""Text line protocol needs no escape for, anywhere: contract ids and names."""
+_STATE_KEYS: Final = tuple((state, f",{state.value}_s=") for state in MachineState)
 
 
 class LineProtocolError(ValueError):
@@ -248,34 +275,70 @@ class _Fields(dict[str, FieldValue]):
         self[key] = value
 
 
-def sample_point(factory: str, gateway: str, session: str, sample: Sample) -> str:
-    """The ``samples`` line of one sample (``factory`` picks the database, not a tag)."""
+def interval_ns(interval_s: float) -> int:
+    """A sample's interval in whole nanoseconds, at least one: ``start_ns`` is ``ts`` minus it."""
+    return max(1, round(interval_s * 1e9))
+
+
+def sample_point(
+    factory: str,
+    gateway: str,
+    session: str,
+    sample: Sample,
+    *,
+    received_at: datetime | None = None,
+) -> str:
+    """The ``samples`` line of one sample (``factory`` picks the database, not a tag);
+    ``received_at``, when given, is kept as ``received_ns``. Ids and names are checked,
+    not escaped (module docstring)."""
     check_id(factory, "factory")
-    fields = _Fields(seq=sample.seq, session=check_id(session, "session"))
-    fields.put("interval_s", float(sample.interval_s))
-    fields.put("state", sample.state.value)
-    for state in MachineState:
-        if state in sample.durations_s:
-            fields.put(f"{state.value}_s", float(sample.durations_s[state]))
-    for name in sorted(sample.counters):
-        counter = sample.counters[name]
-        fields.put(f"{name}_delta", counter.delta)
-        if counter.total is not None:
-            total = counter.total
-            fields.put(f"{name}_total", total - 2**64 if total > _INT64_MAX else total)
-    for name in sorted(sample.signals):
-        stats = sample.signals[name]
-        fields.put(f"{name}_last", float(stats.last))
-        fields.put(f"{name}_mean", float(stats.mean))
-        fields.put(f"{name}_min", float(stats.min))
-        fields.put(f"{name}_max", float(stats.max))
-        fields.put(f"{name}_count", stats.count)
+    names = [*sample.counters, *sample.signals, *sample.missing]
+    for text in (gateway, session, sample.machine, *names):
+        if not _PLAIN.fullmatch(text):
+            raise LineProtocolError(f"{text[:80]!r} is not a contract id or name")
+    ts = timestamp_ns(sample.ts)
+    interval = _float(sample.interval_s)
+    parts = [
+        f"samples,gateway={gateway},machine={sample.machine} seq={_int(sample.seq)}i,"
+        f'session="{session}",interval_s={interval},'
+        f'start_ns={ts - interval_ns(sample.interval_s)}i,state="{sample.state.value}"'
+    ]
+    durations = sample.durations_s
+    parts += [key + _float(durations.get(state, 0.0)) for state, key in _STATE_KEYS]
+    counters = sample.counters
+    for name in sorted(counters):
+        counter = counters[name]
+        parts.append(f",{name}_delta={_int(counter.delta)}i")
+        if (total := counter.total) is not None:
+            parts.append(f",{name}_total={_int(total - 2**64 if total > _INT64_MAX else total)}i")
+    signals = sample.signals
+    for name in sorted(signals):
+        stats = signals[name]
+        parts.append(
+            f",{name}_last={_float(stats.last)},{name}_mean={_float(stats.mean)},"
+            f"{name}_min={_float(stats.min)},{name}_max={_float(stats.max)},"
+            f"{name}_count={_int(stats.count)}i"
+        )
     if sample.alarm is not None:
-        fields.put("alarm", sample.alarm)
+        parts.append(f",alarm={_int(sample.alarm)}i")
     if sample.missing:
-        fields.put("missing", ",".join(sample.missing))
-    tags = {"gateway": check_id(gateway, "gateway"), "machine": sample.machine}
-    return line("samples", tags, fields, sample.ts)
+        parts.append(f',missing="{",".join(sample.missing)}"')
+    if received_at is not None:
+        parts.append(f",received_ns={timestamp_ns(received_at)}i")
+    parts.append(f" {ts}")
+    return "".join(parts)
+
+
+def _float(value: float) -> str:
+    if not math.isfinite(value):
+        raise LineProtocolError(f"float field value {value!r} is not finite")
+    return repr(float(value))
+
+
+def _int(value: int) -> int:
+    if isinstance(value, bool) or not _INT64_MIN <= value <= _INT64_MAX:
+        raise LineProtocolError(f"integer {value} does not fit in a signed 64-bit field")
+    return value
 
 
 def _compact_json(value: object) -> str:
@@ -291,20 +354,21 @@ def description_point(description: MachineDescription) -> str:
         ),
         calendar=_compact_json(description.calendar.model_dump(mode="json", exclude_none=True)),
     )
-    if description.ideal_cycle_time_s is not None:
-        fields.put("ideal_cycle_time_s", float(description.ideal_cycle_time_s))
+    fields.put("ideal_cycle_time_s", float(description.ideal_cycle_time_s or 0.0))
     fields.put("share_capacity", description.sharing.capacity)
     fields.put("share_kpis", description.sharing.kpis)
     tags = {"gateway": description.gateway, "machine": description.machine}
     return line("machines", tags, fields, description.updated_at)
 
 
-def status_point(status: GatewayStatus) -> str:
-    """The ``gateway_status`` line of a gateway status, at the gateway's ``ts``."""
+def status_point(status: GatewayStatus, *, written_at: datetime | int) -> str:
+    """The ``gateway_status`` line of a gateway status, at ``written_at`` (the store's write
+    time: a datetime or nanoseconds), with the gateway's own ``ts`` as ``ts_ns``."""
     fields: dict[str, FieldValue] = {
         "status": status.status,
         "reason": status.reason,
         "session": status.session,
         "software": status.software,
+        "ts_ns": timestamp_ns(status.ts),
     }
-    return line("gateway_status", {"gateway": status.gateway}, fields, status.ts)
+    return line("gateway_status", {"gateway": status.gateway}, fields, written_at)

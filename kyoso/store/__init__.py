@@ -1,4 +1,5 @@
-"""Telemetry storage: the :class:`Store` interface and its embedded SQLite implementation.
+"""Telemetry storage: the :class:`Store` interface, its embedded SQLite implementation and
+its InfluxDB implementation.
 
 The ingest writes through :class:`StoreWriter`, the capacity service reads through
 :class:`StoreReader`; see :mod:`kyoso.store.base` for the semantics both promise.
@@ -8,27 +9,35 @@ from .base import (
     MAX_BUCKETS,
     BucketGrid,
     CounterWindow,
+    Refusal,
     StateWindow,
     Store,
+    StoreAuthError,
     StoredSample,
     StoreError,
     StoreReader,
+    StoreRefusedError,
     StoreUnavailableError,
     StoreWriter,
     check_aware,
     window_buckets,
 )
+from .influx import InfluxStore
 from .sqlite import SqliteStore
 
 __all__ = [
     "MAX_BUCKETS",
     "BucketGrid",
     "CounterWindow",
+    "InfluxStore",
+    "Refusal",
     "SqliteStore",
     "StateWindow",
     "Store",
+    "StoreAuthError",
     "StoreError",
     "StoreReader",
+    "StoreRefusedError",
     "StoreUnavailableError",
     "StoreWriter",
     "StoredSample",

@@ -1,7 +1,7 @@
 """The store interface: what the ingest writes and what the capacity service reads.
 
 Two implementations share it: the embedded :class:`~kyoso.store.sqlite.SqliteStore` (demo,
-single shop) and an InfluxDB store (regional stack). One test suite
+single shop) and :class:`~kyoso.store.influx.InfluxStore` (regional stack). One test suite
 (``tests/store_suite.py``) pins the semantics below for both.
 
 Why a :class:`typing.Protocol` and not an ABC: the implementations share no code (SQL over a
@@ -33,6 +33,9 @@ starting exactly at ``end`` contributes nothing; one straddling an edge is split
 the two sides in proportion to time, so the buckets of a window always add up to the whole
 window. Counter totals are therefore floats.
 
+**Zero durations are not kept.** A state sent with 0 s and a state not sent mean the same;
+:meth:`StoreReader.latest_samples` returns only the states with time in them.
+
 **Gaps stay visible.** ``no_data_s`` of a window is its length minus the time covered by
 sample intervals (never negative, should a faulty gateway send overlapping intervals).
 ``unknown`` time (the gateway ran but could not read the machine) is reported as a state;
@@ -59,10 +62,13 @@ __all__ = [
     "MAX_BUCKETS",
     "BucketGrid",
     "CounterWindow",
+    "Refusal",
     "StateWindow",
     "Store",
+    "StoreAuthError",
     "StoreError",
     "StoreReader",
+    "StoreRefusedError",
     "StoreUnavailableError",
     "StoreWriter",
     "StoredSample",
@@ -80,6 +86,23 @@ class StoreError(Exception):
 
 class StoreUnavailableError(StoreError):
     """Retryable: the store is busy or unreachable. Writes are idempotent, so repeat them."""
+
+
+class StoreAuthError(StoreError):
+    """The store refused the credentials or a privilege: alarm, acknowledge nothing, retry."""
+
+
+class StoreRefusedError(StoreError):
+    """Permanent, for one message: the store cannot keep it (dead-letter it, go on)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A sample the store could not keep, and why; the others of its call were kept."""
+
+    index: int
+    """Position in the ``samples`` given to :meth:`StoreWriter.write_samples`."""
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,15 +157,18 @@ class StoreWriter(Protocol):
         samples: Sequence[Sample],
         *,
         received_at: datetime | None = None,
-    ) -> None:
+    ) -> list[Refusal]:
         """Store samples of one batch; a sample at an existing (factory, machine, ts)
         replaces it. ``received_at`` (default: now) is reported by :meth:`latest_samples`.
-        When this returns, the samples are durable: the ingest may acknowledge them."""
+        When this returns, the samples are durable except those refused (returned, with
+        the reason; an empty list when all were kept): the ingest may acknowledge the
+        message and dead-letters the refused ones. Several calls may run concurrently."""
         ...
 
     async def write_description(self, desc: MachineDescription) -> None:
         """Keep the description with the latest ``updated_at`` per (factory, machine); an
-        equal ``updated_at`` replaces, an older one (a late redelivery) is ignored."""
+        equal ``updated_at`` replaces, an older one (a late redelivery) is ignored.
+        :class:`StoreRefusedError` if this store cannot keep it."""
         ...
 
     async def remove_description(self, factory: str, machine: str) -> None:

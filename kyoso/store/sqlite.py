@@ -44,6 +44,7 @@ from kyoso.contract import (
 from .base import (
     BucketGrid,
     CounterWindow,
+    Refusal,
     StateWindow,
     StoredSample,
     StoreError,
@@ -200,13 +201,14 @@ class SqliteStore:
         samples: Sequence[Sample],
         *,
         received_at: datetime | None = None,
-    ) -> None:
+    ) -> list[Refusal]:
         check_id(factory, "factory")
         received = _us(
             datetime.now(UTC) if received_at is None else check_aware(received_at, "received_at")
         )
         if samples:
             await self._call(self._write_samples, factory, gateway, session, samples, received)
+        return []  # every contract sample fits a row
 
     async def write_description(self, desc: MachineDescription) -> None:
         sql = """INSERT INTO descriptions VALUES (?, ?, ?, ?)
@@ -446,7 +448,7 @@ def _stored_sample(row: Sequence[Any]) -> StoredSample:
     machine, gateway, session, seq, ts, interval_s, state = row[:7]
     durations = row[7 : 7 + len(_STATES)]
     alarm, extra, received = row[7 + len(_STATES) :]
-    durations_s = {s: d for s, d in zip(_STATES, durations, strict=True) if d is not None}
+    durations_s = {s: d for s, d in zip(_STATES, durations, strict=True) if d}  # no zeros
     fields = {"machine": machine, "seq": seq, "ts": _dt(ts), "interval_s": interval_s}
     fields |= {"state": state, "durations_s": durations_s, "alarm": alarm}
     sample = Sample.model_validate(fields | (json.loads(extra) if extra else {}))

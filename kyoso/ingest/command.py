@@ -1,0 +1,137 @@
+"""``kyoso ingest``: run the ingest, check its settings, or look at its dead letters."""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kyoso.store import SqliteStore, StoreWriter
+from kyoso.store.influx import InfluxStore
+
+from .config import ENV_PREFIX, IngestConfigError, IngestSettings, load_settings
+from .deadletter import DeadLetter, DeadLetterStore
+from .http import health_server
+from .service import Ingest
+
+
+def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``ingest`` (and ``ingest dead-letters``) to the ``kyoso`` command."""
+    parser = commands.add_parser(
+        "ingest",
+        help="run the ingest (MQTT -> InfluxDB or the embedded store)",
+        description="Subscribe to the regional broker and store every valid message; "
+        f"options from --config and/or {ENV_PREFIX}* environment variables.",
+    )
+    parser.add_argument("--config", type=Path, metavar="INGEST.yaml", help="settings file")
+    parser.add_argument("--check", action="store_true", help="validate the settings and exit")
+    parser.set_defaults(run=run)
+    tools = parser.add_subparsers(dest="tool", metavar="TOOL")
+    letters = tools.add_parser(
+        "dead-letters", help="list refused messages, or show one with its payload"
+    )
+    letters.add_argument("id", nargs="?", type=int, help="show this dead letter in full")
+    letters.add_argument("--reason", help="only letters of this reason")
+    letters.add_argument("--after", type=int, default=0, metavar="ID", help="only after this id")
+    letters.add_argument("--limit", type=int, default=50, help="most letters listed")
+    letters.add_argument("--raw", action="store_true", help="with ID: write the payload bytes")
+    letters.set_defaults(run=run_dead_letters)
+
+
+def _settings(args: argparse.Namespace) -> IngestSettings | None:
+    try:
+        return load_settings(args.config)
+    except IngestConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``kyoso ingest``."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    if args.check:
+        where = settings.influx.url if settings.store == "influxdb" else settings.sqlite_path
+        print(
+            f"ok: broker {settings.mqtt.host}:{settings.mqtt.port} as {settings.mqtt.client_id},"
+            f" store {settings.store} ({where}), dead letters {settings.dead_letter_path}"
+        )
+        return 0
+    asyncio.run(_serve(settings))
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: IngestSettings) -> AsyncIterator[StoreWriter]:
+    """The store the settings name, opened, closed on exit."""
+    if settings.store == "influxdb":
+        async with InfluxStore(settings.influx) as influx:
+            yield influx
+    else:
+        async with SqliteStore(settings.sqlite_path) as sqlite:
+            yield sqlite
+
+
+async def _serve(settings: IngestSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    dead_letters = DeadLetterStore(settings.dead_letter_path)
+    try:
+        async with open_store(settings) as store:
+            ingest = Ingest(settings, store, dead_letters)
+            endpoint = health_server(ingest, settings.http)
+            await endpoint.start()
+            try:
+                await ingest.run(stop)
+            finally:
+                await endpoint.stop()
+    finally:
+        dead_letters.close()
+
+
+def run_dead_letters(args: argparse.Namespace) -> int:
+    """Execute ``kyoso ingest dead-letters``."""
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    path = settings.dead_letter_path
+    if not path.exists():
+        print(f"no dead-letter store at {path}", file=sys.stderr)
+        return 1
+    store = DeadLetterStore(path)
+    try:
+        if args.id is None:
+            counts = store.counts()
+            print(f"{sum(counts.values())} dead letters: " + json.dumps(counts))
+            for letter in store.letters(reason=args.reason, limit=args.limit, after=args.after):
+                print(_summary(letter))
+            return 0
+        found = store.get(args.id)
+        if found is None:
+            print(f"no dead letter {args.id}", file=sys.stderr)
+            return 1
+        if args.raw:
+            sys.stdout.buffer.write(found.payload)
+            return 0
+        print(_summary(found))
+        print(f"detail: {found.detail}")
+        kept = f"{len(found.payload)} of {found.payload_size} bytes"
+        try:
+            print(f"payload ({kept}):\n{found.payload.decode()}")
+        except UnicodeDecodeError:
+            print(f"payload ({kept}, not UTF-8):\n{found.payload.hex(' ', 2)}")
+        return 0
+    finally:
+        store.close()
+
+
+def _summary(letter: DeadLetter) -> str:
+    when = datetime.fromtimestamp(letter.received_at, UTC).isoformat(timespec="seconds")
+    return f"{letter.id:>8}  {when}  {letter.reason:<16} {letter.topic}  {letter.detail[:120]}"

@@ -1,0 +1,157 @@
+"""Settings of ``kyoso ingest``: a YAML file, environment variables, or both.
+
+Every option has a default, so the ingest runs with no file at all against a local broker
+and the embedded store. Environment variables override the file: ``KYOSO_INGEST_`` plus the
+option's path in capitals, levels joined by ``__``, e.g. ``KYOSO_INGEST_MQTT__HOST`` or
+``KYOSO_INGEST_INFLUX__PASSWORD`` (the way to keep secrets out of the file). The commented
+example with every option is ``kyoso/ingest/ingest.example.yaml``.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kyoso.contract import Id
+from kyoso.ingest.influx import InfluxConfig
+from kyoso.mqtt import BrokerConnection
+from kyoso.ops import HttpConfig
+from kyoso.validation import error_lines
+
+__all__ = [
+    "BatchConfig",
+    "IngestConfigError",
+    "IngestSettings",
+    "MqttConfig",
+    "PlausibilityConfig",
+    "load_settings",
+]
+
+ENV_PREFIX = "KYOSO_INGEST_"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(BrokerConnection):
+    """The regional broker, and how the ingest subscribes to it."""
+
+    client_id: str = Field(
+        "kyoso-ingest",
+        min_length=1,
+        max_length=128,
+        description="Stable id: the broker keeps the session (and queues messages) under it."
+        " Each worker of a shared group needs its own.",
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        le=2**32 - 1,
+        description="How long the broker keeps the session and queues while the ingest is away.",
+    )
+    shared_group: Id | None = Field(
+        None,
+        description="Join this $share group for samples, so several workers split them;"
+        " None: one ingest takes everything.",
+    )
+    receive_maximum: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="Most unacknowledged messages the broker may send at once (MQTT 5"
+        " Receive Maximum): bounds the ingest's memory.",
+    )
+
+
+class BatchConfig(_Config):
+    """How messages are grouped into store writes, and acknowledged together."""
+
+    max_samples: int = Field(5000, ge=1, description="A batch closes at this many samples...")
+    max_delay_s: float = Field(
+        0.2, gt=0, le=60, description="...or when its first message has waited this long."
+    )
+    max_in_flight: int = Field(
+        4, ge=1, le=64, description="Batches being written at once (acknowledged in order)."
+    )
+    retry_min_s: float = Field(0.5, gt=0, description="First wait before retrying a batch.")
+    retry_max_s: float = Field(30.0, gt=0, description="Longest wait between retries.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be >= retry_min_s")
+        return self
+
+
+class PlausibilityConfig(_Config):
+    """Timestamps the ingest refuses (dead-letters), whatever the contract allows."""
+
+    max_future_s: float = Field(
+        300.0, ge=0, description="A sample, status or description from further ahead of now."
+    )
+    max_age_s: float = Field(
+        90 * 24 * 3600.0,
+        gt=0,
+        description="A sample older than this (a gateway clock reset to 1970, a stale outbox).",
+    )
+
+
+class IngestSettings(BaseSettings):
+    """Everything ``kyoso ingest`` needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    store: Literal["influxdb", "sqlite"] = Field(
+        "sqlite", description="influxdb (regional stack) or sqlite (one shop, the demo)."
+    )
+    influx: InfluxConfig = Field(
+        default_factory=InfluxConfig, description="Used when store is influxdb."
+    )
+    sqlite_path: Path = Field(Path("kyoso-store.sqlite3"), description="Used when store is sqlite.")
+    dead_letter_path: Path = Field(
+        Path("kyoso-dead-letters.sqlite3"), description="Where refused messages are kept."
+    )
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
+    http: HttpConfig = Field(default_factory=lambda: HttpConfig(port=9106))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init arguments; the environment overrides it.
+        return env_settings, init_settings
+
+
+class IngestConfigError(ValueError):
+    """Settings that cannot be used, with every problem and where it is."""
+
+
+def load_settings(path: Path | None = None) -> IngestSettings:
+    """Read ``path`` (if given) and the environment; :class:`IngestConfigError` lists errors."""
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise IngestConfigError(f"{path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise IngestConfigError(f"{path}: the top level must be a mapping of options")
+        data = loaded or {}
+    try:
+        return IngestSettings(**data)
+    except ValidationError as exc:
+        source = str(path) if path is not None else f"environment ({ENV_PREFIX}*)"
+        raise IngestConfigError(error_lines(source, exc)) from exc

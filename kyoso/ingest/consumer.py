@@ -1,0 +1,212 @@
+"""The ingest's MQTT side: a persistent MQTT 5 session whose messages are acknowledged by hand.
+
+paho-mqtt 2.x with ``manual_ack=True``: a QoS 1 message stays unacknowledged until the
+ingest calls :meth:`MqttConsumer.ack`, which it does only once the store accepted (or the
+dead-letter store kept) the message. Unacknowledged messages are redelivered by the broker
+after a reconnect or a crash, so nothing the ingest received is lost with it.
+
+- **Persistent session**: a stable client id, ``clean_start=False`` and a Session Expiry
+  Interval, so the broker queues messages for the ingest while it is away (mind the
+  broker's queue limit: Mosquitto's ``max_queued_messages`` defaults to 1000 messages).
+- **Bounded memory**: the Receive Maximum of the CONNECT caps the messages the broker sends
+  before the ingest acknowledges some.
+- **Acknowledgements belong to a connection.** After a reconnect the broker redelivers what
+  was not acknowledged, with the same packet ids; a PUBACK still owed by the previous
+  connection is therefore not sent (:attr:`Incoming.generation`): the redelivered copy is
+  written again (idempotent) and acknowledged then.
+- **Validation in paho's thread**: each message is decoded against the contract as it
+  arrives (:func:`kyoso.contract.decode`), so the event loop only routes decoded messages.
+- **Shared subscriptions**: with ``shared_group``, samples come through
+  ``$share/<group>/…``, split between the group's workers. Status and descriptions are
+  subscribed by every worker: the broker sends retained messages only to plain
+  subscriptions, and the store keeps the last status written, so each worker writes them all.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from kyoso.contract import SUBSCRIPTIONS, ContractError, Message, TopicKind, decode, parse_topic
+from kyoso.mqtt import new_client
+
+from .config import MqttConfig
+
+__all__ = ["Incoming", "MqttConsumer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One received message, decoded; exactly one of ``message``, ``error``, ``withdrawn``
+    and ``cleared`` says what it is."""
+
+    generation: int
+    """The connection it came on (acknowledge only on the same one)."""
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received: float
+    """Wall-clock receive time (``time.time()``)."""
+    message: Message | None = None
+    error: ContractError | None = None
+    withdrawn: tuple[str, str, str] | None = None
+    """(factory, gateway, machine) of an empty retained description: the machine is gone."""
+    cleared: bool = False
+    """An empty status payload: someone cleared the retained status; nothing to store."""
+
+    @property
+    def samples(self) -> int:
+        """How many samples it carries (for batch sizing)."""
+        return len(getattr(self.message, "samples", ()))
+
+
+def classify(generation: int, mid: int, qos: int, topic: str, payload: bytes) -> Incoming:
+    """Decode one message into an :class:`Incoming`; never raises."""
+    make = partial(Incoming, generation, mid, qos, topic, payload, time.time())
+    try:
+        if not payload:
+            where = parse_topic(topic)
+            if where.kind is TopicKind.MACHINE and where.machine is not None:
+                return make(withdrawn=(where.factory, where.gateway, where.machine))
+            if where.kind is TopicKind.STATUS:
+                return make(cleared=True)
+        return make(message=decode(topic, payload))
+    except ContractError as exc:
+        return make(error=exc)
+    except ValueError as exc:  # parse_topic's TopicError
+        return make(error=ContractError("topic", str(exc)))
+
+
+class MqttConsumer:
+    """Subscribes to the contract's topics and hands each message to ``deliver``, on the loop."""
+
+    def __init__(self, config: MqttConfig, deliver: Callable[[Incoming], None]) -> None:
+        self.config = config
+        self._deliver = deliver
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self.generation = 0
+        self.connected = False
+        self.connects = 0
+        self.connected_event = asyncio.Event()
+
+    @property
+    def filters(self) -> list[str]:
+        """The subscription filters (samples through the shared group, if any)."""
+        group = self.config.shared_group
+        samples, *others = SUBSCRIPTIONS
+        return [f"$share/{group}/{samples}" if group else samples, *others]
+
+    async def start(self) -> None:
+        """Connect in the background (retried by paho with backoff) and subscribe."""
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        client = new_client(
+            cfg, cfg.client_id, logging.getLogger(f"{__name__}.paho"), manual_ack=True
+        )
+        client.on_connect = self._paho_connect
+        client.on_disconnect = self._paho_disconnect
+        client.on_message = self._paho_message
+        client.on_subscribe = self._paho_subscribe
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = cfg.session_expiry_s
+        properties.ReceiveMaximum = cfg.receive_maximum
+        client.connect_async(
+            cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=properties
+        )
+        client.loop_start()
+        self._client = client
+
+    async def stop(self) -> None:
+        """Disconnect (the session and its unacknowledged messages stay with the broker)."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self.connected = False
+
+    def ack(self, incoming: Incoming) -> bool:
+        """Send the PUBACK of ``incoming`` if it is owed on the current connection."""
+        client = self._client
+        if incoming.qos == 0 or client is None:
+            return False
+        if incoming.generation != self.generation or not self.connected:
+            return False  # the broker redelivers it on the new connection
+        return client.ack(incoming.mid, incoming.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # --- paho's thread --------------------------------------------------------------------
+
+    def _paho_connect(
+        self, client: mqtt.Client, _: Any, flags: Any, reason: ReasonCode, __: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self.generation += 1
+        self.connected = True
+        self.connects += 1
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(topic, options) for topic in self.filters])
+        log.info(
+            "connected to %s:%d as %s (session %s)",
+            self.config.host,
+            self.config.port,
+            self.config.client_id,
+            "resumed" if getattr(flags, "session_present", False) else "new",
+        )
+
+    def _paho_subscribe(
+        self, _: mqtt.Client, __: Any, mid: int, reasons: list[ReasonCode], ___: Any
+    ) -> None:
+        refused = [f for f, r in zip(self.filters, reasons, strict=False) if r.is_failure]
+        if refused:
+            log.error("broker refused the subscriptions %s: %s", refused, reasons)
+        else:
+            self._to_loop(self.connected_event.set)
+
+    def _paho_disconnect(self, _: mqtt.Client, __: Any, ___: Any, rc: ReasonCode, *a: Any) -> None:
+        self.connected = False
+        self._to_loop(self.connected_event.clear)
+        log.warning("disconnected from the broker: %s", rc)
+
+    def _paho_message(self, _: mqtt.Client, __: Any, msg: mqtt.MQTTMessage) -> None:
+        try:  # a broker forwards only UTF-8 topics; a misbehaving one must not stop us
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = "<not UTF-8>"
+        try:
+            incoming = classify(self.generation, msg.mid, msg.qos, topic, bytes(msg.payload))
+        except Exception:  # never let paho's network thread die
+            log.exception("unexpected failure decoding a message on %r", topic)
+            error = ContractError("schema", "the decoder failed on this message")
+            incoming = Incoming(
+                self.generation,
+                msg.mid,
+                msg.qos,
+                topic,
+                bytes(msg.payload),
+                time.time(),
+                error=error,
+            )
+        self._to_loop(self._deliver, incoming)
+
+    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(callback, *args)

@@ -1,0 +1,336 @@
+"""The ingest: contract messages from MQTT into the store, at least once, nothing lost.
+
+Flow: paho's thread decodes each message (:mod:`kyoso.ingest.consumer`) and hands it to the
+event loop, which appends it to the open **batch**. A batch closes at ``max_samples``
+samples or ``max_delay_s`` after its first message, and up to ``max_in_flight`` closed
+batches are written at once. Writing a batch:
+
+1. **Refused messages** (the contract's reasons, plus ``implausible_time`` for a timestamp
+   too far ahead of now or too old) go to the dead-letter store, one letter per message or
+   per refused sample of it; the other samples of the same message are written.
+2. **Samples** are grouped by (factory, gateway, session) and written with one concurrent
+   call per group (an InfluxDB store turns a batch into one request per factory).
+3. **Descriptions, withdrawals and statuses** are written one by one in arrival order, and a
+   batch starts them only when the previous batch finished its own, so the store's "last
+   status written" is the broker's order.
+4. Samples or messages the store refuses (:class:`~kyoso.store.Refusal`,
+   :class:`~kyoso.store.StoreRefusedError`) are dead-lettered with reason ``store``.
+
+Only then are the batch's messages acknowledged, and batches are acknowledged in the order
+they were received (MQTT asks PUBACKs in receive order). A store failure (unreachable,
+overloaded, credentials refused, anything but a refusal of one message) is retried with
+exponential backoff for as long as it lasts: nothing is acknowledged meanwhile, so the
+broker keeps the messages, and ``/readyz`` reports not ready. A write repeated after a
+crash or a retry stores the same points (the store is idempotent).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from prometheus_client import Histogram
+
+from kyoso.contract import GatewayStatus, MachineDescription, Sample, SampleBatch
+from kyoso.store import StoreAuthError, StoreRefusedError, StoreWriter
+
+from .config import IngestSettings
+from .consumer import Incoming, MqttConsumer
+from .deadletter import DeadLetterStore
+
+__all__ = ["Ingest", "IngestStats"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_Letter = tuple[str, str, str, bytes]
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters for metrics and health; read from the event loop's thread."""
+
+    received: Counter[str] = field(default_factory=Counter)
+    """Messages by kind: samples, machines, status, refused."""
+    samples_received: int = 0
+    samples_written: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    """Letters by reason."""
+    store_retries: int = 0
+    store_errors: Counter[str] = field(default_factory=Counter)
+    """Failed store calls by error type."""
+    batches_written: int = 0
+    acked: int = 0
+    batch_seconds: Histogram = field(
+        default_factory=lambda: Histogram(
+            "kyoso_ingest_batch_seconds",
+            "From a batch closing to its last write (retries included).",
+            registry=None,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+    )
+
+
+@dataclass(slots=True)
+class _Batch:
+    messages: list[Incoming] = field(default_factory=list)
+    samples: int = 0
+    written: bool = False
+    after: "asyncio.Future[None] | None" = None
+    """The previous batch's control writes (descriptions, statuses)."""
+    control_done: "asyncio.Future[None] | None" = None
+
+
+class Ingest:
+    """One ingest worker: ``await run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self, settings: IngestSettings, store: StoreWriter, dead_letters: DeadLetterStore
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.dead_letters = dead_letters
+        self.consumer = MqttConsumer(settings.mqtt, self._receive)
+        self.stats = IngestStats()
+        self._open = _Batch()
+        self._timer: asyncio.TimerHandle | None = None
+        self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
+        self._unacked: deque[_Batch] = deque()
+        self._last_control: asyncio.Future[None] | None = None
+        self._failing_since: float | None = None
+        self._stopping = False
+        self._drained = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, drain_timeout_s: float = 30.0) -> None:
+        """Consume until ``stop`` is set, then write and acknowledge what was received
+        (within ``drain_timeout_s``; the rest the broker redelivers) and disconnect."""
+        workers = [
+            asyncio.create_task(self._work(), name=f"ingest-writer-{i}")
+            for i in range(self.settings.batch.max_in_flight)
+        ]
+        await self.consumer.start()
+        try:
+            await stop.wait()
+            self._stopping = True
+            self._seal()
+            self._drained.clear()
+            if self._unacked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
+        finally:
+            self._stopping = True
+            await self.consumer.stop()
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        log.info("ingest stopped; %d messages acknowledged", self.stats.acked)
+
+    # --- health ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Connected to the broker, and the store takes writes."""
+        return self.consumer.connected and self._failing_since is None
+
+    @property
+    def pending_messages(self) -> int:
+        """Received and not yet acknowledged."""
+        return sum(len(b.messages) for b in self._unacked) + len(self._open.messages)
+
+    def lag_s(self) -> float:
+        """Age of the oldest message received and not yet acknowledged (0 if none)."""
+        oldest = self._unacked[0] if self._unacked else self._open
+        return time.time() - oldest.messages[0].received if oldest.messages else 0.0
+
+    def store_failing_s(self) -> float:
+        """For how long store writes have been failing (0 when they succeed)."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    # --- batching -------------------------------------------------------------------------
+
+    def _receive(self, incoming: Incoming) -> None:
+        if self._stopping:  # not acknowledged: the broker sends it again next time
+            return
+        self.stats.received[_kind(incoming)] += 1
+        self.stats.samples_received += incoming.samples
+        batch = self._open
+        batch.messages.append(incoming)
+        batch.samples += incoming.samples
+        if batch.samples >= self.settings.batch.max_samples:
+            self._seal()
+        elif len(batch.messages) == 1:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.settings.batch.max_delay_s, self._seal)
+
+    def _seal(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = self._open
+        if not batch.messages:
+            return
+        self._open = _Batch()
+        batch.after = self._last_control
+        batch.control_done = asyncio.get_running_loop().create_future()
+        self._last_control = batch.control_done
+        self._unacked.append(batch)
+        self._queue.put_nowait(batch)
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            started = time.monotonic()
+            await self._write(batch)
+            self.stats.batch_seconds.observe(time.monotonic() - started)
+            self.stats.batches_written += 1
+            batch.written = True
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        while self._unacked and self._unacked[0].written:
+            for incoming in self._unacked.popleft().messages:
+                if self.consumer.ack(incoming):
+                    self.stats.acked += 1
+        if not self._unacked:
+            self._drained.set()
+
+    # --- writing --------------------------------------------------------------------------
+
+    async def _write(self, batch: _Batch) -> None:
+        letters: list[_Letter] = []
+        groups: dict[tuple[str, str, str], list[tuple[Incoming, Sample]]] = {}
+        control: list[Incoming] = []
+        now = time.time()
+        for incoming in batch.messages:
+            message = incoming.message
+            if incoming.error is not None:
+                letters.append(_letter(incoming, incoming.error.reason, str(incoming.error)))
+            elif isinstance(message, SampleBatch):
+                key = (message.factory, message.gateway, message.session)
+                for sample in message.samples:
+                    problem = self._implausible(sample.ts, now, past=True)
+                    if problem is None:
+                        groups.setdefault(key, []).append((incoming, sample))
+                    else:
+                        letters.append(
+                            _letter(incoming, "implausible_time", _about(sample, problem))
+                        )
+            elif isinstance(message, MachineDescription | GatewayStatus):
+                when = message.updated_at if isinstance(message, MachineDescription) else message.ts
+                problem = self._implausible(when, now, past=False)
+                if problem is None:
+                    control.append(incoming)
+                else:
+                    letters.append(_letter(incoming, "implausible_time", problem))
+            elif incoming.withdrawn is not None:
+                control.append(incoming)
+        await self._dead_letter(letters)
+        refused = await asyncio.gather(*(self._write_group(k, v) for k, v in groups.items()))
+        await self._dead_letter([letter for group in refused for letter in group])
+        assert batch.control_done is not None
+        try:
+            if batch.after is not None:
+                await batch.after
+            await self._dead_letter([x for m in control if (x := await self._control(m))])
+        finally:
+            batch.control_done.set_result(None)
+
+    async def _write_group(
+        self, key: tuple[str, str, str], items: list[tuple[Incoming, Sample]]
+    ) -> list[_Letter]:
+        factory, gateway, session = key
+        received_at = datetime.fromtimestamp(max(m.received for m, _ in items), UTC)
+        samples = [sample for _, sample in items]
+        refusals = await self._persist(
+            f"samples of {factory}/{gateway}",
+            lambda: self.store.write_samples(
+                factory, gateway, session, samples, received_at=received_at
+            ),
+        )
+        self.stats.samples_written += len(samples) - len(refusals)
+        return [
+            _letter(items[r.index][0], "store", _about(items[r.index][1], r.reason))
+            for r in refusals
+        ]
+
+    async def _control(self, incoming: Incoming) -> _Letter | None:
+        """Write one description, withdrawal or status; its dead letter if refused."""
+        message, store = incoming.message, self.store
+        call: Callable[[], Awaitable[None]]
+        if incoming.withdrawn is not None:
+            factory, _, machine = incoming.withdrawn
+            call = lambda: store.remove_description(factory, machine)  # noqa: E731
+        elif isinstance(message, MachineDescription):
+            call = lambda: store.write_description(message)  # noqa: E731
+        elif isinstance(message, GatewayStatus):
+            call = lambda: store.write_status(message)  # noqa: E731
+        else:
+            return None
+        try:
+            await self._persist(incoming.topic, call)
+        except StoreRefusedError as exc:
+            return _letter(incoming, "store", str(exc))
+        return None
+
+    async def _persist(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()`` until the store takes it; only a refusal of this message gets out."""
+        delay = self.settings.batch.retry_min_s
+        while True:
+            try:
+                result = await call()
+            except StoreRefusedError:
+                raise
+            except Exception as exc:  # the data is fine, the store is not: never drop it
+                self.stats.store_retries += 1
+                self.stats.store_errors[type(exc).__name__] += 1
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                level = logging.ERROR if isinstance(exc, StoreAuthError) else logging.WARNING
+                log.log(level, "writing %s failed (%s); retrying in %.1f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.batch.retry_max_s)
+            else:
+                self._failing_since = None
+                return result
+
+    async def _dead_letter(self, letters: list[_Letter]) -> None:
+        if not letters:
+            return
+        for _, reason, detail, _ in letters:
+            self.stats.dead_letters[reason] += 1
+            log.info("dead letter (%s): %s", reason, detail[:300])
+        await asyncio.to_thread(self.dead_letters.add_many, letters)
+
+    def _implausible(self, moment: datetime, now: float, *, past: bool) -> str | None:
+        rules = self.settings.plausibility
+        stamp = moment.timestamp()
+        if stamp > now + rules.max_future_s:
+            return f"{moment.isoformat()} is {stamp - now:.0f} s in the future"
+        if past and stamp < now - rules.max_age_s:
+            return f"{moment.isoformat()} is older than {rules.max_age_s:.0f} s"
+        return None
+
+
+def _kind(incoming: Incoming) -> str:
+    if incoming.error is not None:
+        return "refused"
+    if isinstance(incoming.message, SampleBatch):
+        return "samples"
+    if isinstance(incoming.message, GatewayStatus) or incoming.cleared:
+        return "status"
+    return "machines"
+
+
+def _letter(incoming: Incoming, reason: str, detail: str) -> _Letter:
+    return (incoming.topic, reason, detail, incoming.payload)
+
+
+def _about(sample: Sample, problem: str) -> str:
+    return f"sample machine={sample.machine} seq={sample.seq} ts={sample.ts.isoformat()}: {problem}"

@@ -1,0 +1,558 @@
+"""The regional store: telemetry in InfluxDB, one database per factory (docs/storage.md).
+
+Design, and why:
+
+- **Writes** are the lines of :mod:`kyoso.ingest.lineprotocol`, sent through one
+  :class:`~kyoso.ingest.influx.InfluxBatcher` that flushes on the event loop's next
+  iteration. The ingest starts a whole batch's :meth:`InfluxStore.write_samples` calls
+  (one per gateway and session) with one ``asyncio.gather``; each call hands its lines to
+  the batcher before it first awaits, so they leave as one request per factory database.
+  A line that cannot be built or that InfluxDB rejects comes back as a
+  :class:`~kyoso.store.base.Refusal`; its neighbours are kept.
+- **Replacing at the same key** is InfluxDB's own rule (measurement, tags, time). What a
+  rewrite must replace is always written, since InfluxDB merges the field sets.
+- **Descriptions** are points at ``updated_at``: the latest point per machine is current,
+  so an older description arriving late is simply not the latest, and an equal
+  ``updated_at`` overwrites. Removing one deletes all of the machine's points.
+- **Statuses** are points at the store's write time, strictly increasing in this process,
+  so the latest point is the status last written, whatever the gateway's ``ts`` (kept as
+  ``ts_ns``). With several ingest workers the order across them follows their clocks.
+- **Reads** are InfluxQL confined to the factory's database; a factory without one (or a
+  reserved id) has empty results.
+
+**Window queries are aggregated by InfluxDB**, never by fetching the raw points (a week of
+10-s samples of 20 machines is 1.2 M points). One statement sums the fields per machine
+and bucket with ``GROUP BY time(step, offset)``, the offset shifted by 1 ns so that
+InfluxDB's bucket ``[b + 1 ns, b + step + 1 ns)`` holds exactly the samples whose ``ts``
+lies in ``(b, b + step]``, the bucket a sample ending at ``b + step`` belongs to. That
+counts every sample whole in the bucket of its ``ts``; then proration is corrected here:
+
+- A machine's samples tile time without overlapping, so in each bucket only the first
+  sample can start before the bucket does. The statement also returns ``FIRST`` of
+  ``start_ns`` and of each summed field; when that start lies before the bucket, the
+  sample's own values are taken out of the bucket and spread over the buckets its
+  interval overlaps (:meth:`~kyoso.store.base.BucketGrid.shares`; the share outside the
+  window is dropped). Counters are summed by regex (``SUM(/_delta$/)``), over which
+  ``FIRST`` may take a counter from a later point when the first one lacks it, so a
+  straddling sample's counters are read exactly, by machine and time.
+- The first sample of each machine ending after the window (by at most
+  ``MAX_INTERVAL_S``) is read raw, and the part of it inside the window added.
+- Covered time is the prorated ``interval_s``; ``no_data_s`` the rest of the bucket.
+
+The one assumption is that a machine's samples do not overlap, which the contract requires
+(docs/contract.md, 8.2). Should a faulty gateway send overlapping intervals, a sample
+other than a bucket's first that starts before the bucket counts whole in the bucket of its
+``ts`` instead of being split: its time shows in a later bucket than it belongs to (or
+inside the window although it partly lies before it), and ``no_data_s`` may floor at 0. The
+SQLite store prorates each sample on its own and needs no such assumption.
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from types import TracebackType
+from typing import Any, Final, Self
+
+from kyoso.contract import (
+    MAX_INTERVAL_S,
+    GatewayStatus,
+    MachineDescription,
+    MachineState,
+    Sample,
+)
+from kyoso.ingest.influx import (
+    InfluxAuthError,
+    InfluxBatcher,
+    InfluxConfig,
+    InfluxError,
+    InfluxQueryError,
+    InfluxRetryableError,
+    InfluxWriter,
+    WriteResult,
+)
+from kyoso.ingest.lineprotocol import (
+    LineProtocolError,
+    database_name,
+    description_point,
+    interval_ns,
+    sample_point,
+    status_point,
+    timestamp_ns,
+)
+
+from .base import (
+    BucketGrid,
+    CounterWindow,
+    Refusal,
+    StateWindow,
+    StoreAuthError,
+    StoredSample,
+    StoreError,
+    StoreRefusedError,
+    StoreUnavailableError,
+    check_aware,
+    window_buckets,
+)
+
+__all__ = ["InfluxStore"]
+
+Bucket = tuple[datetime, datetime]
+Row = dict[str, Any]
+Cells = dict[str, dict[int, dict[str, float]]]
+"""Sums by machine, bucket index and field name."""
+
+_STATES: Final = tuple(MachineState)
+_STATE_FIELDS: Final = tuple(f"{state.value}_s" for state in _STATES)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_INTERVAL_NS: Final = int(MAX_INTERVAL_S * 1e9)
+_MISSING_DATABASE: Final = "database not found"
+_STATEMENTS_PER_REQUEST: Final = 200
+"""Exact reads of straddling samples in one query (a URL of some 40 kB, a GET's limit
+being the server's header size: 1 MB in InfluxDB 1.x)."""
+_SAMPLE_FIELDS: Final = frozenset(
+    {"seq", "session", "interval_s", "start_ns", "state", "alarm", "missing"}
+    | {"received_ns", "time", "machine", "gateway", *_STATE_FIELDS}
+)
+_COUNTER_PARTS: Final = frozenset({"delta", "total"})
+_SIGNAL_PARTS: Final = frozenset({"last", "mean", "min", "max", "count"})
+_LATEST: Final = "SELECT * FROM {} GROUP BY {} ORDER BY time DESC LIMIT 1"
+# The window queries of the module docstring: sums per machine and bucket, the first sample
+# after the window, a straddling sample's own fields. Formatted with field names and
+# integers only; values are bound as $parameters.
+_BUCKETED: Final = """
+SELECT {sums}, FIRST("start_ns") AS "first_start_ns", FIRST("interval_s") AS "first_interval_s"
+    {firsts}
+FROM samples WHERE time > $start AND time <= $end{only}
+GROUP BY time({step}ns, {offset}ns), machine fill(none)"""
+_FOLLOWING: Final = """
+SELECT "start_ns", "interval_s", {fields} FROM samples
+WHERE time > $end AND time <= $after{only} GROUP BY machine LIMIT 1"""
+_EXACT: Final = (
+    "SELECT {fields} FROM samples WHERE machine = $m{i} AND time = $t{i} GROUP BY machine"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Quantity:
+    """What a window query sums per bucket: the state durations, or the counter deltas."""
+
+    sums: str
+    """Aggregates, each column named ``sum_<field>``."""
+    firsts: str
+    """``FIRST`` of each summed field, named ``first_<field>``; empty if not exact."""
+    fields: str
+    """The summed fields in a raw select."""
+    owns: Callable[[str], bool]
+    """Whether a field is summed (``interval_s`` too, for states: the covered time)."""
+
+
+_STATE_QUANTITY: Final = _Quantity(
+    sums=", ".join(f'SUM("{f}") AS "sum_{f}"' for f in (*_STATE_FIELDS, "interval_s")),
+    firsts="".join(f', FIRST("{f}") AS "first_{f}"' for f in _STATE_FIELDS),
+    fields=", ".join(f'"{f}"' for f in _STATE_FIELDS),
+    owns=frozenset((*_STATE_FIELDS, "interval_s")).__contains__,
+)
+_COUNTER_QUANTITY: Final = _Quantity(
+    sums="SUM(/_delta$/)", firsts="", fields="/_delta$/", owns=lambda f: f.endswith("_delta")
+)
+
+
+class InfluxStore:
+    """The :class:`~kyoso.store.base.Store` on InfluxDB's v1 HTTP API (see the module
+    docstring). Use ``async with InfluxStore(config) as store:``, or :meth:`open` and
+    :meth:`close`. It connects on first use: an unreachable server shows as
+    :class:`~kyoso.store.base.StoreUnavailableError` from the call that needed it.
+    """
+
+    def __init__(self, config: InfluxConfig) -> None:
+        self.config = config
+        self._clients: tuple[InfluxWriter, InfluxBatcher] | None = None
+        self._status_ns = 0
+
+    async def open(self) -> Self:
+        """Start the HTTP client and the write batcher."""
+        if self._clients is not None:
+            raise StoreError("store is already open")
+        writer = InfluxWriter(self.config)
+        self._clients = writer, InfluxBatcher(writer, flush_interval_s=0)
+        return self
+
+    async def close(self) -> None:
+        """Send what is pending, then close the client; idempotent."""
+        if self._clients is None:
+            return
+        writer, batcher = self._clients
+        self._clients = None
+        try:
+            await batcher.aclose()
+        finally:
+            await writer.aclose()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def write_samples(
+        self,
+        factory: str,
+        gateway: str,
+        session: str,
+        samples: Sequence[Sample],
+        *,
+        received_at: datetime | None = None,
+    ) -> list[Refusal]:
+        received = (
+            datetime.now(UTC) if received_at is None else check_aware(received_at, "received_at")
+        )
+        database = self._database(factory)
+        refused: list[Refusal] = []
+        lines: list[str] = []
+        indexes: list[int] = []  # the sample of each line
+        for index, sample in enumerate(samples):
+            try:
+                lines.append(sample_point(factory, gateway, session, sample, received_at=received))
+            except LineProtocolError as exc:
+                refused.append(Refusal(index, str(exc)))
+            else:
+                indexes.append(index)
+        # No await before this one: the lines of concurrent calls share a request.
+        result = await self._write(database, lines)
+        refused += (Refusal(indexes[r.index], r.reason) for r in result.rejected)
+        return sorted(refused, key=lambda r: r.index)
+
+    async def write_description(self, desc: MachineDescription) -> None:
+        await self._write_point(self._database(desc.factory), partial(description_point, desc))
+
+    async def remove_description(self, factory: str, machine: str) -> None:
+        database = self._readable(factory)
+        if database is not None:
+            delete = "DELETE FROM machines WHERE machine = $machine"
+            await self._query(database, delete, {"machine": machine})
+
+    async def write_status(self, status: GatewayStatus) -> None:
+        database = self._database(status.factory)
+        self._status_ns = max(time.time_ns(), self._status_ns + 1)
+        point = partial(status_point, status, written_at=self._status_ns)
+        await self._write_point(database, point)
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def factories(self) -> list[str]:
+        prefix = self.config.database_prefix
+        names = [row["name"] for row in await self._query(None, "SHOW DATABASES")]
+        found = (name[len(prefix) :] for name in names if name.startswith(prefix))
+        return sorted(factory for factory in found if self._readable(factory) is not None)
+
+    async def machines(self, factory: str) -> list[MachineDescription]:
+        rows = await self._read(factory, _LATEST.format("machines", "machine"))
+        return sorted((_description(factory, row) for row in rows), key=lambda d: d.machine)
+
+    async def gateway_status(self, factory: str) -> list[GatewayStatus]:
+        rows = await self._read(factory, _LATEST.format("gateway_status", "gateway"))
+        return sorted((_status(factory, row) for row in rows), key=lambda s: s.gateway)
+
+    async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
+        rows = await self._read(factory, _LATEST.format("samples", "machine"))
+        return {row["machine"]: _stored_sample(row) for row in rows}
+
+    async def state_seconds(
+        self,
+        factory: str,
+        machine: str | None,
+        start: datetime,
+        end: datetime,
+        bucket_s: float | None = None,
+    ) -> list[StateWindow]:
+        buckets = window_buckets(start, end, bucket_s)
+        result = []
+        for name, (w0, w1), cell in await self._windows(_STATE_QUANTITY, factory, machine, buckets):
+            seconds = {s: cell.get(f, 0.0) for s, f in zip(_STATES, _STATE_FIELDS, strict=True)}
+            no_data_s = max(0.0, (w1 - w0).total_seconds() - cell.get("interval_s", 0.0))
+            result.append(StateWindow(name, w0, w1, seconds, no_data_s))
+        return result
+
+    async def counter_totals(
+        self,
+        factory: str,
+        machine: str | None,
+        start: datetime,
+        end: datetime,
+        bucket_s: float | None = None,
+    ) -> list[CounterWindow]:
+        buckets = window_buckets(start, end, bucket_s)
+        windows = await self._windows(_COUNTER_QUANTITY, factory, machine, buckets)
+        return [
+            CounterWindow(name, w0, w1, {field[: -len("_delta")]: v for field, v in cell.items()})
+            for name, (w0, w1), cell in windows
+        ]
+
+    # --- window queries ---------------------------------------------------------------
+
+    async def _windows(
+        self, quantity: _Quantity, factory: str, machine: str | None, buckets: list[Bucket]
+    ) -> list[tuple[str, Bucket, dict[str, float]]]:
+        """The prorated sums per reported machine and bucket, sorted by machine and start."""
+        database = self._readable(factory)
+        if not buckets:
+            return []
+        cells: Cells = {}
+        reported: set[str] = set() if machine is None else {machine}
+        if database is not None:
+            # Every bucket but the last has the full step: so has the first, unless alone.
+            start, end = timestamp_ns(buckets[0][0]), timestamp_ns(buckets[-1][1])
+            grid = BucketGrid(start, end, timestamp_ns(buckets[0][1]) - start)
+            cells, described = await asyncio.gather(
+                self._sums(database, grid, machine, quantity), self._described(database, machine)
+            )
+            if machine is None:
+                reported |= described | set(cells)
+        return [
+            (name, bucket, cells.get(name, {}).get(index, {}))
+            for name in sorted(reported)
+            for index, bucket in enumerate(buckets)
+        ]
+
+    async def _sums(
+        self, database: str, grid: BucketGrid, machine: str | None, quantity: _Quantity
+    ) -> Cells:
+        params: dict[str, object] = {
+            "start": grid.start,
+            "end": grid.end,
+            "after": grid.end + _MAX_INTERVAL_NS,
+        }
+        only = ""
+        if machine is not None:
+            params["machine"] = machine
+            only = " AND machine = $machine"
+        offset = (grid.start + 1) % grid.step
+        bucketed = _BUCKETED.format(
+            sums=quantity.sums, firsts=quantity.firsts, only=only, step=grid.step, offset=offset
+        )
+        following = _FOLLOWING.format(fields=quantity.fields, only=only)
+        rows, after = await asyncio.gather(
+            self._query(database, bucketed, params), self._query(database, following, params)
+        )
+        cells: Cells = {}
+        straddlers: list[tuple[str, int, int, int]] = []  # machine, bucket, start, ts
+        own: dict[tuple[str, int], dict[str, float]] = {}  # by machine and ts
+        for row in rows:
+            name = row["machine"]
+            index = (row["time"] - 1 - grid.start) // grid.step
+            cell = cells.setdefault(name, {}).setdefault(index, {})
+            for key, value in row.items():
+                if key.startswith("sum_") and value is not None:
+                    cell[key[4:]] = cell.get(key[4:], 0.0) + float(value)
+            begin = row["first_start_ns"]
+            if begin < grid.start + index * grid.step:
+                ts = begin + interval_ns(float(row["first_interval_s"]))
+                straddlers.append((name, index, begin, ts))
+                if quantity.firsts:
+                    own[name, ts] = _values(row, quantity, "first_")
+        if straddlers and not quantity.firsts:
+            own = await self._exact(database, quantity, [(s[0], s[3]) for s in straddlers])
+        for name, index, begin, ts in straddlers:
+            values = own.get((name, ts), {})
+            cell = cells[name][index]
+            for key, value in values.items():
+                cell[key] = cell.get(key, 0.0) - value
+            _spread(cells[name], grid, begin, ts, values)
+        for row in after:
+            if row["start_ns"] < grid.end:
+                values = _values(row, quantity)
+                _spread(
+                    cells.setdefault(row["machine"], {}), grid, row["start_ns"], row["time"], values
+                )
+        return cells
+
+    async def _exact(
+        self, database: str, quantity: _Quantity, samples: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], dict[str, float]]:
+        """The summed fields of the samples at these (machine, ts), read point by point."""
+        queries = []
+        for first in range(0, len(samples), _STATEMENTS_PER_REQUEST):
+            chunk = samples[first : first + _STATEMENTS_PER_REQUEST]
+            statements = "; ".join(
+                _EXACT.format(fields=quantity.fields, i=i) for i in range(len(chunk))
+            )
+            params: dict[str, object] = {}
+            for i, (name, ts) in enumerate(chunk):
+                params |= {f"m{i}": name, f"t{i}": ts}
+            queries.append(self._query(database, statements, params))
+        rows = [row for answer in await asyncio.gather(*queries) for row in answer]
+        return {(row["machine"], row["time"]): _values(row, quantity) for row in rows}
+
+    async def _described(self, database: str, machine: str | None) -> set[str]:
+        """The machines with a description now (none looked up when one is asked for)."""
+        if machine is not None:
+            return set()
+        rows = await self._query(database, 'SELECT LAST("name") FROM machines GROUP BY machine')
+        return {row["machine"] for row in rows}
+
+    # --- InfluxDB ---------------------------------------------------------------------
+
+    def _open_clients(self) -> tuple[InfluxWriter, InfluxBatcher]:
+        if self._clients is None:
+            raise StoreError("store is not open")
+        return self._clients
+
+    def _database(self, factory: str) -> str:
+        """The factory's database, to write; a reserved factory id cannot be kept."""
+        try:
+            return database_name(factory, self.config.database_prefix)
+        except LineProtocolError as exc:
+            raise StoreRefusedError(str(exc)) from exc
+
+    def _readable(self, factory: str) -> str | None:
+        """The factory's database, to read; None for an id no factory can have."""
+        try:
+            return database_name(factory, self.config.database_prefix)
+        except ValueError:
+            return None
+
+    async def _write(self, database: str, lines: Sequence[str]) -> WriteResult:
+        _, batcher = self._open_clients()
+        with _translated():
+            return await batcher.write(database, lines)
+
+    async def _write_point(self, database: str, build: Callable[[], str]) -> None:
+        """Write one point, or raise :class:`StoreRefusedError` if it cannot be kept."""
+        try:
+            point = build()
+        except LineProtocolError as exc:
+            raise StoreRefusedError(str(exc)) from exc
+        result = await self._write(database, [point])
+        if result.rejected:
+            raise StoreRefusedError(result.rejected[0].reason)
+
+    async def _read(self, factory: str, influxql: str) -> list[Row]:
+        database = self._readable(factory)
+        return [] if database is None else await self._query(database, influxql)
+
+    async def _query(
+        self, database: str | None, influxql: str, params: Mapping[str, object] | None = None
+    ) -> list[Row]:
+        """Run InfluxQL; a missing database has no rows."""
+        writer, _ = self._open_clients()
+        with _translated():
+            try:
+                return await writer.query(database, influxql, params)
+            except InfluxQueryError as exc:
+                if database is not None and _MISSING_DATABASE in str(exc):
+                    return []
+                raise
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """The client's errors as the store's: retryable, credentials, or permanent."""
+    try:
+        yield
+    except InfluxRetryableError as exc:
+        raise StoreUnavailableError(f"InfluxDB: {exc}") from exc
+    except InfluxAuthError as exc:
+        raise StoreAuthError(f"InfluxDB: {exc}") from exc
+    except InfluxError as exc:
+        raise StoreError(f"InfluxDB: {exc}") from exc
+
+
+def _spread(
+    buckets: dict[int, dict[str, float]],
+    grid: BucketGrid,
+    start: int,
+    end: int,
+    values: dict[str, float],
+) -> None:
+    """Add one machine's sample covering ``(start, end]`` to its buckets, prorated."""
+    for index, share, _ in grid.shares(start, end):
+        cell = buckets.setdefault(index, {})
+        for key, value in values.items():
+            cell[key] = cell.get(key, 0.0) + value * share
+
+
+def _values(row: Row, quantity: _Quantity, prefix: str = "") -> dict[str, float]:
+    """The summed fields a row carries (those named ``<prefix><field>``), as floats."""
+    return {
+        key[len(prefix) :]: float(value)
+        for key, value in row.items()
+        if value is not None and key.startswith(prefix) and quantity.owns(key[len(prefix) :])
+    }
+
+
+def _datetime(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _description(factory: str, row: Row) -> MachineDescription:
+    return MachineDescription.model_validate(
+        {
+            "factory": factory,
+            "gateway": row["gateway"],
+            "machine": row["machine"],
+            "name": row["name"],
+            "updated_at": _datetime(row["time"]),
+            "capabilities": json.loads(row["capabilities"]),
+            "ideal_cycle_time_s": float(row["ideal_cycle_time_s"]) or None,
+            "calendar": json.loads(row["calendar"]),
+            "sharing": {"capacity": row["share_capacity"], "kpis": row["share_kpis"]},
+        }
+    )
+
+
+def _status(factory: str, row: Row) -> GatewayStatus:
+    fields = {key: row[key] for key in ("gateway", "session", "status", "reason", "software")}
+    return GatewayStatus.model_validate(
+        {"factory": factory, "ts": _datetime(row["ts_ns"]), **fields}
+    )
+
+
+def _stored_sample(row: Row) -> StoredSample:
+    """A ``samples`` point read back: fixed fields by name, the others by their suffix.
+    InfluxDB's JSON writes whole floats as integers, hence the ``float()``."""
+    durations = {
+        state: float(row[field])
+        for state, field in zip(_STATES, _STATE_FIELDS, strict=True)
+        if row[field]  # zero durations are not reported (base.py)
+    }
+    counters: dict[str, dict[str, int]] = {}
+    signals: dict[str, dict[str, float]] = {}
+    for key, value in row.items():
+        if value is None or key in _SAMPLE_FIELDS:
+            continue
+        name, _, part = key.rpartition("_")
+        if part in _COUNTER_PARTS:
+            total = part == "total" and value < 0  # stored as total - 2**64
+            counters.setdefault(name, {})[part] = value + 2**64 if total else value
+        elif part in _SIGNAL_PARTS:
+            signals.setdefault(name, {})[part] = value if part == "count" else float(value)
+        else:
+            raise StoreError(f"samples field {key!r} is not one this store writes")
+    sample = Sample.model_validate(
+        {
+            "machine": row["machine"],
+            "seq": row["seq"],
+            "ts": _datetime(row["time"]),
+            "interval_s": float(row["interval_s"]),
+            "state": row["state"],
+            "durations_s": durations,
+            "counters": counters,
+            "signals": signals,
+            "alarm": row.get("alarm"),
+            "missing": row["missing"].split(",") if row.get("missing") else [],
+        }
+    )
+    received_at = _datetime(row["received_ns"])
+    return StoredSample(row["gateway"], row["session"], sample, received_at)
