@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from kyoso.contract import (
     encode,
     samples_topic,
 )
+from kyoso.ingest.command import open_store
 from kyoso.ingest.config import IngestSettings, MqttConfig
 from kyoso.ingest.deadletter import DeadLetterStore
 from kyoso.ingest.service import Ingest
@@ -135,13 +136,8 @@ def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "co
 class IngestThread:
     """An :class:`Ingest` on its own event loop in a thread, with its store and dead letters."""
 
-    def __init__(
-        self,
-        settings: IngestSettings,
-        open_store: Callable[[], AbstractAsyncContextManager[StoreWriter]],
-    ) -> None:
+    def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        self._open_store = open_store
         self.dead_letters = DeadLetterStore(settings.dead_letter_path)
         self.loop = asyncio.new_event_loop()
         self.ingest: Ingest | None = None
@@ -161,7 +157,7 @@ class IngestThread:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with self._open_store() as store:
+        async with open_store(self.settings) as store:
             self.store = store
             self.ingest = Ingest(self.settings, store, self.dead_letters)
             self._started.set()
@@ -193,12 +189,9 @@ class IngestThread:
 
 
 @contextmanager
-def running_ingest(
-    settings: IngestSettings,
-    open_store: Callable[[], AbstractAsyncContextManager[StoreWriter]],
-) -> Iterator[IngestThread]:
-    """Start an :class:`IngestThread`, stop it after the block."""
-    worker = IngestThread(settings, open_store)
+def running_ingest(settings: IngestSettings) -> Iterator[IngestThread]:
+    """Start an :class:`IngestThread` on the store its settings name; stop it after the block."""
+    worker = IngestThread(settings)
     worker.start()
     try:
         yield worker

@@ -10,8 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,8 +30,6 @@ from services import InfluxDB, Mosquitto
 from kyoso.contract import MachineState, samples_topic
 from kyoso.ingest.deadletter import DeadLetterStore
 from kyoso.ingest.influx import InfluxConfig
-from kyoso.store import StoreWriter
-from kyoso.store.influx import InfluxStore
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +40,6 @@ SCHEMA_FIELD = re.compile(
     r"|[a-z0-9][a-z0-9_-]*_(delta|total|last|mean|min|max|count))$"
 )
 ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-def _influx_store(config: InfluxConfig) -> Callable[[], AbstractAsyncContextManager[StoreWriter]]:
-    @asynccontextmanager
-    async def open_store() -> AsyncIterator[StoreWriter]:
-        async with InfluxStore(config) as store:
-            yield store
-
-    return open_store
 
 
 def _count(influx: InfluxDB, database: str) -> dict[str, tuple[int, int]]:
@@ -219,7 +207,7 @@ def test_one_line_influxdb_refuses_is_dead_lettered_and_the_rest_written(
     messages[4] = (messages[4][0], json.dumps(odd).encode())
     settings = settings_for(broker, tmp_path, store="influxdb", influx=influx_config)
     publisher = Publisher(broker)
-    with running_ingest(settings, _influx_store(influx_config)) as worker:
+    with running_ingest(settings) as worker:
         ingest = worker.ingest
         assert ingest is not None
         publisher.publish_all(messages)
@@ -290,7 +278,7 @@ def hostile_target(
     broker = mosquitto_factory()
     settings = settings_for(broker, tmp_path, store="influxdb", influx=influx_config)
     publisher = Publisher(broker)
-    with running_ingest(settings, _influx_store(influx_config)) as worker:
+    with running_ingest(settings) as worker:
         yield worker, publisher, influx_config
     publisher.close()
 

@@ -3,8 +3,7 @@ dead-letters and why, what it acknowledges, and its shared-subscription and oper
 The InfluxDB side, crashes and outages are in test_ingest_acceptance.py."""
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,24 +23,14 @@ from kyoso.contract import (
     samples_topic,
     status_topic,
 )
-from kyoso.ingest.config import IngestSettings
 from kyoso.ingest.deadletter import DeadLetterStore
 from kyoso.ingest.http import health_server
 from kyoso.ops import HttpConfig
-from kyoso.store import SqliteStore, StoreWriter
+from kyoso.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-
-
-def _sqlite(settings: IngestSettings) -> Callable[[], AbstractAsyncContextManager[StoreWriter]]:
-    @asynccontextmanager
-    async def open_store() -> AsyncIterator[StoreWriter]:
-        async with SqliteStore(settings.sqlite_path) as store:
-            yield store
-
-    return open_store
 
 
 def _description(factory: str, gateway: str, machine: str, **extra: object) -> MachineDescription:
@@ -85,7 +74,7 @@ def test_valid_messages_are_stored_and_acknowledged(broker: Mosquitto, tmp_path:
         *gateway_messages("sato", "gw-a", ["p1", "p2"], 40, NOW),
     ]
     publisher = Publisher(broker)
-    with running_ingest(settings, _sqlite(settings)) as worker:
+    with running_ingest(settings) as worker:
         assert worker.ingest is not None
         publisher.publish(
             machine_topic("okada", "gw-1", "m1"),
@@ -117,7 +106,7 @@ def test_valid_messages_are_stored_and_acknowledged(broker: Mosquitto, tmp_path:
     publisher.close()
 
     # Everything was acknowledged: the same session resumed gets no sample again.
-    with running_ingest(settings, _sqlite(settings)) as again:
+    with running_ingest(settings) as again:
         assert again.ingest is not None
         resumed = again.ingest
         wait_until(lambda: resumed.stats.acked >= 1, what="the retained description")
@@ -149,7 +138,7 @@ def test_bad_messages_are_dead_lettered_and_their_neighbours_kept(
     ]
     interleaved = [m for pair in zip(good, bad, strict=False) for m in pair] + bad[len(good) :]
     publisher = Publisher(broker)
-    with running_ingest(settings, _sqlite(settings)) as worker:
+    with running_ingest(settings) as worker:
         ingest = worker.ingest
         assert ingest is not None
         publisher.publish_all(interleaved)
@@ -179,7 +168,7 @@ def test_withdrawn_machines_and_cleared_statuses(broker: Mosquitto, tmp_path: Pa
     settings = settings_for(broker, tmp_path)
     publisher = Publisher(broker)
     topic = machine_topic("okada", "gw-1", "m1")
-    with running_ingest(settings, _sqlite(settings)) as worker:
+    with running_ingest(settings) as worker:
         ingest, store = worker.ingest, worker.store
         assert ingest is not None
         assert isinstance(store, SqliteStore)
@@ -205,8 +194,8 @@ def test_a_shared_group_splits_the_samples_between_workers(
     (tmp_path / "b").mkdir()
     publisher = Publisher(broker)
     with (
-        running_ingest(first, _sqlite(first)) as one,
-        running_ingest(second, _sqlite(second)) as two,
+        running_ingest(first) as one,
+        running_ingest(second) as two,
     ):
         assert one.ingest is not None
         assert two.ingest is not None
@@ -222,7 +211,7 @@ def test_a_shared_group_splits_the_samples_between_workers(
 def test_health_readiness_and_metrics(broker: Mosquitto, tmp_path: Path) -> None:
     settings = settings_for(broker, tmp_path)
     publisher = Publisher(broker)
-    with running_ingest(settings, _sqlite(settings)) as worker:
+    with running_ingest(settings) as worker:
         ingest = worker.ingest
         assert ingest is not None
         publisher.publish_all(
