@@ -48,6 +48,8 @@ __all__ = ["Ingest", "IngestStats"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _Letter = tuple[str, str, str, bytes]
+_Groups = dict[tuple[str, str, str], list[tuple[Incoming, Sample]]]
+"""Samples by (factory, gateway, session), each with the message that carried it."""
 
 
 @dataclass(slots=True)
@@ -187,7 +189,15 @@ class Ingest:
         while True:
             batch = await self._queue.get()
             started = time.monotonic()
-            await self._write(batch)
+            delay = self.settings.batch.retry_min_s
+            while True:
+                try:
+                    await self._write(batch)
+                    break
+                except Exception:  # the dead-letter file failed, say: keep the batch
+                    log.exception("writing a batch failed; retrying in %.1f s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.batch.retry_max_s)
             self.stats.batch_seconds.observe(time.monotonic() - started)
             self.stats.batches_written += 1
             batch.written = True
@@ -204,11 +214,27 @@ class Ingest:
     # --- writing --------------------------------------------------------------------------
 
     async def _write(self, batch: _Batch) -> None:
+        letters, groups, control = self._sort(batch.messages)
+        await self._dead_letter(letters)
+        refused = await asyncio.gather(*(self._write_group(k, v) for k, v in groups.items()))
+        await self._dead_letter([letter for group in refused for letter in group])
+        assert batch.control_done is not None
+        try:
+            if batch.after is not None:
+                await batch.after
+            await self._dead_letter([x for m in control if (x := await self._control(m))])
+        finally:
+            if not batch.control_done.done():
+                batch.control_done.set_result(None)
+
+    def _sort(self, messages: list[Incoming]) -> tuple[list[_Letter], _Groups, list[Incoming]]:
+        """Refused messages and samples (as letters), samples by (factory, gateway, session),
+        and the descriptions, withdrawals and statuses to write in order."""
         letters: list[_Letter] = []
-        groups: dict[tuple[str, str, str], list[tuple[Incoming, Sample]]] = {}
+        groups: _Groups = {}
         control: list[Incoming] = []
         now = time.time()
-        for incoming in batch.messages:
+        for incoming in messages:
             message = incoming.message
             if incoming.error is not None:
                 letters.append(_letter(incoming, incoming.error.reason, str(incoming.error)))
@@ -231,16 +257,7 @@ class Ingest:
                     letters.append(_letter(incoming, "implausible_time", problem))
             elif incoming.withdrawn is not None:
                 control.append(incoming)
-        await self._dead_letter(letters)
-        refused = await asyncio.gather(*(self._write_group(k, v) for k, v in groups.items()))
-        await self._dead_letter([letter for group in refused for letter in group])
-        assert batch.control_done is not None
-        try:
-            if batch.after is not None:
-                await batch.after
-            await self._dead_letter([x for m in control if (x := await self._control(m))])
-        finally:
-            batch.control_done.set_result(None)
+        return letters, groups, control
 
     async def _write_group(
         self, key: tuple[str, str, str], items: list[tuple[Incoming, Sample]]
