@@ -240,6 +240,7 @@ def test_health_readiness_and_metrics(broker: Mosquitto, tmp_path: Path) -> None
     assert 'kyoso_ingest_messages_received_total{kind="samples"} 3.0' in metrics
     assert "kyoso_ingest_batch_seconds_count" in metrics
     assert "kyoso_ingest_lag_seconds 0.0" in metrics
+    assert "kyoso_ingest_broker_connects_total 1.0" in metrics
 
 
 def test_the_command_checks_settings_and_shows_dead_letters(

@@ -68,6 +68,11 @@ class IngestCollector(Collector):
             "For how long store writes have been failing; 0 when they succeed.",
             value=ingest.store_failing_s(),
         )
+        yield CounterMetricFamily(
+            "kyoso_ingest_broker_connects",
+            "Connections made to the broker (more than one: reconnects).",
+            value=ingest.consumer.connects,
+        )
         yield GaugeMetricFamily(
             "kyoso_ingest_broker_connected",
             "1 while connected.",

@@ -68,7 +68,6 @@ __all__ = [
     "RejectedLine",
     "WriteResult",
     "influxql_identifier",
-    "influxql_string",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,11 +186,6 @@ class WriteResult:
 def influxql_identifier(name: str) -> str:
     """A double-quoted InfluxQL identifier."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def influxql_string(value: str) -> str:
-    """A single-quoted InfluxQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(slots=True)

@@ -65,7 +65,6 @@ class IngestStats:
     store_retries: int = 0
     store_errors: Counter[str] = field(default_factory=Counter)
     """Failed store calls by error type."""
-    batches_written: int = 0
     acked: int = 0
     batch_seconds: Histogram = field(
         default_factory=lambda: Histogram(
@@ -199,7 +198,6 @@ class Ingest:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.batch.retry_max_s)
             self.stats.batch_seconds.observe(time.monotonic() - started)
-            self.stats.batches_written += 1
             batch.written = True
             self._acknowledge()
 
