@@ -14,9 +14,11 @@ two states, two counters with totals, two signals, an alarm). Then, in one run:
 3. **ingest**: ``kyoso ingest`` (a separate process, InfluxDB store, default settings) finds
    all the messages queued in its persistent session when it starts (published while it
    was stopped), and is timed from its first received sample to its last written one, read
-   from its ``/metrics``. Every point is counted in InfluxDB afterwards.
+   from its ``/metrics``. Every point is counted in InfluxDB afterwards. Then the same with
+   two ingest processes in one shared-subscription group (the scale-out of docs/ingest.md),
+   the broker splitting the samples between them.
 
-    .venv/bin/python bench/ingest.py --gateways 10 --machines 20 --intervals 500
+    .venv/bin/python bench/ingest.py --gateways 10 --machines 20 --intervals 500 --workers 1 2
 """
 
 import argparse
@@ -142,21 +144,35 @@ def _count(influx_port: int, database: str) -> int:
 
 
 def _ingest(
-    workdir: Path, broker_port: int, influx_port: int, messages: list[Message], factories: list[str]
+    workdir: Path,
+    broker_port: int,
+    influx_port: int,
+    messages: list[Message],
+    factories: list[str],
+    *,
+    workers: int,
 ) -> dict[str, float]:
-    http_port = free_port()
-    env = {
-        **os.environ,
-        "KYOSO_INGEST_STORE": "influxdb",
-        "KYOSO_INGEST_INFLUX__URL": f"http://127.0.0.1:{influx_port}",
-        "KYOSO_INGEST_INFLUX__DATABASE_PREFIX": "ingest_",
-        "KYOSO_INGEST_MQTT__PORT": str(broker_port),
-        "KYOSO_INGEST_MQTT__HOST": "127.0.0.1",
-        "KYOSO_INGEST_MQTT__CLIENT_ID": "bench-ingest",
-        "KYOSO_INGEST_MQTT__RECEIVE_MAXIMUM": "65535",
-        "KYOSO_INGEST_HTTP__PORT": str(http_port),
-        "KYOSO_INGEST_DEAD_LETTER_PATH": str(workdir / "dead-letters.sqlite3"),
-    }
+    """Run ``workers`` ingest processes (one shared-subscription group when more than one)
+    over the messages queued for their sessions; time, CPU and memory of all of them."""
+    ports = [free_port() for _ in range(workers)]
+
+    def environment(worker: int) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "KYOSO_INGEST_STORE": "influxdb",
+            "KYOSO_INGEST_INFLUX__URL": f"http://127.0.0.1:{influx_port}",
+            "KYOSO_INGEST_INFLUX__DATABASE_PREFIX": f"ingest{workers}_",
+            "KYOSO_INGEST_MQTT__PORT": str(broker_port),
+            "KYOSO_INGEST_MQTT__HOST": "127.0.0.1",
+            "KYOSO_INGEST_MQTT__CLIENT_ID": f"bench-ingest{workers}-{worker}",
+            "KYOSO_INGEST_MQTT__RECEIVE_MAXIMUM": "65535",
+            "KYOSO_INGEST_HTTP__PORT": str(ports[worker]),
+            "KYOSO_INGEST_DEAD_LETTER_PATH": str(workdir / f"dead-letters-{worker}.sqlite3"),
+        }
+        if workers > 1:
+            env["KYOSO_INGEST_MQTT__SHARED_GROUP"] = "bench"
+        return env
+
     log = workdir / "ingest.log"
     command = [
         sys.executable,
@@ -167,55 +183,61 @@ def _ingest(
         "ingest",
     ]
 
-    def start() -> subprocess.Popen[bytes]:
+    def start() -> list[subprocess.Popen[bytes]]:
         with log.open("ab") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+            processes = [
+                subprocess.Popen(command, env=environment(w), stdout=out, stderr=out)
+                for w in range(workers)
+            ]
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if _metrics(http_port).get("kyoso_ingest_broker_connected") == 1:
-                    return process
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"the ingest did not connect: {log.read_text()[-2000:]}")
+        for port in ports:
+            while time.monotonic() < deadline:
+                try:
+                    if _metrics(port).get("kyoso_ingest_broker_connected") == 1:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            else:
+                raise RuntimeError(f"the ingest did not connect: {log.read_text()[-2000:]}")
+        return processes
 
-    first = start()  # makes the persistent session, then leaves
-    time.sleep(0.5)
-    first.send_signal(signal.SIGTERM)
-    first.wait(30)
-    _publish(broker_port, messages)  # queued by the broker for the ingest's session
+    def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(60)
+
+    def total_of(name: str) -> float:
+        return sum(_metrics(port).get(name, 0.0) for port in ports)
+
+    stop(start())  # makes the persistent sessions, then leaves
+    _publish(broker_port, messages)  # queued by the broker for the ingest's sessions
     total = sum(n for _, _, n in messages)
-    process = start()
+    processes = start()
     try:
-        began = cpu0 = None
+        began = None
+        cpu0 = 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            values = _metrics(http_port)
+            received = total_of("kyoso_ingest_samples_received_total")
             now = time.perf_counter()
-            if began is None and values.get("kyoso_ingest_samples_received_total", 0) > 0:
-                began, cpu0 = now, cpu_seconds(process.pid)
-            if values.get("kyoso_ingest_samples_written_total", 0) >= total:
+            if began is None and received > 0:
+                began, cpu0 = now, sum(cpu_seconds(p.pid) for p in processes)
+            if total_of("kyoso_ingest_samples_written_total") >= total:
                 break
-            time.sleep(0.01)
+            time.sleep(0.02)  # each scrape costs the ingest CPU: not too often
         else:
             raise RuntimeError(f"the ingest did not finish: {log.read_text()[-2000:]}")
         assert began is not None
-        assert cpu0 is not None
         elapsed = now - began
-        cpu = cpu_seconds(process.pid) - cpu0
-        rss = rss_mib(process.pid)
+        cpu = sum(cpu_seconds(p.pid) for p in processes) - cpu0
+        rss = sum(rss_mib(p.pid) for p in processes)
+        dead = total_of("kyoso_ingest_dead_letters_total")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-    stored = sum(_count(influx_port, f"ingest_{f}") for f in factories)
-    return {
-        "elapsed": elapsed,
-        "cpu": cpu,
-        "rss": rss,
-        "stored": stored,
-        "dead": values.get("kyoso_ingest_dead_letters_total", 0.0),
-    }
+        stop(processes)
+    stored = sum(_count(influx_port, f"ingest{workers}_{f}") for f in factories)
+    return {"elapsed": elapsed, "cpu": cpu, "rss": rss, "stored": stored, "dead": dead}
 
 
 def main() -> int:
@@ -223,6 +245,13 @@ def main() -> int:
     parser.add_argument("--gateways", type=int, default=10, help="gateways (one factory each)")
     parser.add_argument("--machines", type=int, default=20, help="machines per gateway")
     parser.add_argument("--intervals", type=int, default=500, help="messages per gateway")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="ingest runs: processes each (more than one share a subscription group)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="kyoso-bench-ingest-"))
     influxd, influx_port = start_influxd(workdir)
@@ -259,16 +288,22 @@ def main() -> int:
             f"raw broker   : {total / elapsed:>9,.0f} samples/s "
             f"({len(messages) / elapsed:,.0f} messages/s, QoS 1 in and out, nothing done)"
         )
-        result = _ingest(workdir, broker_port, influx_port, messages, list(lines))
-        rate = total / result["elapsed"]
-        print(
-            f"ingest       : {rate:>9,.0f} samples/s broker -> InfluxDB "
-            f"({rate / raw_influx * 100:.0f} % of raw InfluxDB; ingest CPU "
-            f"{result['cpu'] / result['elapsed'] * 100:.0f} % of a core, "
-            f"RSS {result['rss']:.0f} MiB)"
-        )
-        print(f"stored {result['stored']:.0f} of {total} points, {result['dead']:.0f} dead letters")
-        return 0 if result["stored"] == total else 1
+        complete = True
+        for workers in args.workers:
+            result = _ingest(
+                workdir, broker_port, influx_port, messages, list(lines), workers=workers
+            )
+            rate = total / result["elapsed"]
+            label = f"ingest x{workers}" if workers > 1 else "ingest"
+            print(
+                f"{label:<13}: {rate:>9,.0f} samples/s broker -> InfluxDB "
+                f"({rate / raw_influx * 100:.0f} % of raw InfluxDB; {workers} process"
+                f"{'es' if workers > 1 else ''} {result['cpu'] / result['elapsed'] * 100:.0f} % "
+                f"of a core, RSS {result['rss']:.0f} MiB; stored {result['stored']:.0f} of "
+                f"{total}, {result['dead']:.0f} dead letters)"
+            )
+            complete &= result["stored"] == total
+        return 0 if complete else 1
     finally:
         for process in (broker, influxd):
             process.terminate()

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -17,6 +18,9 @@ from .config import ENV_PREFIX, IngestConfigError, IngestSettings, load_settings
 from .deadletter import DeadLetter, DeadLetterStore
 from .http import health_server
 from .service import Ingest
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations between young collections (CPython's default is 700)."""
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -62,8 +66,22 @@ def run(args: argparse.Namespace) -> int:
             f" store {settings.store} ({where}), dead letters {settings.dead_letter_path}"
         )
         return 0
+    _tune_gc()
     asyncio.run(_serve(settings))
     return 0
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    Decoded messages are freed by reference counting (they hold no cycles); the collector
+    only adds work: each young collection is triggered by allocations, of which one sample
+    makes dozens, and each full one walks every object alive, the modules and pydantic
+    schemas imported at start included. Freezing what exists now takes those out of every
+    scan, and a higher young threshold collects less often. bench/ingest.py measured it.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 @contextlib.asynccontextmanager

@@ -87,7 +87,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -137,7 +137,6 @@ _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
 _RESERVED_TAG_KEYS: Final = frozenset({"time", "_measurement", "_field"})
 _PLAIN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 """Text line protocol needs no escape for, anywhere: contract ids and names."""
-_STATE_KEYS: Final = tuple((state, f",{state.value}_s=") for state in MachineState)
 
 
 class LineProtocolError(ValueError):
@@ -286,59 +285,89 @@ def sample_point(
     session: str,
     sample: Sample,
     *,
-    received_at: datetime | None = None,
+    received_at: datetime | int | None = None,
 ) -> str:
     """The ``samples`` line of one sample (``factory`` picks the database, not a tag);
-    ``received_at``, when given, is kept as ``received_ns``. Ids and names are checked,
-    not escaped (module docstring)."""
-    check_id(factory, "factory")
-    names = [*sample.counters, *sample.signals, *sample.missing]
-    for text in (gateway, session, sample.machine, *names):
-        if not _PLAIN.fullmatch(text):
-            raise LineProtocolError(f"{text[:80]!r} is not a contract id or name")
+    ``received_at`` (a datetime or nanoseconds), when given, is kept as ``received_ns``.
+    Ids and names are checked, not escaped (module docstring)."""
+    counters, signals, missing = sample.counters, sample.signals, sample.missing
+    _plain((factory, gateway, session, sample.machine, *counters, *signals, *missing))
     ts = timestamp_ns(sample.ts)
-    interval = _float(sample.interval_s)
-    parts = [
-        f"samples,gateway={gateway},machine={sample.machine} seq={_int(sample.seq)}i,"
-        f'session="{session}",interval_s={interval},'
-        f'start_ns={ts - interval_ns(sample.interval_s)}i,state="{sample.state.value}"'
+    interval, durations = sample.interval_s, sample.durations_s
+    running, setup, down, idle, planned, unknown = states = [
+        durations.get(state, 0.0) for state in _STATES
     ]
-    durations = sample.durations_s
-    parts += [key + _float(durations.get(state, 0.0)) for state, key in _STATE_KEYS]
-    counters = sample.counters
+    _check_numbers((interval, *states), ())
+    ints = [sample.seq, ts - interval_ns(interval)]
+    floats: list[float] = []  # of the signals
+    parts = [
+        f"samples,gateway={gateway},machine={sample.machine} seq={ints[0]}i,"
+        f'session="{session}",interval_s={interval!r},start_ns={ints[1]}i,'
+        f'state="{sample.state.value}",running_s={running!r},setup_s={setup!r},'
+        f"down_s={down!r},idle_s={idle!r},planned_stop_s={planned!r},unknown_s={unknown!r}"
+    ]
     for name in sorted(counters):
         counter = counters[name]
-        parts.append(f",{name}_delta={_int(counter.delta)}i")
-        if (total := counter.total) is not None:
-            parts.append(f",{name}_total={_int(total - 2**64 if total > _INT64_MAX else total)}i")
-    signals = sample.signals
+        delta, total = counter.delta, counter.total
+        ints.append(delta)
+        parts.append(f",{name}_delta={delta}i")
+        if total is not None:
+            if total > _INT64_MAX:  # a raw 64-bit reading: two's complement (module docstring)
+                total -= 2**64
+            ints.append(total)
+            parts.append(f",{name}_total={total}i")
     for name in sorted(signals):
         stats = signals[name]
+        last, mean, low, high, count = stats.last, stats.mean, stats.min, stats.max, stats.count
+        floats += (last, mean, low, high)
+        ints.append(count)
         parts.append(
-            f",{name}_last={_float(stats.last)},{name}_mean={_float(stats.mean)},"
-            f"{name}_min={_float(stats.min)},{name}_max={_float(stats.max)},"
-            f"{name}_count={_int(stats.count)}i"
+            f",{name}_last={last!r},{name}_mean={mean!r},{name}_min={low!r},"
+            f"{name}_max={high!r},{name}_count={count}i"
         )
-    if sample.alarm is not None:
-        parts.append(f",alarm={_int(sample.alarm)}i")
-    if sample.missing:
-        parts.append(f',missing="{",".join(sample.missing)}"')
+    if (alarm := sample.alarm) is not None:
+        ints.append(alarm)
+        parts.append(f",alarm={alarm}i")
+    if missing:
+        parts.append(f',missing="{",".join(missing)}"')
     if received_at is not None:
-        parts.append(f",received_ns={timestamp_ns(received_at)}i")
+        received = timestamp_ns(received_at) if isinstance(received_at, datetime) else received_at
+        ints.append(received)
+        parts.append(f",received_ns={received}i")
     parts.append(f" {ts}")
+    _check_numbers(floats, ints)
     return "".join(parts)
 
 
-def _float(value: float) -> str:
-    if not math.isfinite(value):
-        raise LineProtocolError(f"float field value {value!r} is not finite")
-    return repr(float(value))
+_STATES: Final = tuple(MachineState)
+_PLAIN_SEEN: Final[set[str]] = set()
+"""Ids and names :func:`_plain` has checked already: they repeat in every sample."""
+_PLAIN_SEEN_MAX: Final = 100_000
 
 
-def _int(value: int) -> int:
-    if isinstance(value, bool) or not _INT64_MIN <= value <= _INT64_MAX:
-        raise LineProtocolError(f"integer {value} does not fit in a signed 64-bit field")
-    return value
+def _plain(texts: tuple[str, ...]) -> None:
+    """Refuse text that is not a contract id or name (a set lookup once seen)."""
+    seen = _PLAIN_SEEN
+    for text in texts:
+        if text in seen:
+            continue
+        if type(text) is not str or not _PLAIN.fullmatch(text):
+            raise LineProtocolError(f"{str(text)[:80]!r} is not a contract id or name")
+        if len(seen) >= _PLAIN_SEEN_MAX:
+            seen.clear()
+        seen.add(text)
+
+
+def _check_numbers(floats: Sequence[float], ints: Sequence[int]) -> None:
+    """Refuse what :func:`sample_point` formatted but line protocol would misread: a float
+    field that is not a finite ``float`` (``repr`` of anything else is no number), or an
+    integer field that is not an ``int`` within signed 64 bits (a bool is no integer)."""
+    for value in floats:
+        if type(value) is not float or value - value != 0.0:  # NaN and infinities
+            raise LineProtocolError(f"float field value {value!r} is not a finite float")
+    for number in ints:
+        if type(number) is not int or not _INT64_MIN <= number <= _INT64_MAX:
+            raise LineProtocolError(f"integer {number!r} does not fit in a signed 64-bit field")
 
 
 def _compact_json(value: object) -> str:

@@ -215,7 +215,7 @@ class InfluxStore:
         *,
         received_at: datetime | None = None,
     ) -> list[Refusal]:
-        received = (
+        received = timestamp_ns(
             datetime.now(UTC) if received_at is None else check_aware(received_at, "received_at")
         )
         database = self._database(factory)
