@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from kyoso import __version__
+from kyoso.api import command as api_command
 from kyoso.gateway import command as gateway_command
 from kyoso.ingest import command as ingest_command
 from kyoso.simulators import command as simulate_command
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_command.register(commands)
     gateway_command.register(commands)
     ingest_command.register(commands)
+    api_command.register(commands)
     return parser
 
 

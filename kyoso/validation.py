@@ -1,6 +1,21 @@
-"""Configuration errors a person can act on: one line per problem, with its location."""
+"""Configuration errors a person can act on: one line per problem, with its location, and
+the settings loader every service shares (a YAML file, overridden by the environment)."""
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+__all__ = ["ConfigError", "error_lines", "load_yaml_settings"]
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used, with every problem and where it is."""
 
 
 def error_lines(source: object, exc: ValidationError) -> str:
@@ -9,3 +24,22 @@ def error_lines(source: object, exc: ValidationError) -> str:
         f"{source}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
         for e in exc.errors(include_url=False)
     )
+
+
+def load_yaml_settings(cls: type[_S], path: Path | None, env_prefix: str) -> _S:
+    """``cls`` from the YAML file at ``path`` (if given) and the environment, which the
+    settings class lets override the file; :class:`ConfigError` lists every problem."""
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of options")
+        data = loaded or {}
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        source = str(path) if path is not None else f"environment ({env_prefix}*)"
+        raise ConfigError(error_lines(source, exc)) from exc

@@ -7,19 +7,17 @@ option's path in capitals, levels joined by ``__``, e.g. ``KYOSO_INGEST_MQTT__HO
 example with every option is ``kyoso/ingest/ingest.example.yaml``.
 """
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kyoso.contract import Id
 from kyoso.ingest.influx import InfluxConfig
 from kyoso.mqtt import BrokerConnection
 from kyoso.ops import HttpConfig
-from kyoso.validation import error_lines
+from kyoso.validation import ConfigError, load_yaml_settings
 
 __all__ = [
     "BatchConfig",
@@ -135,23 +133,10 @@ class IngestSettings(BaseSettings):
         return env_settings, init_settings
 
 
-class IngestConfigError(ValueError):
-    """Settings that cannot be used, with every problem and where it is."""
+IngestConfigError = ConfigError
+"""Settings of the ingest that cannot be used (the shared :class:`ConfigError`)."""
 
 
 def load_settings(path: Path | None = None) -> IngestSettings:
     """Read ``path`` (if given) and the environment; :class:`IngestConfigError` lists errors."""
-    data: Mapping[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise IngestConfigError(f"{path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise IngestConfigError(f"{path}: the top level must be a mapping of options")
-        data = loaded or {}
-    try:
-        return IngestSettings(**data)
-    except ValidationError as exc:
-        source = str(path) if path is not None else f"environment ({ENV_PREFIX}*)"
-        raise IngestConfigError(error_lines(source, exc)) from exc
+    return load_yaml_settings(IngestSettings, path, ENV_PREFIX)

@@ -1,0 +1,1 @@
+"""The capacity service (``kyoso api``)."""

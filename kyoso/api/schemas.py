@@ -1,0 +1,247 @@
+"""The API's response and request bodies (they make its OpenAPI document)."""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from kyoso.contract import Capability, MachineState, Process, ShiftCalendar
+
+Hours = Annotated[float, Field(ge=0, description="Machine-hours.")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Problem(_Body):
+    """An error: what was wrong."""
+
+    detail: str = Field(examples=["window longer than 92 days"])
+
+
+class GatewayOut(_Body):
+    gateway: str
+    status: str = Field(description="online or offline (the last status received).")
+    reason: str
+    since: datetime = Field(description="When the gateway composed that status.")
+
+
+class FactoryOut(_Body):
+    """A factory at a glance."""
+
+    factory: str = Field(examples=["okada-machining"])
+    machines: int
+    gateways_online: int
+    gateways_offline: int
+    offline: bool = Field(description="Its capacity is withdrawn (reason offline).")
+    data_age_s: float | None = Field(description="Age of its newest sample; null: none yet.")
+    as_of: datetime
+
+
+class MachineOut(_Body):
+    """A machine's description and live state (its factory's own view)."""
+
+    machine: str = Field(examples=["cnc-01"])
+    name: str
+    gateway: str
+    capabilities: list[Capability]
+    ideal_cycle_time_s: float | None
+    calendar: ShiftCalendar
+    share_capacity: bool
+    share_kpis: bool
+    state: MachineState | None = Field(description="State at the latest sample; null: none.")
+    alarm: int | None
+    data_age_s: float | None
+    stale: bool = Field(description="No sample within the staleness threshold.")
+    as_of: datetime
+
+
+class TimeElementsOut(_Body):
+    """ISO 22400-2 time elements in hours (PBT from the calendar, the rest measured)."""
+
+    pbt: Hours = Field(description="Planned busy time.")
+    apt: Hours = Field(description="Actual production time (running).")
+    aust: Hours = Field(description="Actual unit setup time (setup).")
+    adet: Hours = Field(description="Actual unit delay time (down).")
+    adot: Hours = Field(description="Actual unit down time (idle: sellable).")
+    pdot: Hours = Field(description="Planned down time (planned_stop).")
+    aubt: Hours = Field(description="Actual unit busy time: APT + AUST + ADET.")
+    unknown: Hours = Field(description="Gateway up, machine unreadable: kept apart.")
+    no_data: Hours = Field(description="No sample at all: kept apart.")
+
+
+class KpisOut(_Body):
+    """ISO 22400-2 KPIs; null where the denominator is zero."""
+
+    availability: float | None = Field(description="APT / PBT.")
+    effectiveness: float | None = Field(description="PRI x PQ / APT.")
+    quality_ratio: float | None = Field(description="GQ / PQ.")
+    oee: float | None = Field(description="Availability x effectiveness x quality ratio.")
+    utilization_efficiency: float | None = Field(description="APT / AUBT.")
+
+
+class PerformanceOut(_Body):
+    time: TimeElementsOut
+    good: float = Field(ge=0, description="Good quantity (GQ), prorated to the window.")
+    reject: float = Field(ge=0, description="Rejected quantity.")
+    kpis: KpisOut
+
+
+class MachineKpisOut(PerformanceOut):
+    machine: str
+
+
+class KpiReport(_Body):
+    """KPIs of a factory's machines and of the factory over ``[start, end)``."""
+
+    factory: str
+    start: datetime
+    end: datetime
+    machines: list[MachineKpisOut]
+    total: PerformanceOut
+
+
+class CapacityOut(_Body):
+    """Capacity over the horizon in machine-hours (ISA-95 capability types)."""
+
+    total: Hours = Field(description="Planned busy time in the horizon (calendar).")
+    committed: Hours = Field(description="Booked load, or the expected load.")
+    unattainable: Hours = Field(description="Down now until expected repair, expected losses.")
+    available: Hours = Field(description="total - committed - unattainable, never negative.")
+    confidence: float = Field(
+        ge=0, le=1, description="Coverage of the lookback by data; 0 offline."
+    )
+    reasons: list[str] = Field(
+        description="How it was derived: forecast:<method>, booked, down, offline, "
+        "no_planned_time.",
+        examples=[["forecast:hour_of_week"]],
+    )
+
+
+class MachineCapacityOut(CapacityOut):
+    machine: str
+    processes: list[Process]
+    shared: bool
+    data_age_s: float | None
+
+
+class ProcessCapacityOut(CapacityOut):
+    process: Process
+    machines: int
+
+
+class FactoryCapacityOut(_Body):
+    """A factory's capacity over ``[as_of, as_of + horizon_h)``."""
+
+    factory: str
+    as_of: datetime
+    horizon_h: float
+    offline: bool
+    data_age_s: float | None
+    by_process: list[ProcessCapacityOut]
+    machines: list[MachineCapacityOut] | None = Field(
+        description="Per machine: only in the factory's own (and the admin's) view."
+    )
+
+
+class RegionProcessOut(CapacityOut):
+    process: Process
+    factories: int
+    offline_factories: int
+
+
+class RegionCapacityOut(_Body):
+    """Capacity per capability across the region (shared machines only)."""
+
+    as_of: datetime
+    horizon_h: float
+    by_process: list[RegionProcessOut]
+    factories: list[FactoryCapacityOut]
+
+
+class Candidate(_Body):
+    """A factory that can take (part of) the work."""
+
+    factory: str
+    available: Hours
+    confidence: float
+    machines: int = Field(description="Shared machines with the capability.")
+    covers: bool = Field(description="Its available hours reach the hours asked for.")
+    data_age_s: float | None
+
+
+class SearchOut(_Body):
+    """Who can take ``hours`` of ``process`` within the next ``within_days``, ranked:
+    those that cover it first, then by available hours weighted by confidence."""
+
+    process: Process
+    hours: float
+    within_days: float
+    as_of: datetime
+    candidates: list[Candidate]
+
+
+class CoverOut(SearchOut):
+    """Who can cover a machine's expected work over the horizon."""
+
+    factory: str
+    machine: str
+
+
+class BookingIn(_Body):
+    start: AwareDatetime
+    end: AwareDatetime
+    hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="Hours of work within [start, end); null: all its planned time.",
+    )
+
+
+class BookingsIn(_Body):
+    bookings: list[BookingIn] = Field(max_length=500)
+
+
+class BookingsOut(_Body):
+    factory: str
+    machine: str
+    declared: bool = Field(description="False: committed load comes from the forecast.")
+    bookings: list[BookingIn]
+
+
+class PlannedOut(_Body):
+    """Planned busy time of a machine's calendar within ``[start, end)``."""
+
+    machine: str
+    start: datetime
+    end: datetime
+    pbt: Hours
+    intervals: list[tuple[datetime, datetime]]
+
+
+__all__ = [
+    "BookingIn",
+    "BookingsIn",
+    "BookingsOut",
+    "Candidate",
+    "CapacityOut",
+    "CoverOut",
+    "FactoryCapacityOut",
+    "FactoryOut",
+    "GatewayOut",
+    "KpiReport",
+    "KpisOut",
+    "MachineCapacityOut",
+    "MachineKpisOut",
+    "MachineOut",
+    "PerformanceOut",
+    "PlannedOut",
+    "Problem",
+    "ProcessCapacityOut",
+    "RegionCapacityOut",
+    "RegionProcessOut",
+    "SearchOut",
+    "TimeElementsOut",
+]

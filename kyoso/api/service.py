@@ -1,0 +1,279 @@
+"""The capacity service's read model: what the API answers, computed from the store.
+
+Nothing here survives a restart or needs to: every figure is recomputed from the store
+(telemetry, descriptions, statuses) and the booking file, so API replicas run side by side
+and agree. Computed figures are cached for ``cache_ttl_s`` (a factory's live view and its
+capacity per horizon) and learnt load profiles for ``profile_ttl_s``; concurrent requests
+for the same figure share one computation.
+
+**Staleness.** A machine whose latest sample is older than ``stale_after_s`` (or that has
+none) is *stale*, and a factory is *offline* when every gateway it has reported is offline
+or none of its machines is fresh. A stale machine, and every machine of an offline
+factory, has its available capacity withdrawn with reason ``offline``: the platform must
+never sell capacity on stale data.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar, cast
+
+from kyoso.capacity.forecast import CapacityFigures, LoadProfile, forecast
+from kyoso.capacity.kpi import Performance, TimeElements
+from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Process
+from kyoso.store import StateWindow, StoredSample, StoreReader
+
+from .bookings import BookingStore
+from .settings import CapacityRules
+
+__all__ = [
+    "CapacityService",
+    "FactoryCapacity",
+    "FactoryView",
+    "MachineCapacity",
+    "MachineKpis",
+    "MachineView",
+]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class MachineView:
+    """A described machine and its live state."""
+
+    description: MachineDescription
+    latest: StoredSample | None
+    data_age_s: float | None
+    """Age of its latest sample's end (None: no sample yet)."""
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FactoryView:
+    """A factory now: its machines, gateways and whether it is offline."""
+
+    factory: str
+    as_of: datetime
+    machines: dict[str, MachineView]
+    gateways: list[GatewayStatus]
+    offline: bool
+    data_age_s: float | None
+    """Age of the newest sample of any machine (None: no sample yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MachineCapacity:
+    """One machine's capacity over a horizon, with how much to trust it."""
+
+    machine: str
+    processes: tuple[Process, ...]
+    figures: CapacityFigures
+    confidence: float
+    data_age_s: float | None
+    shared: bool
+    """The factory shares this machine's capacity with the region."""
+
+
+@dataclass(frozen=True, slots=True)
+class FactoryCapacity:
+    """Every described machine's capacity over ``[as_of, as_of + horizon)``."""
+
+    factory: str
+    as_of: datetime
+    horizon: timedelta
+    offline: bool
+    data_age_s: float | None
+    machines: list[MachineCapacity]
+
+    def by_process(self, *, shared_only: bool) -> dict[Process, "list[MachineCapacity]"]:
+        """Machines by capability process (a machine with two capabilities is in both)."""
+        result: dict[Process, list[MachineCapacity]] = {}
+        for machine in self.machines:
+            if machine.shared or not shared_only:
+                for process in machine.processes:
+                    result.setdefault(process, []).append(machine)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class MachineKpis:
+    """One machine's ISO 22400 figures over a window."""
+
+    machine: str
+    performance: Performance
+
+
+class _Cache:
+    """Values by key for a time to live; one computation per key at a time."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[Hashable, tuple[float, asyncio.Future[object]]] = {}
+
+    async def get(self, key: Hashable, compute: Callable[[], Awaitable[_T]]) -> _T:
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            return cast(_T, await asyncio.shield(entry[1]))
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._entries[key] = (now + self.ttl_s, future)
+        try:
+            value = await compute()
+        except BaseException as exc:
+            self._entries.pop(key, None)
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it
+            raise
+        future.set_result(value)
+        return value
+
+    def forget(self, match: Callable[[Hashable], bool]) -> None:
+        """Drop the entries whose key matches (their data changed)."""
+        for key in [k for k in self._entries if match(k)]:
+            del self._entries[key]
+
+
+class CapacityService:
+    """Answers the API's questions from a store reader and the booking file."""
+
+    def __init__(
+        self,
+        store: StoreReader,
+        bookings: BookingStore,
+        rules: CapacityRules,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.bookings = bookings
+        self.rules = rules
+        self._clock = clock
+        self._views = _Cache(rules.cache_ttl_s, time.monotonic)
+        self._capacity = _Cache(rules.cache_ttl_s, time.monotonic)
+        self._profiles = _Cache(rules.profile_ttl_s, time.monotonic)
+
+    def forget(self, factory: str) -> None:
+        """Recompute the factory's capacity on the next request (its bookings changed)."""
+        self._capacity.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
+
+    def now(self) -> datetime:
+        """The service's clock (UTC)."""
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def factories(self) -> list[str]:
+        """Every factory the store knows."""
+        return await self.store.factories()
+
+    async def view(self, factory: str) -> FactoryView:
+        """The factory's machines, gateways and staleness now (cached briefly)."""
+        return await self._views.get(factory, lambda: self._view(factory))
+
+    async def _view(self, factory: str) -> FactoryView:
+        as_of = self.now()
+        descriptions, statuses, latest = await asyncio.gather(
+            self.store.machines(factory),
+            self.store.gateway_status(factory),
+            self.store.latest_samples(factory),
+        )
+        stale_after = self.rules.stale_after_s
+        machines: dict[str, MachineView] = {}
+        for description in descriptions:
+            stored = latest.get(description.machine)
+            age = None if stored is None else (as_of - stored.sample.ts).total_seconds()
+            stale = age is None or age > stale_after
+            machines[description.machine] = MachineView(description, stored, age, stale)
+        ages = [v.data_age_s for v in machines.values() if v.data_age_s is not None]
+        all_offline = bool(statuses) and all(s.status == "offline" for s in statuses)
+        offline = all_offline or all(v.stale for v in machines.values())
+        return FactoryView(factory, as_of, machines, statuses, offline, min(ages) if ages else None)
+
+    async def _profiles_of(self, factory: str, view: FactoryView) -> dict[str, LoadProfile]:
+        async def compute() -> dict[str, LoadProfile]:
+            end = view.as_of.replace(minute=0, second=0, microsecond=0)
+            start = end - self.rules.lookback
+            windows = await self.store.state_seconds(factory, None, start, end, 3600.0)
+            by_machine: dict[str, list[StateWindow]] = {}
+            for window in windows:
+                by_machine.setdefault(window.machine, []).append(window)
+            return {
+                m: LoadProfile.build(by_machine.get(m, []), v.description.calendar, start, end)
+                for m, v in view.machines.items()
+            }
+
+        return await self._profiles.get(factory, compute)
+
+    async def capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
+        """Every described machine's capacity over the horizon from now (cached briefly)."""
+        return await self._capacity.get(
+            (factory, horizon), lambda: self._compute_capacity(factory, horizon)
+        )
+
+    async def _compute_capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
+        view = await self.view(factory)
+        profiles = await self._profiles_of(factory, view)
+        declared = await asyncio.to_thread(self.bookings.declared, factory)
+        repair = timedelta(seconds=self.rules.repair_estimate_s)
+        machines = []
+        for name, machine in view.machines.items():
+            description = machine.description
+            profile = profiles[name]
+            latest = machine.latest
+            down = latest is not None and latest.sample.state is MachineState.DOWN
+            figures = forecast(
+                description.calendar,
+                profile,
+                view.as_of,
+                horizon,
+                down_now=down and not machine.stale,
+                repair_estimate=repair,
+                bookings=declared.get(name),
+            )
+            fresh = not (machine.stale or view.offline)
+            if not fresh:
+                figures = figures.withdrawn("offline")
+            machines.append(
+                MachineCapacity(
+                    machine=name,
+                    processes=tuple(dict.fromkeys(c.process for c in description.capabilities)),
+                    figures=figures,
+                    confidence=profile.coverage if fresh else 0.0,
+                    data_age_s=machine.data_age_s,
+                    shared=description.sharing.capacity,
+                )
+            )
+        return FactoryCapacity(
+            factory, view.as_of, horizon, view.offline, view.data_age_s, machines
+        )
+
+    async def region(self, horizon: timedelta) -> list[FactoryCapacity]:
+        """The capacity of every factory over the horizon."""
+        factories = await self.factories()
+        return list(await asyncio.gather(*(self.capacity(f, horizon) for f in factories)))
+
+    async def kpis(
+        self, factory: str, start: datetime, end: datetime, machine: str | None = None
+    ) -> list[MachineKpis]:
+        """ISO 22400 figures of each described machine (or one) over ``[start, end)``."""
+        view = await self.view(factory)
+        states, counters = await asyncio.gather(
+            self.store.state_seconds(factory, machine, start, end),
+            self.store.counter_totals(factory, machine, start, end),
+        )
+        counts = {c.machine: c.totals for c in counters}
+        result = []
+        for window in states:
+            described = view.machines.get(window.machine)
+            if described is None:
+                continue
+            description = described.description
+            pbt = description.calendar.planned_seconds(start, end)
+            elements = TimeElements.measured(pbt, window.seconds, window.no_data_s)
+            performance = Performance.of_machine(
+                elements, counts.get(window.machine, {}), description.ideal_cycle_time_s
+            )
+            result.append(MachineKpis(window.machine, performance))
+        return result

@@ -1,0 +1,99 @@
+"""Settings of ``kyoso api``: a YAML file, environment variables, or both.
+
+Every option has a default, so the API runs with no file at all on the embedded store.
+Environment variables override the file: ``KYOSO_API_`` plus the option's path in capitals,
+levels joined by ``__``, e.g. ``KYOSO_API_INFLUX__URL``. The commented example with every
+option is ``kyoso/api/api.example.yaml``.
+"""
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kyoso.ingest.influx import InfluxConfig
+from kyoso.validation import load_yaml_settings
+
+__all__ = ["ENV_PREFIX", "ApiSettings", "CapacityRules", "load_settings"]
+
+ENV_PREFIX = "KYOSO_API_"
+
+
+class CapacityRules(BaseModel):
+    """How capacity is derived (docs/capacity.md explains each)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lookback_days: int = Field(
+        28, ge=1, le=365, description="History the expected load is learnt from."
+    )
+    stale_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="Data older than this withdraws a machine's capacity (reason offline).",
+    )
+    repair_estimate_s: float = Field(
+        7200.0, ge=0, description="A machine down now is expected back after this long."
+    )
+    cache_ttl_s: float = Field(
+        15.0, ge=0, description="How long computed figures are served before recomputing."
+    )
+    profile_ttl_s: float = Field(
+        600.0, ge=0, description="How long a machine's learnt load profile is reused."
+    )
+    snapshot_interval_s: float = Field(
+        60.0, gt=0, description="Capacity snapshots for the dashboards, every this long."
+    )
+
+    @property
+    def lookback(self) -> timedelta:
+        return timedelta(days=self.lookback_days)
+
+
+class ApiSettings(BaseSettings):
+    """Everything ``kyoso api`` needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Port; 0 picks a free one.")
+    store: Literal["influxdb", "sqlite"] = Field(
+        "sqlite", description="influxdb (regional stack) or sqlite (one shop, the demo)."
+    )
+    influx: InfluxConfig = Field(
+        default_factory=InfluxConfig, description="Used when store is influxdb."
+    )
+    sqlite_path: Path = Field(
+        Path("kyoso-store.sqlite3"), description="Used when store is sqlite (the ingest's file)."
+    )
+    keys: Path = Field(
+        Path("var/api-keys.sqlite3"), description="API keys (kyoso api keys create ...)."
+    )
+    bookings_path: Path = Field(
+        Path("var/bookings.sqlite3"), description="Bookings factories declare through the API."
+    )
+    capacity: CapacityRules = Field(default_factory=CapacityRules)
+    snapshots: bool = Field(
+        True, description="Write capacity snapshots into the shared capacity store."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init arguments; the environment overrides it.
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None = None) -> ApiSettings:
+    """Read ``path`` (if given) and the environment; ``ConfigError`` lists every problem."""
+    return load_yaml_settings(ApiSettings, path, ENV_PREFIX)

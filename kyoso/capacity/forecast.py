@@ -1,0 +1,245 @@
+"""Forward capacity of one machine over a horizon (ISA-95 capability types).
+
+For a horizon ``[as_of, as_of + H)``:
+
+- **total** = planned busy time in the horizon, from the machine's calendar, exactly.
+- **committed** = the load the machine is expected to carry. Where the factory declares
+  bookings for the machine, it is the booked hours (spread over the planned time of each
+  booking, clipped to the horizon). Otherwise it is the **expected load**: for each hour of
+  the horizon, the machine's busy share (APT + AUST over the observed time) in the same
+  local hour of the week over the lookback (default four weeks), times that hour's planned
+  time. An hour of the week seen little is shrunk towards the machine's overall share (one
+  hour of evidence weighs as much as the prior), and with less than a week of history the
+  overall share over the recent days is used for every hour (method ``recent_days``).
+- **unattainable** = the planned time of a machine that is down now, until its expected
+  repair (``repair_estimate_s`` from now), plus the expected losses in the rest of the
+  horizon: the delay share (ADET over the observed time) by hour of the week, as above.
+- **available** = total - committed - unattainable, never negative (committed is cut
+  where bookings and losses exceed the planned time, so the four always add up).
+
+The shares are taken over *observed* time (running, setup, down and idle seconds), so
+time without data and ``unknown`` time neither count as idle nor as load; they lower the
+**confidence** instead: the observed time over the planned busy time of the lookback
+(1 when the machine reported throughout its planned time, 0 without history).
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
+from zoneinfo import ZoneInfo
+
+from kyoso.contract import MachineState, ShiftCalendar
+from kyoso.store import StateWindow
+
+__all__ = [
+    "HOURS_PER_WEEK",
+    "Booking",
+    "CapacityFigures",
+    "LoadProfile",
+    "ProfileMethod",
+    "forecast",
+]
+
+HOURS_PER_WEEK: Final = 168
+_HOUR: Final = timedelta(hours=1)
+_PRIOR_S: Final = 3600.0
+"""Evidence of the overall share, in seconds, mixed into each hour-of-week share."""
+
+ProfileMethod = Literal["hour_of_week", "recent_days", "no_history"]
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """Load a factory declared for a machine: ``hours`` of work within ``[start, end)``
+    (all the planned time of that span when ``hours`` is None)."""
+
+    start: datetime
+    end: datetime
+    hours: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProfile:
+    """A machine's busy and delay shares by local hour of the week, from its history."""
+
+    busy: tuple[float, ...]
+    """Per hour of the week (Monday 00:00 local is 0): (APT + AUST) / observed."""
+    lost: tuple[float, ...]
+    """Per hour of the week: ADET / observed."""
+    observed_s: float
+    """Running, setup, down and idle seconds in the lookback."""
+    planned_s: float
+    """Planned busy time of the lookback (the calendar's)."""
+    method: ProfileMethod
+
+    @property
+    def coverage(self) -> float:
+        """Observed over planned time of the lookback, at most 1 (0 without plans)."""
+        return min(1.0, self.observed_s / self.planned_s) if self.planned_s > 0 else 0.0
+
+    @classmethod
+    def build(
+        cls,
+        windows: Sequence[StateWindow],
+        calendar: ShiftCalendar,
+        start: datetime,
+        end: datetime,
+    ) -> "LoadProfile":
+        """The profile of the hourly ``windows`` of one machine over ``[start, end)``."""
+        zone = ZoneInfo(calendar.timezone)
+        busy = [0.0] * HOURS_PER_WEEK
+        lost = [0.0] * HOURS_PER_WEEK
+        seen = [0.0] * HOURS_PER_WEEK
+        first: datetime | None = None
+        for window in windows:
+            s = window.seconds
+            running, setup = s.get(MachineState.RUNNING, 0.0), s.get(MachineState.SETUP, 0.0)
+            down, idle = s.get(MachineState.DOWN, 0.0), s.get(MachineState.IDLE, 0.0)
+            observed = running + setup + down + idle
+            if observed <= 0:
+                continue
+            first = window.start if first is None else min(first, window.start)
+            hour = _hour_of_week(window.start, zone)
+            busy[hour] += running + setup
+            lost[hour] += down
+            seen[hour] += observed
+        observed_s = math.fsum(seen)
+        planned_s = calendar.planned_seconds(start, end)
+        if observed_s <= 0 or first is None:
+            zeros = (0.0,) * HOURS_PER_WEEK
+            return cls(zeros, zeros, 0.0, planned_s, "no_history")
+        overall_busy = math.fsum(busy) / observed_s
+        overall_lost = math.fsum(lost) / observed_s
+        if end - first < timedelta(days=7):
+            flat_busy = (overall_busy,) * HOURS_PER_WEEK
+            flat_lost = (overall_lost,) * HOURS_PER_WEEK
+            return cls(flat_busy, flat_lost, observed_s, planned_s, "recent_days")
+        return cls(
+            tuple(_shrunk(b, n, overall_busy) for b, n in zip(busy, seen, strict=True)),
+            tuple(_shrunk(d, n, overall_lost) for d, n in zip(lost, seen, strict=True)),
+            observed_s,
+            planned_s,
+            "hour_of_week",
+        )
+
+
+def _shrunk(amount: float, observed: float, prior: float) -> float:
+    return (amount + _PRIOR_S * prior) / (observed + _PRIOR_S)
+
+
+def _hour_of_week(moment: datetime, zone: ZoneInfo) -> int:
+    local = moment.astimezone(zone)
+    return local.weekday() * 24 + local.hour
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityFigures:
+    """Capacity of one machine (or a sum of machines) over a horizon, in seconds."""
+
+    total_s: float
+    committed_s: float
+    unattainable_s: float
+    available_s: float
+    reasons: tuple[str, ...] = field(default=())
+
+    def __add__(self, other: "CapacityFigures") -> "CapacityFigures":
+        return CapacityFigures(
+            self.total_s + other.total_s,
+            self.committed_s + other.committed_s,
+            self.unattainable_s + other.unattainable_s,
+            self.available_s + other.available_s,
+            tuple(dict.fromkeys(self.reasons + other.reasons)),
+        )
+
+    def withdrawn(self, reason: str) -> "CapacityFigures":
+        """The same planned time with nothing available: all but the committed load is
+        unattainable (a silent gateway: capacity must not be sold on stale data)."""
+        return CapacityFigures(
+            self.total_s,
+            self.committed_s,
+            self.total_s - self.committed_s,
+            0.0,
+            (*self.reasons, reason),
+        )
+
+
+def forecast(
+    calendar: ShiftCalendar,
+    profile: LoadProfile,
+    as_of: datetime,
+    horizon: timedelta,
+    *,
+    down_now: bool = False,
+    repair_estimate: timedelta = timedelta(hours=2),
+    bookings: Iterable[Booking] | None = None,
+) -> CapacityFigures:
+    """The capacity figures of one machine over ``[as_of, as_of + horizon)``; with
+    ``bookings`` (even an empty list: the factory declares its load) committed is the
+    booked load, else the profile's expected load."""
+    end = as_of + horizon
+    zone = ZoneInfo(calendar.timezone)
+    planned = calendar.planned_intervals(as_of, end)
+    repaired = as_of + repair_estimate if down_now else as_of
+    booked = None if bookings is None else _booked(calendar, bookings, planned)
+    total = committed = unattainable = 0.0
+    for a, b in planned:
+        for begin, hi in _hours(a, b):
+            total += (hi - begin).total_seconds()
+            lo = max(begin, repaired)
+            if lo >= hi:
+                unattainable += (hi - begin).total_seconds()
+                continue
+            unattainable += (lo - begin).total_seconds()
+            seconds = (hi - lo).total_seconds()
+            hour = _hour_of_week(lo, zone)
+            loss = profile.lost[hour] * seconds
+            load = profile.busy[hour] * seconds if booked is None else booked(lo, hi)
+            unattainable += loss
+            committed += min(load, seconds - loss)
+    reasons = [
+        "booked" if booked is not None else f"forecast:{profile.method}",
+        *(["down"] if down_now else []),
+        *(["no_planned_time"] if total == 0 else []),
+    ]
+    available = max(0.0, total - committed - unattainable)
+    return CapacityFigures(total, committed, unattainable, available, tuple(reasons))
+
+
+def _hours(start: datetime, end: datetime) -> Iterable[tuple[datetime, datetime]]:
+    """``[start, end)`` cut at whole UTC hours."""
+    cut = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + _HOUR
+    while start < end:
+        yield start, min(cut, end)
+        start, cut = cut, cut + _HOUR
+
+
+def _booked(
+    calendar: ShiftCalendar,
+    bookings: Iterable[Booking],
+    planned: Sequence[tuple[datetime, datetime]],
+) -> "_BookedLoad":
+    spans: list[tuple[datetime, datetime, float]] = []
+    for booking in bookings:
+        span_planned = calendar.planned_seconds(booking.start, booking.end)
+        if span_planned <= 0:
+            continue
+        load = span_planned if booking.hours is None else booking.hours * 3600.0
+        spans.append((booking.start, booking.end, min(1.0, load / span_planned)))
+    return _BookedLoad(spans)
+
+
+@dataclass(frozen=True, slots=True)
+class _BookedLoad:
+    """Booked seconds within a stretch of planned time: each booking's load is spread
+    evenly over its own planned time (as a share), overlapping bookings add up."""
+
+    spans: list[tuple[datetime, datetime, float]]
+
+    def __call__(self, start: datetime, end: datetime) -> float:
+        return sum(
+            share * (min(end, b) - max(start, a)).total_seconds()
+            for a, b, share in self.spans
+            if a < end and b > start
+        )

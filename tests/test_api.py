@@ -1,0 +1,265 @@
+"""The capacity API against simulated factories of known ground truth: time elements, KPIs,
+capacity, staleness, bookings, caching and the push channel."""
+
+import asyncio
+import json
+import math
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apikit import GATEWAY, Api, Region, build_region, online, running_api
+
+from kyoso.contract import MachineState
+from kyoso.simulators.behaviour import MachineModel
+from kyoso.store import SqliteStore
+
+DAYS = 9
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Region:
+    return build_region(tmp_path_factory.mktemp("region") / "store.sqlite3", DAYS)
+
+
+@pytest.fixture
+def api(region: Region, tmp_path: Path) -> Iterator[Api]:
+    with running_api(region, tmp_path) as running:
+        yield running
+
+
+def _truth(model: MachineModel, start: datetime, end: datetime) -> dict[MachineState, float]:
+    """Seconds per state in ``[start, end)`` from the model's own segments."""
+    a, b = start.timestamp(), end.timestamp()
+    seconds = dict.fromkeys(MachineState, 0.0)
+    for segment in model.segments:
+        overlap = min(b, segment.end) - max(a, segment.start)
+        if overlap > 0:
+            seconds[segment.state] += overlap
+    return seconds
+
+
+def _get(api: Api, path: str, scope: str = "admin", **params: Any) -> Any:
+    response = api.client.get(path, params=params, headers=api.headers(scope))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _window(region: Region, days: float) -> tuple[datetime, datetime]:
+    return region.end - timedelta(days=days), region.end
+
+
+def test_time_elements_match_the_ground_truth(api: Api, region: Region) -> None:
+    start, end = _window(region, 7)
+    window_h = (end - start).total_seconds() / 3600
+    names = {
+        "apt": MachineState.RUNNING,
+        "aust": MachineState.SETUP,
+        "adet": MachineState.DOWN,
+        "adot": MachineState.IDLE,
+        "pdot": MachineState.PLANNED_STOP,
+    }
+    checked = 0
+    for factory, sim in region.simulations.items():
+        report = _get(api, f"/v1/factories/{factory}/kpis", start=start, end=end)
+        assert {m["machine"] for m in report["machines"]} == set(sim.models)
+        for row in report["machines"]:
+            truth = _truth(sim.models[row["machine"]], start, end)
+            for element, state in names.items():
+                assert abs(row["time"][element] - truth[state] / 3600) <= 0.01 * window_h
+                assert row["time"][element] == pytest.approx(truth[state] / 3600, abs=1e-3)
+            assert row["time"]["no_data"] == pytest.approx(0.0, abs=1e-3)
+            calendar = sim.config.calendars[
+                next(m.calendar for m in sim.config.machines if m.id == row["machine"])
+            ]
+            assert row["time"]["pbt"] == pytest.approx(
+                calendar.planned_seconds(start, end) / 3600, abs=1e-4
+            )
+            checked += 1
+    assert checked == 18
+
+
+def test_availability_and_oee_match_an_independent_computation(api: Api, region: Region) -> None:
+    start, end = _window(region, 5)
+    for factory, sim in region.simulations.items():
+        report = _get(api, f"/v1/factories/{factory}/kpis", start=start, end=end)
+        sums = {"apt": 0.0, "pbt": 0.0, "ideal": 0.0, "good": 0.0, "produced": 0.0}
+        for row in report["machines"]:
+            machine = next(m for m in sim.config.machines if m.id == row["machine"])
+            model = sim.models[machine.id]
+            truth = _truth(model, start, end)
+            pbt = sim.config.calendars[machine.calendar].planned_seconds(start, end)
+            good0, reject0 = model.totals_at(start.timestamp())
+            good1, reject1 = model.totals_at(end.timestamp())
+            good, produced = good1 - good0, (good1 - good0) + (reject1 - reject0)
+            apt = truth[MachineState.RUNNING]
+            availability = apt / pbt
+            effectiveness = machine.ideal_cycle_time_s * produced / apt
+            oee = availability * effectiveness * (good / produced)
+            kpis = row["kpis"]
+            assert kpis["availability"] == pytest.approx(availability, abs=1e-4)
+            # Parts are counted per sample interval; the window edges may split one part.
+            assert kpis["oee"] == pytest.approx(oee, rel=0.02)
+            assert kpis["quality_ratio"] == pytest.approx(good / produced, abs=0.01)
+            sums["apt"] += apt
+            sums["pbt"] += pbt
+        total = report["total"]["kpis"]
+        assert total["availability"] == pytest.approx(sums["apt"] / sums["pbt"], abs=1e-4)
+
+
+def test_total_capacity_is_the_calendars_planned_time_exactly(api: Api, region: Region) -> None:
+    as_of = api.service.now()
+    for horizon_h in (24, 168):
+        for factory, sim in region.simulations.items():
+            body = _get(api, f"/v1/factories/{factory}/capacity", horizon_h=horizon_h)
+            for row in body["machines"]:
+                machine = next(m for m in sim.config.machines if m.id == row["machine"])
+                planned = sim.config.calendars[machine.calendar].planned_seconds(
+                    as_of, as_of + timedelta(hours=horizon_h)
+                )
+                assert row["total"] == round(planned / 3600, 4)
+                parts = row["committed"] + row["unattainable"] + row["available"]
+                assert parts == pytest.approx(row["total"], abs=1e-3)
+                assert row["available"] >= 0
+                assert 0 < row["confidence"] <= 1
+                assert row["reasons"][0] == "forecast:hour_of_week"
+
+
+def test_regional_capacity_sums_the_factories_by_capability(api: Api) -> None:
+    body = _get(api, "/v1/capacity", "platform", horizon_h=48)
+    by_process: dict[str, float] = {}
+    for factory in body["factories"]:
+        assert factory["machines"] is None  # the platform never sees machines
+        for row in factory["by_process"]:
+            by_process[row["process"]] = by_process.get(row["process"], 0.0) + row["available"]
+    assert {r["process"]: r["available"] for r in body["by_process"]} == pytest.approx(
+        by_process, abs=1e-3
+    )
+
+
+def test_an_offline_gateway_withdraws_its_factorys_capacity(region: Region, tmp_path: Path) -> None:
+    copy = tmp_path / "store.sqlite3"
+    copy.write_bytes(region.path.read_bytes())
+    offline = Region(copy, region.origin, region.end, region.simulations)
+
+    async def gateway_lost() -> None:
+        async with SqliteStore(copy) as store:
+            await store.write_status(online("okada-machining", region.end, "offline"))
+
+    asyncio.run(gateway_lost())
+    with running_api(offline, tmp_path) as api:
+        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=24)
+        assert body["offline"] is True
+        assert all(r["available"] == 0 and "offline" in r["reasons"] for r in body["machines"])
+        assert all(r["confidence"] == 0 for r in body["machines"])
+        region_body = _get(api, "/v1/capacity", "platform")
+        okada = next(f for f in region_body["factories"] if f["factory"] == "okada-machining")
+        assert okada["offline"] is True
+        assert all(r["available"] == 0 for r in okada["by_process"])
+        others = [f for f in region_body["factories"] if f["factory"] != "okada-machining"]
+        assert all(
+            not f["offline"] and any(r["available"] > 0 for r in f["by_process"]) for f in others
+        )
+        search = _get(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=2)
+        assert all(c["available"] == 0 for c in search["candidates"])
+
+
+def test_stale_data_withdraws_capacity_with_reason_offline(region: Region, tmp_path: Path) -> None:
+    later = region.end + timedelta(minutes=10)  # the last sample is 10 minutes old
+    with running_api(region, tmp_path, now=later) as api:
+        body = _get(api, "/v1/factories/mori-plastics/capacity")
+        assert body["offline"] is True
+        assert body["data_age_s"] == pytest.approx(600, abs=1)
+        assert all(r["available"] == 0 and "offline" in r["reasons"] for r in body["machines"])
+        factories = _get(api, "/v1/factories", "platform")
+        assert all(f["offline"] for f in factories)
+
+
+def test_declared_bookings_replace_the_forecast(api: Api) -> None:
+    path = "/v1/factories/sato-sheetmetal/machines/laser-01/bookings"
+    scope = "factory:sato-sheetmetal"
+    as_of = api.service.now()
+    booking = {"start": as_of.isoformat(), "end": (as_of + timedelta(days=2)).isoformat()}
+    put = api.client.put(
+        path, json={"bookings": [{**booking, "hours": 6}]}, headers=api.headers(scope)
+    )
+    assert put.status_code == 200, put.text
+    capacity = _get(api, "/v1/factories/sato-sheetmetal/capacity", scope, horizon_h=48)
+    laser = next(r for r in capacity["machines"] if r["machine"] == "laser-01")
+    assert laser["reasons"][0] == "booked"
+    # Six hours spread over the planned time of the two days, all inside the horizon,
+    # less what expected losses leave no room for.
+    assert laser["committed"] == pytest.approx(6.0, abs=0.05)
+    assert _get(api, path, scope)["declared"] is True
+    assert api.client.delete(path, headers=api.headers(scope)).status_code == 204
+    capacity = _get(api, "/v1/factories/sato-sheetmetal/capacity", scope, horizon_h=48)
+    laser = next(r for r in capacity["machines"] if r["machine"] == "laser-01")
+    assert laser["reasons"][0] == "forecast:hour_of_week"
+
+
+def test_a_machine_down_now_is_unattainable_until_its_expected_repair(
+    api: Api, region: Region
+) -> None:
+    for factory, sim in region.simulations.items():
+        for machine, model in sim.models.items():
+            if model.segment_at(region.end.timestamp() - 1).state is MachineState.DOWN:
+                body = _get(api, f"/v1/factories/{factory}/capacity", horizon_h=24)
+                row = next(r for r in body["machines"] if r["machine"] == machine)
+                assert "down" in row["reasons"]
+                return
+    pytest.fail("no machine of the region is down at the end of its history")
+
+
+def test_answers_carry_etags_and_a_matching_one_gets_304(api: Api) -> None:
+    headers = api.headers("platform")
+    first = api.client.get("/v1/capacity", headers=headers)
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"].startswith("private, max-age=")
+    again = api.client.get("/v1/capacity", headers={**headers, "If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+    other = api.client.get("/v1/capacity", headers={**headers, "If-None-Match": '"nope"'})
+    assert other.status_code == 200
+    assert other.json() == first.json()
+
+
+def test_search_ranks_factories_that_cover_the_hours_first(api: Api) -> None:
+    body = _get(api, "/v1/search", "platform", process="cnc_turning", hours=5, within_days=7)
+    candidates = body["candidates"]
+    assert candidates
+    assert candidates[0]["covers"] is True
+    covering = [c["covers"] for c in candidates]
+    assert covering == sorted(covering, reverse=True)
+    cover = _get(
+        api,
+        "/v1/search/cover",
+        "factory:okada-machining",
+        factory="okada-machining",
+        machine="cnc-01",
+    )
+    assert cover[0]["process"] == "cnc_milling_5axis"
+    assert all(c["factory"] != "okada-machining" for c in cover[0]["candidates"])
+    assert cover[0]["hours"] > 0
+
+
+def test_events_push_the_regional_capacity(api: Api) -> None:
+    with api.client.stream("GET", "/v1/events", headers=api.headers("platform")) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "event: capacity"
+        data = next(lines)
+    assert data.startswith("data: ")
+    body = json.loads(data.removeprefix("data: "))
+    assert body["by_process"]
+    assert body["factories"]
+    assert all(math.isfinite(r["available"]) for r in body["by_process"])
+
+
+def test_calendar_endpoint_lists_planned_intervals(api: Api, region: Region) -> None:
+    start, end = _window(region, 7)
+    body = _get(api, "/v1/factories/okada-machining/machines/cnc-01/calendar", start=start, end=end)
+    calendar = region.configs["okada-machining"].calendars["two-shift"]
+    assert body["pbt"] == pytest.approx(calendar.planned_seconds(start, end) / 3600, abs=1e-4)
+    assert len(body["intervals"]) == len(calendar.planned_intervals(start, end))
+    assert _get(api, "/v1/factories/okada-machining/machines/cnc-01")["gateway"] == GATEWAY
