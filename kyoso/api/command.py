@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
                 proxy_headers=True,
             )
         )
+        # uvicorn stops on SIGINT/SIGTERM, restores the handlers it found and raises the
+        # signal again; finding these, the stop ends here as the clean exit it was.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
         server.run()
     finally:
         keys.close()
