@@ -3,7 +3,6 @@
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -24,8 +23,6 @@ from .keys import ApiKeyStore, KeyStoreError
 from .service import CapacityService
 from .settings import ENV_PREFIX, ApiSettings, load_settings
 from .snapshots import CapacitySnapshots
-
-log = logging.getLogger(__name__)
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
