@@ -9,13 +9,16 @@ everything. Answers carry an ``ETag`` (a ``If-None-Match`` that matches gets 304
 """
 
 import asyncio
+import base64
 import hashlib
+import importlib.resources
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel
 
@@ -178,6 +181,31 @@ def _cached(request: Request, body: BaseModel | list[Any], max_age_s: float) -> 
     return Response(data, media_type="application/json", headers=headers)
 
 
+def _overview() -> tuple[str, dict[str, str]]:
+    """The overview page with a Content-Security-Policy that admits exactly its own inline
+    script and style (by SHA-256) and same-origin requests: nothing external can load."""
+    resource = importlib.resources.files("kyoso.api").joinpath("static/overview.html")
+    page = resource.read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    headers = {
+        "Content-Security-Policy": policy,
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    return page, headers
+
+
 def create_app(
     service: CapacityService,
     keys: ApiKeyStore,
@@ -194,6 +222,12 @@ def create_app(
     app.state.service = service
     app.state.keys = keys
     app.include_router(router)
+    page, headers = _overview()
+
+    @app.get("/", include_in_schema=False)
+    async def _root() -> HTMLResponse:
+        """The live overview page; it reads its API key in the browser, so it needs none."""
+        return HTMLResponse(page, headers=headers)
 
     @app.exception_handler(ValueError)
     async def _invalid(_: Request, exc: ValueError) -> JSONResponse:

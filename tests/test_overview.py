@@ -1,0 +1,279 @@
+"""The live overview page at the API root: served without a key under a strict
+Content-Security-Policy, and rendered by a real headless Chromium from a real ``kyoso api``
+over a freshly simulated region."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from apikit import Region, build_region, running_api
+from ingestkit import wait_until
+from services import free_port
+
+DAYS = 2
+CHROMIUM = shutil.which("chromium")
+
+
+def test_the_page_is_served_at_the_root_without_a_key(tmp_path: Path) -> None:
+    region = build_region(tmp_path / "store.sqlite3", 1)
+    with running_api(region, tmp_path) as api:
+        response = api.client.get("/")
+        schema = api.client.get("/openapi.json").json()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "http://" not in page
+    assert "https://" not in page
+    policy = dict(
+        part.strip().split(" ", 1)
+        for part in response.headers["content-security-policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["script-src"].startswith("'sha256-")  # the inline script only
+    assert policy["style-src"].startswith("'sha256-")
+    assert "unsafe" not in response.headers["content-security-policy"]
+    assert "/" not in schema["paths"]
+
+
+# --- in headless Chromium against the real server -----------------------------------------
+
+
+@dataclass
+class Server:
+    base: str
+    keys: dict[str, str]
+    region: Region
+
+
+def _create_key(keys: Path, scope: str) -> str:
+    command = [sys.executable, "-m", "kyoso.cli", "api", "keys", "create", "--keys", str(keys)]
+    created = subprocess.run(
+        [*command, "--name", scope, "--scope", scope],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return created.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``kyoso api`` over a region whose simulated history ends about now, so it is fresh."""
+    workdir = tmp_path_factory.mktemp("overview")
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    region = build_region(
+        workdir / "store.sqlite3", DAYS, origin=now - timedelta(days=DAYS), interval_s=60
+    )
+    keys = workdir / "keys.sqlite3"
+    made = {scope: _create_key(keys, scope) for scope in ("admin", "platform")}
+    port = free_port()
+    env = {
+        **os.environ,
+        "KYOSO_API_PORT": str(port),
+        "KYOSO_API_SQLITE_PATH": str(region.path),
+        "KYOSO_API_KEYS": str(keys),
+        "KYOSO_API_BOOKINGS_PATH": str(workdir / "bookings.sqlite3"),
+        # The history is written once, not streamed: keep it fresh for the test's length.
+        "KYOSO_API_CAPACITY__STALE_AFTER_S": "3600",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kyoso.cli", "api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/", timeout=2) as response:  # noqa: S310 (loopback)
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, what="kyoso api")
+        yield Server(base, made, region)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _chromium(workdir: Path, *args: str, budget_ms: int = 10_000) -> str:
+    assert CHROMIUM is not None, "install Debian's chromium (apt-get install -y chromium)"
+    profile = workdir / f"profile-{time.monotonic_ns()}"
+    completed = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            # Chromium refuses to start its sandbox as root, which the CI containers are.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    )
+    return completed.stdout
+
+
+class _Elements(HTMLParser):
+    """Every element's attributes and the text directly within it, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[dict[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append({"tag": tag, **{k: v or "" for k, v in attrs}})
+
+
+def _rendered(dom: str) -> list[dict[str, str]]:
+    parser = _Elements()
+    parser.feed(dom)
+    return parser.elements
+
+
+def _shared_capabilities(server: Server, horizon_h: int) -> set[str]:
+    """The capabilities the API itself reports across the region."""
+    url = f"{server.base}/v1/capacity?horizon_h={horizon_h}"
+    request = urllib.request.Request(url)  # noqa: S310 (loopback)
+    request.add_header("Authorization", f"Bearer {server.keys['platform']}")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        return {p["process"] for p in json.load(response)["by_process"]}
+
+
+def test_chromium_renders_every_factory_and_its_capacity(server: Server, tmp_path: Path) -> None:
+    started = time.monotonic()
+    dom = _chromium(tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['admin']}")
+    elements = _rendered(dom)
+    main = next(e for e in elements if e.get("id") == "overview")
+    assert main["data-state"] == "ready", dom
+    assert main["data-scope"] == "detail"
+    assert server.keys["admin"] not in dom  # taken from the fragment, not left in the page
+
+    factories = set(server.region.simulations)
+    rows = {e["data-factory"]: e for e in elements if "data-factory" in e}
+    assert set(rows) == factories
+    assert all(row["data-offline"] == "false" for row in rows.values())
+    assert sum("data-availability" in e for e in elements) == len(factories)
+
+    capacity = {e["data-factory-capacity"] for e in elements if "data-factory-capacity" in e}
+    assert capacity == factories
+    cells = [e for e in elements if e["tag"] == "td" and "data-available" in e]
+    # Two horizons per factory, every one with a figure; fresh data: something is available.
+    assert len(cells) == 2 * len(factories)
+    assert all(float(c["data-available"]) >= 0 for c in cells)
+    assert sum(float(c["data-available"]) for c in cells) > 0
+    by_process = {(e["data-process"], e["data-horizon"]) for e in elements if "data-process" in e}
+    expected = {(p, str(h)) for h in (24, 168) for p in _shared_capabilities(server, h)}
+    assert expected
+    assert by_process == expected
+
+    machines = {e["data-machine"] for e in elements if "data-machine" in e}
+    assert machines == {
+        f"{name}/{m.id}" for name, config in server.region.configs.items() for m in config.machines
+    }
+
+    screenshot = tmp_path / "overview.png"
+    _chromium(
+        tmp_path,
+        f"--screenshot={screenshot}",
+        "--window-size=1280,1600",
+        f"{server.base}/#key={server.keys['admin']}",
+    )
+    width, height, rows_seen = _png_rows(screenshot.read_bytes())
+    assert (width, height) == (1280, 1600)
+    assert rows_seen > 100, "the screenshot looks blank"
+    print(f"chromium: two runs in {time.monotonic() - started:.1f} s")
+
+
+def test_a_platform_key_sees_the_aggregated_capacity_only(server: Server, tmp_path: Path) -> None:
+    dom = _chromium(tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['platform']}")
+    elements = _rendered(dom)
+    main = next(e for e in elements if e.get("id") == "overview")
+    assert main["data-state"] == "ready", dom
+    assert main["data-scope"] == "aggregate"  # the 403s on machine detail are not errors
+    notice = next(e for e in elements if e.get("id") == "machines-note")
+    assert "hidden" not in notice
+    assert {e["data-factory"] for e in elements if "data-factory" in e} == set(
+        server.region.simulations
+    )
+    assert {e["data-factory-capacity"] for e in elements if "data-factory-capacity" in e} == set(
+        server.region.simulations
+    )
+    assert not any("data-machine" in e for e in elements)
+
+
+def test_the_page_refreshes_itself_with_etags(server: Server, tmp_path: Path) -> None:
+    dom = _chromium(
+        tmp_path,
+        "--dump-dom",
+        f"{server.base}/#key={server.keys['admin']}",
+        budget_ms=40_000,  # two refreshes, 15 s apart
+    )
+    main = next(e for e in _rendered(dom) if e.get("id") == "overview")
+    assert main["data-state"] == "ready"
+    assert int(main["data-refreshes"]) >= 2
+    assert int(main["data-not-modified"]) > 0  # unchanged answers came back as 304
+
+
+def test_a_wrong_key_asks_for_another(server: Server, tmp_path: Path) -> None:
+    dom = _chromium(tmp_path, "--dump-dom", f"{server.base}/#key=kyo_wrong_key")
+    main = next(e for e in _rendered(dom) if e.get("id") == "overview")
+    assert main["data-state"] == "no-key"
+    assert "was not accepted" in dom
+
+
+def _png_rows(png: bytes) -> tuple[int, int, int]:
+    """Width, height and the number of distinct scanlines of an 8-bit PNG: a blank page
+    has one (every row filtered the same way to the same bytes)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    offset, data, width, height, channels = 8, b"", 0, 0, 0
+    while offset < len(png):
+        (length,) = struct.unpack(">I", png[offset : offset + 4])
+        kind = png[offset + 4 : offset + 8]
+        chunk = png[offset + 8 : offset + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", chunk[:10])
+            assert depth == 8
+            channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
+        elif kind == b"IDAT":
+            data += chunk
+        offset += 12 + length
+    raw = zlib.decompress(data)
+    stride = 1 + width * channels
+    assert len(raw) == stride * height
+    return width, height, len({raw[i : i + stride] for i in range(0, len(raw), stride)})
+
+
+def test_png_rows_tells_a_blank_image_from_a_drawn_one() -> None:
+    def png(rows: list[bytes]) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            crc = zlib.crc32(kind + body)
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+        header = struct.pack(">IIBBBBB", 2, len(rows), 8, 2, 0, 0, 0)
+        raw = b"".join(b"\x00" + row for row in rows)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+
+    assert _png_rows(png([b"\xff" * 6] * 3)) == (2, 3, 1)
+    assert _png_rows(png([bytes([i] * 6) for i in range(3)])) == (2, 3, 3)
