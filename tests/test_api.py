@@ -263,3 +263,10 @@ def test_calendar_endpoint_lists_planned_intervals(api: Api, region: Region) -> 
     assert body["pbt"] == pytest.approx(calendar.planned_seconds(start, end) / 3600, abs=1e-4)
     assert len(body["intervals"]) == len(calendar.planned_intervals(start, end))
     assert _get(api, "/v1/factories/okada-machining/machines/cnc-01")["gateway"] == GATEWAY
+
+
+def test_health_and_readiness_need_no_key(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["factories"] == 3

@@ -229,6 +229,20 @@ def create_app(
         """The live overview page; it reads its API key in the browser, so it needs none."""
         return HTMLResponse(page, headers=headers)
 
+    @app.get("/healthz", include_in_schema=False)
+    async def _healthz() -> dict[str, str]:
+        """200 while the process serves."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def _readyz() -> JSONResponse:
+        """200 when the store answers, else 503."""
+        try:
+            factories = await service.factories()
+        except Exception as exc:  # any store failure means not ready
+            return JSONResponse({"status": "store unavailable", "error": str(exc)}, 503)
+        return JSONResponse({"status": "ok", "factories": len(factories)})
+
     @app.exception_handler(ValueError)
     async def _invalid(_: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)

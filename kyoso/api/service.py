@@ -204,7 +204,8 @@ class CapacityService:
                 for m, v in view.machines.items()
             }
 
-        return await self._profiles.get(factory, compute)
+        # Keyed by the machines too: a machine described since is learnt at once.
+        return await self._profiles.get((factory, tuple(view.machines)), compute)
 
     async def capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
         """Every described machine's capacity over the horizon from now (cached briefly)."""

@@ -40,8 +40,11 @@ class CapacitySnapshots:
         self.written = 0
 
     async def run(self) -> None:
-        """Snapshot now and every interval; a failure is logged and tried next time."""
-        await self.writer.ensure_database(self.database)
+        """Snapshot now and every interval; a failure is logged and tried next time. The
+        capacity database is created first only with ``create_databases`` (admin rights on
+        InfluxDB 1.x; the regional stack creates it and gives the API write access alone)."""
+        if self.writer.config.create_databases:
+            await self.writer.ensure_database(self.database)
         while True:
             try:
                 self.written += await self.snapshot()
