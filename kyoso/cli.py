@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from kyoso import __version__
 from kyoso.api import command as api_command
+from kyoso.demo import command as demo_command
 from kyoso.gateway import command as gateway_command
 from kyoso.ingest import command as ingest_command
 from kyoso.simulators import command as simulate_command
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_command.register(commands)
     ingest_command.register(commands)
     api_command.register(commands)
+    demo_command.register(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""`kyoso demo`: the whole system in one process, with nothing else installed."""

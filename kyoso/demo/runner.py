@@ -1,0 +1,301 @@
+"""``kyoso demo``: the whole system in one process, with nothing else installed.
+
+What runs, all on one asyncio loop (the broker in its own child process):
+
+1. an **embedded MQTT 5 broker** (:mod:`kyoso.demo.broker`), or an external one;
+2. the **shipped demo factories** (:mod:`kyoso.simulators`): Modbus TCP servers on free
+   ports and current clamps publishing to the broker;
+3. a **backfill**: the week before now (or the gap since the last run), as the gateways
+   would have published it (:mod:`kyoso.simulators.history`, one sample per machine every
+   5 minutes), written straight into the store before anything else starts, so that
+   capacity and KPIs have history from the first second;
+4. **one gateway per factory** (:class:`kyoso.gateway.agent.Gateway`) reading the machines
+   over Modbus and the clamps over MQTT, publishing to the broker;
+5. the **ingest** (:class:`kyoso.ingest.service.Ingest`) subscribing to the broker and
+   writing the **embedded store** (SQLite), or an external InfluxDB;
+6. the **capacity API** with its overview page (:mod:`kyoso.api`), on uvicorn.
+
+The live data takes the production path: gateways publish MQTT, the ingest subscribes.
+Everything lives in the data directory (store, dead letters, outboxes, API keys, bookings)
+and is kept for the next run; Ctrl-C stops everything cleanly. The demo's API keys are
+kept in plain text in ``<data dir>/demo-keys.json`` (mode 0600) so that the page can be
+opened again: a demo convenience, not how a deployment keeps keys.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from kyoso.api.app import create_app
+from kyoso.api.bookings import BookingStore
+from kyoso.api.keys import ApiKeyStore, parse_scope
+from kyoso.api.service import CapacityService
+from kyoso.api.settings import CapacityRules
+from kyoso.gateway.agent import Gateway
+from kyoso.gateway.config import GatewayConfig
+from kyoso.ingest.config import IngestSettings, MqttConfig
+from kyoso.ingest.deadletter import DeadLetterStore
+from kyoso.ingest.influx import InfluxConfig
+from kyoso.ingest.service import Ingest
+from kyoso.simulators.config import FactoryConfig, load_factory, shipped_factories
+from kyoso.simulators.gateways import gateway_config
+from kyoso.simulators.history import history_descriptions, history_samples
+from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
+from kyoso.store import SqliteStore, Store
+from kyoso.store.influx import InfluxStore
+
+from .broker import EmbeddedBroker
+
+__all__ = ["DemoInfo", "DemoOptions", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+GATEWAY = "gw-01"
+HISTORY_INTERVAL_S = 300.0
+"""Backfilled samples are 5 minutes apart: a week of the shipped region in about 3 s."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """How to run the demo; ``kyoso demo --help`` explains each."""
+
+    data_dir: Path = Path("kyoso-demo")
+    host: str = "127.0.0.1"
+    api_port: int = 8000
+    mqtt_port: int = 0
+    broker: tuple[str, int] | None = None
+    """An external broker instead of the embedded one."""
+    influx: InfluxConfig | None = None
+    """An external InfluxDB instead of the embedded store."""
+    backfill: timedelta = timedelta(days=7)
+    poll_interval_s: float = 1.0
+    publish_interval_s: float = 10.0
+    factories: list[Path] = field(default_factory=shipped_factories)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoInfo:
+    """Where the running demo answers."""
+
+    api_url: str
+    broker: str
+    keys: dict[str, str]
+    factories: list[str]
+    backfilled_samples: int
+    data_dir: Path
+
+
+def _keys(data_dir: Path) -> tuple[ApiKeyStore, dict[str, str]]:
+    """The demo's key store, with an admin and a platform key (made on the first run)."""
+    saved = data_dir / "demo-keys.json"
+    store = ApiKeyStore(data_dir / "api-keys.sqlite3", create=True)
+    keys: dict[str, str] = json.loads(saved.read_text()) if saved.exists() else {}
+    valid = all(store.authenticate(k) is not None for k in keys.values())
+    if not keys or not valid:
+        keys = {
+            scope: store.create(f"demo-{scope}", parse_scope(scope)).key
+            for scope in ("admin", "platform")
+        }
+        saved.write_text(json.dumps(keys, indent=2))
+        saved.chmod(0o600)
+    return store, keys
+
+
+async def _backfill(store: Store, sim: Simulation, start: float, end: float) -> int:
+    """Write the history of ``[start, end)`` not yet stored, and the machines'
+    descriptions (their gateways publish them again once connected); return the samples
+    written."""
+    written = 0
+    for name, factory in sim.factories.items():
+        for description in history_descriptions(factory.config, start, gateway=GATEWAY):
+            await store.write_description(description)
+        latest = await store.latest_samples(name)
+        begin = max([start, *(s.sample.ts.timestamp() for s in latest.values())])
+        if end - begin < HISTORY_INTERVAL_S:
+            continue
+        samples = history_samples(factory, begin, end, interval_s=HISTORY_INTERVAL_S)
+        for machine_samples in samples.values():
+            await store.write_samples(name, GATEWAY, "backfill", machine_samples)
+            written += len(machine_samples)
+    return written
+
+
+@contextlib.asynccontextmanager
+async def _store(options: DemoOptions) -> AsyncIterator[Store]:
+    if options.influx is not None:
+        async with InfluxStore(options.influx) as influx:
+            yield influx
+    else:
+        async with SqliteStore(options.data_dir / "store.sqlite3", synchronous="normal") as lite:
+            yield lite
+
+
+@contextlib.asynccontextmanager
+async def _broker(options: DemoOptions) -> AsyncIterator[tuple[str, int]]:
+    if options.broker is not None:
+        yield options.broker
+        return
+    async with EmbeddedBroker(
+        options.data_dir / "broker", host=options.host, port=options.mqtt_port
+    ) as broker:
+        yield broker.host, broker.port
+
+
+async def run_demo(
+    options: DemoOptions,
+    stop: asyncio.Event,
+    on_ready: Callable[[DemoInfo], None] | None = None,
+) -> None:
+    """Run the demo until ``stop`` is set (or the API server stops on a signal)."""
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    configs: list[FactoryConfig] = [load_factory(p) for p in options.factories]
+    clock = SimClock()
+    async with contextlib.AsyncExitStack() as stack:
+        host, port = await stack.enter_async_context(_broker(options))
+        store = await stack.enter_async_context(_store(options))
+        sim_options = SimulationOptions(
+            backfill_s=options.backfill.total_seconds(),
+            host=options.host,
+            ephemeral_ports=True,
+            mqtt_host=host,
+            mqtt_port=port,
+        )
+        sim = Simulation(configs, clock, sim_options)
+        started = time.monotonic()
+        backfilled = await _backfill(
+            store, sim, clock.start - options.backfill.total_seconds(), clock.start
+        )
+        log.info("backfilled %d samples in %.1f s", backfilled, time.monotonic() - started)
+        await stack.enter_async_context(sim)
+        keys, made = _keys(options.data_dir)
+        stack.callback(keys.close)
+        bookings = BookingStore(options.data_dir / "bookings.sqlite3")
+        stack.callback(bookings.close)
+        tasks = _components(options, sim, store, (host, port), stop)
+        service = CapacityService(store, bookings, CapacityRules())
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(service, keys),
+                host=options.host,
+                port=options.api_port,
+                log_config=None,
+                access_log=False,
+            )
+        )
+        api = asyncio.create_task(server.serve(), name="api")
+        while not server.started and not api.done():
+            await asyncio.wait({api}, timeout=0.05)
+        if api.done():
+            stop.set()
+        elif on_ready is not None:
+            on_ready(
+                DemoInfo(
+                    api_url=f"http://{options.host}:{_bound_port(server)}",
+                    broker=f"{host}:{port}",
+                    keys=made,
+                    factories=[c.factory for c in configs],
+                    backfilled_samples=backfilled,
+                    data_dir=options.data_dir,
+                )
+            )
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({api, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()  # the server stopped on a signal: stop the rest too
+        server.should_exit = True
+        await asyncio.gather(api, waiter, *tasks, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+def _components(
+    options: DemoOptions,
+    sim: Simulation,
+    store: Store,
+    broker: tuple[str, int],
+    stop: asyncio.Event,
+) -> list["asyncio.Task[None]"]:
+    """The gateways and the ingest, running until ``stop``."""
+    host, port = broker
+    tasks = []
+    for name, factory in sim.factories.items():
+        config = gateway_config(
+            factory.config,
+            sim.endpoints.get(name, {}),
+            gateway=GATEWAY,
+            broker={"host": host, "port": port},
+            outbox_path=options.data_dir / f"outbox-{name}.sqlite3",
+            sensor_broker={"host": host, "port": port},
+            poll_interval_s=options.poll_interval_s,
+            publish_interval_s=options.publish_interval_s,
+        )
+        gateway = Gateway(GatewayConfig.model_validate(config))
+        tasks.append(asyncio.create_task(gateway.run(stop), name=f"gateway-{name}"))
+    settings = IngestSettings(
+        mqtt=MqttConfig(host=host, port=port, client_id="kyoso-demo-ingest"),
+        store="influxdb" if options.influx is not None else "sqlite",
+        dead_letter_path=options.data_dir / "dead-letters.sqlite3",
+    )
+    dead_letters = DeadLetterStore(settings.dead_letter_path)
+    ingest = Ingest(settings, store, dead_letters)
+
+    async def run_ingest() -> None:
+        try:
+            await ingest.run(stop)
+        finally:
+            dead_letters.close()
+
+    tasks.append(asyncio.create_task(run_ingest(), name="ingest"))
+    return tasks
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    for listener in server.servers:
+        for sock in listener.sockets:
+            port: int = sock.getsockname()[1]
+            return port
+    raise RuntimeError("the API server has no socket")
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``. Installed with :func:`signal.signal`, so that
+    uvicorn, which takes the signals while it serves, gives them back and raises the one it
+    stopped on again: it then reaches ``stop`` as well."""
+    loop = asyncio.get_running_loop()
+
+    def handler(*_: Any) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def guide(info: DemoInfo) -> str:
+    """What the demo prints once it runs."""
+    admin = info.keys["admin"]
+    return "\n".join(
+        [
+            "",
+            "Kyoso demo is running.",
+            f"  Overview page : {info.api_url}/#key={admin}",
+            f"  API docs      : {info.api_url}/docs",
+            f"  Capacity      : curl -H 'Authorization: Bearer {info.keys['platform']}' "
+            f"{info.api_url}/v1/capacity?horizon_h=24",
+            f"  MQTT broker   : {info.broker} (topics kyoso/v1/#)",
+            f"  Factories     : {', '.join(info.factories)}",
+            f"  History       : {info.backfilled_samples} samples backfilled",
+            f"  Data          : {info.data_dir.resolve()} (keys in demo-keys.json)",
+            "Press Ctrl-C to stop; the data directory is kept for the next run.",
+            "",
+        ]
+    )

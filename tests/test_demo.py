@@ -1,0 +1,179 @@
+"""``kyoso demo``: the whole system in one command, from a fresh install as the README says."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTORIES = {"mori-plastics", "okada-machining", "sato-sheetmetal"}
+READY_WITHIN_S = 20.0
+
+
+class Demo:
+    """A ``kyoso demo`` process; its output is read in the background."""
+
+    def __init__(self, command: list[str], cwd: Path) -> None:
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def url(self, timeout: float = 60.0) -> str:
+        """The API's address, once the demo printed its guide."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"Overview page : (http://[\d.]+:\d+)/#key=", self.output)
+            if found:
+                return found.group(1)
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"the demo did not start:\n{self.output[-3000:]}")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(60)
+        self._reader.join(10)
+        return code
+
+
+def _get(url: str, key: str) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, None
+    except OSError:
+        return 0, None
+
+
+def _capacity_of_every_factory(base: str, key: str, timeout: float) -> dict[str, Any]:
+    """Poll the regional capacity until every demo factory is in it, live."""
+    deadline = time.monotonic() + timeout
+    status, body = 0, None
+    while time.monotonic() < deadline:
+        status, body = _get(f"{base}/v1/capacity?horizon_h=24", key)
+        if status == 200:
+            live = {f["factory"] for f in body["factories"] if not f["offline"] and f["by_process"]}
+            if live == FACTORIES:
+                return dict(body)
+        time.sleep(0.2)
+    raise AssertionError(f"capacity of every factory not served in {timeout} s: {status} {body}")
+
+
+def _command(python: Path, data: Path) -> list[str]:
+    return [str(python), "-m", "kyoso.cli", "demo", "--data-dir", str(data), "--port", "0",
+            "--mqtt-port", "0"]  # fmt: skip
+
+
+def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -> None:
+    demo_dir = tmp_path / "demo-data"
+    demo = Demo(_command(Path(sys.executable), demo_dir), ROOT)
+    try:
+        base = demo.url()
+        keys = json.loads((demo_dir / "demo-keys.json").read_text())
+        body = _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
+        ready_s = time.monotonic() - demo.started
+        assert ready_s < READY_WITHIN_S
+        assert all(p["total"] >= 0 and p["confidence"] > 0 for p in body["by_process"])
+        # Live data arrives through the broker: the gateways' statuses, then their samples.
+        deadline = time.monotonic() + 30
+        online: dict[str, int] = {}
+        while time.monotonic() < deadline and online != dict.fromkeys(FACTORIES, 1):
+            status, factories = _get(f"{base}/v1/factories", keys["admin"])
+            assert status == 200
+            online = {f["factory"]: f["gateways_online"] for f in factories}
+            time.sleep(0.2)
+        assert online == dict.fromkeys(FACTORIES, 1)
+        assert all(f["data_age_s"] < 60 for f in factories)
+        status, machines = _get(f"{base}/v1/factories/okada-machining/machines", keys["admin"])
+        assert status == 200
+        assert len(machines) == 7
+        page = urllib.request.urlopen(base + "/", timeout=10).read()  # noqa: S310 (loopback)
+        assert b"<html" in page
+    finally:
+        code = demo.stop()
+    assert code == 0, demo.output[-3000:]
+    assert "Traceback" not in demo.output
+    history = re.search(r"History\s+: (\d+) samples backfilled", demo.output)
+    assert history is not None
+    assert int(history.group(1)) > 30_000  # a week of every machine, every 5 minutes
+
+    again = Demo(_command(Path(sys.executable), demo_dir), ROOT)
+    try:
+        base = again.url()
+        same_keys = json.loads((demo_dir / "demo-keys.json").read_text())
+        assert same_keys == keys
+        _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
+    finally:
+        assert again.stop() == 0
+    rerun = re.search(r"History\s+: (\d+) samples backfilled", again.output)
+    assert rerun is not None
+    assert int(rerun.group(1)) < 1000  # only the gap since the first run
+
+
+def _readme_install_command() -> str:
+    """The README's install-and-run-the-demo command line."""
+    text = (ROOT / "README.md").read_text()
+    pattern = r"```sh\n(python3 -m venv \.venv && \.venv/bin/pip install \. && [^\n]*)\n"
+    found = re.search(pattern, text)
+    assert found is not None, "the README lost its demo command"
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_a_fresh_install_as_the_readme_says_runs_the_demo(tmp_path: Path) -> None:
+    command = _readme_install_command()
+    install, _, run = command.rpartition(" && ")
+    assert run.startswith(".venv/bin/kyoso demo")
+    checkout = tmp_path / "kyoso"
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, checkout / name)
+    subprocess.run(["bash", "-c", install], cwd=checkout, check=True, timeout=900)
+    demo = Demo(
+        [*run.split(), "--port", "0", "--mqtt-port", "0"],
+        checkout,
+    )
+    try:
+        base = demo.url()
+        keys = json.loads((checkout / "kyoso-demo" / "demo-keys.json").read_text())
+        _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
+    finally:
+        assert demo.stop() == 0
