@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 
 from kyoso import __version__
 from kyoso.api import command as api_command
+from kyoso.dashboards import command as dashboards_command
 from kyoso.demo import command as demo_command
 from kyoso.gateway import command as gateway_command
 from kyoso.ingest import command as ingest_command
+from kyoso.regional import command as regional_command
 from kyoso.simulators import command as simulate_command
 
 
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_command.register(commands)
     api_command.register(commands)
     demo_command.register(commands)
+    regional_command.register(commands)
+    dashboards_command.register(commands)
     return parser
 
 

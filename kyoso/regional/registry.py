@@ -1,0 +1,145 @@
+"""The gateway registry: which gateways a region admits, and the accounts of its services.
+
+One YAML file, validated as one pydantic tree (``deploy/gateways.example.yaml`` is the
+commented example). Each gateway names its factory; the factories of a region are those
+its gateways name. Usernames are checked here for what the generated files need: unique
+per system (MQTT, InfluxDB), and free of the characters that Mosquitto's password and ACL
+files or InfluxQL identifiers would misread.
+"""
+
+from pathlib import Path
+from typing import Annotated, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from kyoso.contract import Id
+from kyoso.ingest.lineprotocol import RESERVED_FACTORY_IDS
+from kyoso.validation import error_lines
+
+__all__ = [
+    "GRAFANA_UID_MAX",
+    "Gateway",
+    "Registry",
+    "RegistryError",
+    "ServiceAccount",
+    "load_registry",
+]
+
+GRAFANA_UID_MAX = 40
+"""Longest Grafana data source uid; a factory's data source uid is the factory id."""
+
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+"""An MQTT or InfluxDB user name: no ':' (the password file's separator), no spaces."""
+
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceAccount(_Config):
+    """A service's user, the same name on the broker and in InfluxDB where it needs both."""
+
+    username: Username
+    password_env: EnvName | None = Field(
+        default=None,
+        description="Environment variable holding the password (the service reads the same"
+        " one); None: generated once into the secrets file.",
+    )
+
+
+class Gateway(_Config):
+    """One gateway the broker admits: it publishes only under its own factory."""
+
+    factory: Id
+    gateway: Id
+    username: Username | None = Field(
+        default=None, description="Broker user; None: '<factory>-<gateway>'."
+    )
+
+    @property
+    def user(self) -> str:
+        """The broker user name."""
+        return self.username or f"{self.factory}-{self.gateway}"
+
+
+class Registry(_Config):
+    """A region's gateways and the accounts of its services."""
+
+    ingest: ServiceAccount = Field(
+        default=ServiceAccount(username="kyoso-ingest"),
+        description="Reads every factory's topics, publishes nothing; writes the factory"
+        " databases.",
+    )
+    capacity: ServiceAccount = Field(
+        default=ServiceAccount(username="kyoso-capacity"),
+        description="The capacity service: reads the factory databases, writes kyoso_capacity.",
+    )
+    region: ServiceAccount = Field(
+        default=ServiceAccount(username="kyoso-region"),
+        description="Reads kyoso_capacity only: the regional dashboard's data source.",
+    )
+    gateways: list[Gateway] = Field(min_length=1, max_length=10_000)
+
+    @property
+    def factories(self) -> list[str]:
+        """Every factory with a gateway, sorted; each has a database and a read user."""
+        return sorted({g.factory for g in self.gateways})
+
+    @property
+    def mqtt_users(self) -> list[str]:
+        """Broker users: the ingest, then every gateway."""
+        return [self.ingest.username, *(g.user for g in self.gateways)]
+
+    @property
+    def influx_users(self) -> list[str]:
+        """InfluxDB users: the services, then one read user per factory (named after it)."""
+        return [
+            self.ingest.username,
+            self.capacity.username,
+            self.region.username,
+            *self.factories,
+        ]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        pairs = [(g.factory, g.gateway) for g in self.gateways]
+        if repeated := sorted({f"{f}/{g}" for f, g in pairs if pairs.count((f, g)) > 1}):
+            raise ValueError(f"gateways listed twice: {repeated}")
+        for factory in self.factories:
+            if factory in RESERVED_FACTORY_IDS:
+                raise ValueError(f"factory id {factory!r} is reserved (its database is shared)")
+            if len(factory) > GRAFANA_UID_MAX:
+                raise ValueError(
+                    f"factory id {factory!r} is longer than {GRAFANA_UID_MAX} characters,"
+                    " the longest Grafana data source uid"
+                )
+        for system, users in (("broker", self.mqtt_users), ("InfluxDB", self.influx_users)):
+            if repeated := sorted({u for u in users if users.count(u) > 1}):
+                raise ValueError(f"{system} user names used twice: {repeated}")
+        return self
+
+
+class RegistryError(ValueError):
+    """A registry that cannot be used; one line per problem, with its location."""
+
+
+def load_registry(path: Path) -> Registry:
+    """Read and validate a registry file; :class:`RegistryError` lists every problem."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RegistryError(f"{path}: {exc}") from exc
+    try:
+        return Registry.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError(error_lines(path, exc)) from exc
