@@ -12,12 +12,15 @@ import asyncio
 import base64
 import hashlib
 import importlib.resources
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel
@@ -37,6 +40,7 @@ from .schemas import (
     FactoryCapacityOut,
     FactoryOut,
     GatewayOut,
+    IntervalOut,
     KpiReport,
     KpisOut,
     MachineCapacityOut,
@@ -55,7 +59,12 @@ from .service import CapacityService, FactoryCapacity, MachineCapacity, MachineV
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+
 MAX_WINDOW: Final = timedelta(days=92)
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
+"""Windows and bookings must lie between these (calendars expand day by day)."""
 MAX_HORIZON_H: Final = 24 * 31
 _DESCRIPTION = """
 Live available capacity of a regional network's machines, derived from their telemetry.
@@ -166,10 +175,12 @@ def _factory_capacity(capacity: FactoryCapacity, *, own: bool) -> FactoryCapacit
     )
 
 
-def _cached(request: Request, body: BaseModel | list[Any], max_age_s: float) -> Response:
-    """``body`` (a model or a list of models) as JSON with an ETag; 304 when the client
-    has it already."""
-    if isinstance(body, list):
+def _cached(request: Request, body: BaseModel | list[Any] | bytes, max_age_s: float) -> Response:
+    """``body`` (a model, a list of models, or JSON) as JSON with an ETag; 304 when the
+    client has it already."""
+    if isinstance(body, bytes):
+        data = body
+    elif isinstance(body, list):
         data = b"[" + b",".join(item.model_dump_json().encode() for item in body) + b"]"
     else:
         data = body.model_dump_json().encode()
@@ -220,6 +231,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.region_bodies = {}
     app.state.keys = keys
     app.include_router(router)
     page, headers = _overview()
@@ -238,19 +250,24 @@ def create_app(
     async def _readyz() -> JSONResponse:
         """200 when the store answers, else 503."""
         try:
-            factories = await service.factories()
-        except Exception as exc:  # any store failure means not ready
-            return JSONResponse({"status": "store unavailable", "error": str(exc)}, 503)
-        return JSONResponse({"status": "ok", "factories": len(factories)})
+            await service.factories()
+        except Exception:  # any store failure means not ready; the log has the reason
+            log.warning("readiness: the store does not answer", exc_info=True)
+            return JSONResponse({"status": "store unavailable"}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.exception_handler(ValueError)
-    async def _invalid(_: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
+        return await request_validation_exception_handler(request, _invalid((), str(exc)))
 
     return app
 
 
 router = APIRouter(prefix="/v1", responses=_ERRORS)
+_MAX_REGION_BODIES = 64
+_CACHED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the If-None-Match ETag is the current one."}
+}
 
 
 def _service(request: Request) -> CapacityService:
@@ -313,17 +330,27 @@ async def _machine_of(service: CapacityService, factory: str, machine: str) -> M
     return found
 
 
-def _window(start: datetime, end: datetime) -> None:
+def _invalid(where: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 shaped as FastAPI's own validation errors (the documented shape)."""
+    return RequestValidationError([{"loc": where, "msg": message, "type": "value_error"}])
+
+
+def _window(start: datetime, end: datetime, where: str = "query") -> None:
+    for name, moment in (("start", start), ("end", end)):
+        if not EARLIEST <= moment <= LATEST:
+            raise _invalid(
+                (where, name), f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}"
+            )
     if end <= start:
-        raise HTTPException(422, "end must be after start")
+        raise _invalid((where, "end"), "end must be after start")
     if end - start > MAX_WINDOW:
-        raise HTTPException(422, f"window longer than {MAX_WINDOW.days} days")
+        raise _invalid((where, "end"), f"window longer than {MAX_WINDOW.days} days")
 
 
 # --- factories and machines -------------------------------------------------------------
 
 
-@router.get("/factories", response_model=list[FactoryOut])
+@router.get("/factories", response_model=list[FactoryOut], responses=_CACHED)
 async def list_factories(request: Request, service: Service, caller: Caller) -> Response:
     """Factories this key may see, with their gateways and staleness."""
     names = await service.factories()
@@ -345,7 +372,7 @@ async def list_factories(request: Request, service: Service, caller: Caller) -> 
     return _cached(request, body, service.rules.cache_ttl_s)
 
 
-@router.get("/factories/{factory}/machines", response_model=list[MachineOut])
+@router.get("/factories/{factory}/machines", response_model=list[MachineOut], responses=_CACHED)
 async def list_machines(
     request: Request, factory: Id, service: Service, caller: Caller
 ) -> Response:
@@ -356,7 +383,7 @@ async def list_machines(
     return _cached(request, body, service.rules.cache_ttl_s)
 
 
-@router.get("/factories/{factory}/gateways", response_model=list[GatewayOut])
+@router.get("/factories/{factory}/gateways", response_model=list[GatewayOut], responses=_CACHED)
 async def list_gateways(
     request: Request, factory: Id, service: Service, caller: Caller
 ) -> Response:
@@ -370,7 +397,7 @@ async def list_gateways(
     return _cached(request, body, service.rules.cache_ttl_s)
 
 
-@router.get("/factories/{factory}/machines/{machine}", response_model=MachineOut)
+@router.get("/factories/{factory}/machines/{machine}", response_model=MachineOut, responses=_CACHED)
 async def get_machine(
     *, request: Request, factory: Id, machine: Id, service: Service, caller: Caller
 ) -> Response:
@@ -381,7 +408,9 @@ async def get_machine(
     return _cached(request, _machine(found, as_of), service.rules.cache_ttl_s)
 
 
-@router.get("/factories/{factory}/machines/{machine}/calendar", response_model=PlannedOut)
+@router.get(
+    "/factories/{factory}/machines/{machine}/calendar", response_model=PlannedOut, responses=_CACHED
+)
 async def get_planned(
     *,
     request: Request,
@@ -403,7 +432,7 @@ async def get_planned(
         start=start,
         end=end,
         pbt=_h(sum((b - a).total_seconds() for a, b in intervals)),
-        intervals=intervals,
+        intervals=[IntervalOut(start=a, end=b) for a, b in intervals],
     )
     return _cached(request, body, 3600)
 
@@ -411,7 +440,7 @@ async def get_planned(
 # --- KPIs -------------------------------------------------------------------------------
 
 
-@router.get("/factories/{factory}/kpis", response_model=KpiReport)
+@router.get("/factories/{factory}/kpis", response_model=KpiReport, responses=_CACHED)
 async def get_kpis(
     *,
     request: Request,
@@ -442,7 +471,7 @@ async def get_kpis(
 # --- capacity ---------------------------------------------------------------------------
 
 
-@router.get("/factories/{factory}/capacity", response_model=FactoryCapacityOut)
+@router.get("/factories/{factory}/capacity", response_model=FactoryCapacityOut, responses=_CACHED)
 async def get_factory_capacity(
     *, request: Request, factory: Id, horizon_h: Horizon = 24, service: Service, caller: Caller
 ) -> Response:
@@ -453,7 +482,7 @@ async def get_factory_capacity(
     return _cached(request, _factory_capacity(capacity, own=own), service.rules.cache_ttl_s)
 
 
-@router.get("/capacity", response_model=RegionCapacityOut)
+@router.get("/capacity", response_model=RegionCapacityOut, responses=_CACHED)
 async def get_region_capacity(
     *,
     request: Request,
@@ -464,14 +493,37 @@ async def get_region_capacity(
 ) -> Response:
     """Capacity per capability across the region, and per factory (shared machines)."""
     _regional(caller)
-    body = await _region(service, timedelta(hours=horizon_h), process)
-    return _cached(request, body, service.rules.cache_ttl_s)
-
-
-async def _region(
-    service: CapacityService, horizon: timedelta, process: Process | None
-) -> RegionCapacityOut:
+    horizon = timedelta(hours=horizon_h)
     factories = await service.region(horizon)
+    # The region's answer is the same for every caller until the figures are recomputed:
+    # serialize it once per computation, not per request.
+    bodies: dict[Any, tuple[list[FactoryCapacity], bytes]] = request.app.state.region_bodies
+    key = (horizon, process)
+    known = bodies.get(key)
+    if (
+        known is None
+        or len(known[0]) != len(factories)
+        or any(a is not b for a, b in zip(known[0], factories, strict=True))
+    ):
+        data = _region(service, horizon, process, factories).model_dump_json().encode()
+        bodies.pop(key, None)
+        bodies[key] = known = (factories, data)
+        while len(bodies) > _MAX_REGION_BODIES:
+            del bodies[next(iter(bodies))]
+    return _cached(request, known[1], service.rules.cache_ttl_s)
+
+
+def _as_of(service: CapacityService, factories: list[FactoryCapacity]) -> datetime:
+    """When the figures were computed: the oldest factory's (now, for none)."""
+    return min((c.as_of for c in factories), default=service.now())
+
+
+def _region(
+    service: CapacityService,
+    horizon: timedelta,
+    process: Process | None,
+    factories: list[FactoryCapacity],
+) -> RegionCapacityOut:
     totals: dict[Process, list[tuple[FactoryCapacity, list[MachineCapacity]]]] = {}
     for capacity in factories:
         for p, machines in capacity.by_process(shared_only=True).items():
@@ -489,7 +541,7 @@ async def _region(
             )
         )
     return RegionCapacityOut(
-        as_of=service.now(),
+        as_of=_as_of(service, factories),
         horizon_h=horizon.total_seconds() / 3600,
         by_process=by_process,
         factories=[_factory_capacity(c, own=False) for c in factories],
@@ -505,9 +557,11 @@ async def _candidates(
     hours: float,
     within_days: float,
     material: Material | None,
-) -> list[Candidate]:
+) -> tuple[datetime, list[Candidate]]:
+    """The ranked candidates, and when their figures were computed."""
     found = []
-    for capacity in await service.region(timedelta(days=within_days)):
+    factories = await service.region(timedelta(days=within_days))
+    for capacity in factories:
         view = await service.view(capacity.factory)
         machines = [
             m
@@ -531,10 +585,11 @@ async def _candidates(
                 data_age_s=capacity.data_age_s,
             )
         )
-    return sorted(found, key=lambda c: (not c.covers, -c.available * c.confidence, c.factory))
+    ranked = sorted(found, key=lambda c: (not c.covers, -c.available * c.confidence, c.factory))
+    return _as_of(service, factories), ranked
 
 
-@router.get("/search", response_model=SearchOut)
+@router.get("/search", response_model=SearchOut, responses=_CACHED)
 async def search(
     *,
     request: Request,
@@ -548,17 +603,14 @@ async def search(
     """Who can take ``hours`` of ``process`` within ``within_days``: factories whose
     available hours cover it first, then by available hours times confidence."""
     _regional(caller)
+    as_of, ranked = await _candidates(service, process, hours, within_days, material)
     body = SearchOut(
-        process=process,
-        hours=hours,
-        within_days=within_days,
-        as_of=service.now(),
-        candidates=await _candidates(service, process, hours, within_days, material),
+        process=process, hours=hours, within_days=within_days, as_of=as_of, candidates=ranked
     )
     return _cached(request, body, service.rules.cache_ttl_s)
 
 
-@router.get("/search/cover", response_model=list[CoverOut])
+@router.get("/search/cover", response_model=list[CoverOut], responses=_CACHED)
 async def cover(
     *,
     request: Request,
@@ -572,12 +624,14 @@ async def cover(
     horizon), per capability it has. Its own factory is left out: it is asking for help."""
     await _any_factory(service, caller, factory)
     found = await _machine_of(service, factory, machine)
+    if caller.scope.kind is ScopeKind.PLATFORM and not found.description.sharing.capacity:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r}")
     capacity = await service.capacity(factory, timedelta(days=within_days))
     own = next(m for m in capacity.machines if m.machine == machine)
     hours = round(max(own.figures.committed_s / 3600, 0.0001), 4)
     body = []
     for process in dict.fromkeys(c.process for c in found.description.capabilities):
-        ranked = await _candidates(service, process, hours, within_days, None)
+        as_of, ranked = await _candidates(service, process, hours, within_days, None)
         body.append(
             CoverOut(
                 factory=factory,
@@ -585,7 +639,7 @@ async def cover(
                 process=process,
                 hours=hours,
                 within_days=within_days,
-                as_of=service.now(),
+                as_of=as_of,
                 candidates=[c for c in ranked if c.factory != factory],
             )
         )
@@ -614,7 +668,11 @@ def _factory_only(caller: Principal) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "bookings are declared by the factory")
 
 
-@router.put("/factories/{factory}/machines/{machine}/bookings", response_model=BookingsOut)
+@router.put(
+    "/factories/{factory}/machines/{machine}/bookings",
+    response_model=BookingsOut,
+    responses={400: {"model": Problem, "description": "The body is not JSON."}},
+)
 async def put_bookings(
     *, factory: Id, machine: Id, body: BookingsIn, service: Service, caller: Caller
 ) -> BookingsOut:
@@ -624,7 +682,7 @@ async def put_bookings(
     await _own_factory(service, caller, factory)
     await _machine_of(service, factory, machine)
     for b in body.bookings:
-        _window(b.start, b.end)
+        _window(b.start, b.end, "body")
     bookings = [Booking(b.start, b.end, b.hours) for b in body.bookings]
     await asyncio.to_thread(service.bookings.replace, factory, machine, bookings)
     service.forget(factory)
@@ -664,7 +722,7 @@ async def events(
         last = None
         quiet = 0.0
         while not await request.is_disconnected():
-            body = await _region(service, horizon, None)
+            body = _region(service, horizon, None, await service.region(horizon))
             figures = body.model_dump_json(include={"by_process", "factories"})
             if figures != last:
                 last, quiet = figures, 0.0

@@ -211,6 +211,11 @@ class BookingsOut(_Body):
     bookings: list[BookingIn]
 
 
+class IntervalOut(_Body):
+    start: datetime
+    end: datetime
+
+
 class PlannedOut(_Body):
     """Planned busy time of a machine's calendar within ``[start, end)``."""
 
@@ -218,7 +223,7 @@ class PlannedOut(_Body):
     start: datetime
     end: datetime
     pbt: Hours
-    intervals: list[tuple[datetime, datetime]]
+    intervals: list[IntervalOut] = Field(description="Planned busy intervals, in order.")
 
 
 __all__ = [
@@ -231,6 +236,7 @@ __all__ = [
     "FactoryCapacityOut",
     "FactoryOut",
     "GatewayOut",
+    "IntervalOut",
     "KpiReport",
     "KpisOut",
     "MachineCapacityOut",

@@ -14,6 +14,7 @@ never sell capacity on stale data.
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,34 +109,80 @@ class MachineKpis:
 
 
 class _Cache:
-    """Values by key for a time to live; one computation per key at a time."""
+    """Values by key for a time to live, refreshed behind the callers' backs.
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+    A key asked for the first time is computed while the caller waits (concurrent callers
+    share that one computation). Once its time to live is over, callers keep getting the
+    value they had while one refresh runs in the background, so no request waits for a
+    recomputation after the first. At most ``max_entries`` keys are kept: the ones read
+    longest ago go first (a client cycling through horizons cannot fill the memory).
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float], max_entries: int = 256) -> None:
         self.ttl_s = ttl_s
+        self.max_entries = max_entries
         self._clock = clock
-        self._entries: dict[Hashable, tuple[float, asyncio.Future[object]]] = {}
+        self._entries: dict[Hashable, _Entry] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     async def get(self, key: Hashable, compute: Callable[[], Awaitable[_T]]) -> _T:
-        now = self._clock()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            return cast(_T, await asyncio.shield(entry[1]))
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._entries[key] = (now + self.ttl_s, future)
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            entry = _Entry(asyncio.get_running_loop().create_future(), 0.0)
+            self._store(key, entry)
+            await self._fill(key, entry, compute)
+        else:
+            self._entries[key] = entry  # now the most recently read
+            if entry.expires <= self._clock() and entry.value.done() and not entry.refreshing:
+                entry.refreshing = True
+                task = asyncio.create_task(self._refresh(key, entry, compute))
+                self._refreshing.add(task)
+                task.add_done_callback(self._refreshing.discard)
+        return cast(_T, await asyncio.shield(entry.value))
+
+    def _store(self, key: Hashable, entry: "_Entry") -> None:
+        self._entries[key] = entry
+        while len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
+
+    async def _fill(
+        self, key: Hashable, entry: "_Entry", compute: Callable[[], Awaitable[_T]]
+    ) -> None:
         try:
             value = await compute()
         except BaseException as exc:
-            self._entries.pop(key, None)
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            entry.value.set_exception(exc)
+            entry.value.exception()  # retrieved: waiters re-raise it
             raise
-        future.set_result(value)
-        return value
+        entry.value.set_result(value)
+        entry.expires = self._clock() + self.ttl_s
+
+    async def _refresh(
+        self, key: Hashable, entry: "_Entry", compute: Callable[[], Awaitable[_T]]
+    ) -> None:
+        fresh = _Entry(asyncio.get_running_loop().create_future(), 0.0)
+        try:
+            await self._fill(key, fresh, compute)
+        except Exception:  # keep serving the value we have; the next read tries again
+            log.warning("refreshing %r failed; serving the previous value", key, exc_info=True)
+            entry.refreshing = False
+            return
+        if self._entries.get(key) is entry:
+            self._entries[key] = fresh
 
     def forget(self, match: Callable[[Hashable], bool]) -> None:
         """Drop the entries whose key matches (their data changed)."""
         for key in [k for k in self._entries if match(k)]:
             del self._entries[key]
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: "asyncio.Future[object]"
+    expires: float
+    refreshing: bool = False
 
 
 class CapacityService:
@@ -199,10 +247,12 @@ class CapacityService:
             by_machine: dict[str, list[StateWindow]] = {}
             for window in windows:
                 by_machine.setdefault(window.machine, []).append(window)
-            return {
-                m: LoadProfile.build(by_machine.get(m, []), v.description.calendar, start, end)
-                for m, v in view.machines.items()
-            }
+            return await asyncio.to_thread(
+                lambda: {
+                    m: LoadProfile.build(by_machine.get(m, []), v.description.calendar, start, end)
+                    for m, v in view.machines.items()
+                }
+            )
 
         # Keyed by the machines too: a machine described since is learnt at once.
         return await self._profiles.get((factory, tuple(view.machines)), compute)
@@ -218,34 +268,40 @@ class CapacityService:
         profiles = await self._profiles_of(factory, view)
         declared = await asyncio.to_thread(self.bookings.declared, factory)
         repair = timedelta(seconds=self.rules.repair_estimate_s)
-        machines = []
-        for name, machine in view.machines.items():
-            description = machine.description
-            profile = profiles[name]
-            latest = machine.latest
-            down = latest is not None and latest.sample.state is MachineState.DOWN
-            figures = forecast(
-                description.calendar,
-                profile,
-                view.as_of,
-                horizon,
-                down_now=down and not machine.stale,
-                repair_estimate=repair,
-                bookings=declared.get(name),
-            )
-            fresh = not (machine.stale or view.offline)
-            if not fresh:
-                figures = figures.withdrawn("offline")
-            machines.append(
-                MachineCapacity(
-                    machine=name,
-                    processes=tuple(dict.fromkeys(c.process for c in description.capabilities)),
-                    figures=figures,
-                    confidence=profile.coverage if fresh else 0.0,
-                    data_age_s=machine.data_age_s,
-                    shared=description.sharing.capacity,
+
+        def compute() -> list[MachineCapacity]:
+            # Pure CPU (an hour loop per machine): off the event loop, which keeps serving.
+            machines = []
+            for name, machine in view.machines.items():
+                description = machine.description
+                profile = profiles[name]
+                latest = machine.latest
+                down = latest is not None and latest.sample.state is MachineState.DOWN
+                figures = forecast(
+                    description.calendar,
+                    profile,
+                    view.as_of,
+                    horizon,
+                    down_now=down and not machine.stale,
+                    repair_estimate=repair,
+                    bookings=declared.get(name),
                 )
-            )
+                fresh = not (machine.stale or view.offline)
+                if not fresh:
+                    figures = figures.withdrawn("offline")
+                machines.append(
+                    MachineCapacity(
+                        machine=name,
+                        processes=tuple(dict.fromkeys(c.process for c in description.capabilities)),
+                        figures=figures,
+                        confidence=profile.coverage if fresh else 0.0,
+                        data_age_s=machine.data_age_s,
+                        shared=description.sharing.capacity,
+                    )
+                )
+            return machines
+
+        machines = await asyncio.to_thread(compute)
         return FactoryCapacity(
             factory, view.as_of, horizon, view.offline, view.data_age_s, machines
         )

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -37,7 +38,14 @@ def _naive(value: time) -> time:
     return value
 
 
-LocalTime = Annotated[time, AfterValidator(_naive)]
+LocalTime = Annotated[
+    time,
+    AfterValidator(_naive),
+    # JSON Schema's "time" format demands an offset, which a wall-clock time must not have.
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$", "examples": ["06:00"]}
+    ),
+]
 """A wall-clock time in the calendar's time zone, e.g. '06:00'."""
 
 _DAY_S = 86_400

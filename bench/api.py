@@ -1,0 +1,455 @@
+"""Latency and throughput of the regional capacity query, 50 factories of 20 machines each.
+
+    .venv/bin/python bench/api.py                      # 50 x 20, 200 requests/s for 20 s
+
+1. **Region**: the shipped factories (kyoso/simulators/factories/*.yaml) cloned into
+   ``--factories`` factories of ``--machines`` machines, each with its own factory id,
+   seed and machine ids; ``--days`` of history up to now, one sample per machine every
+   ``--interval-s``, written into a new SQLite store as a gateway would have sent it.
+2. **Server**: a platform key made with ``kyoso api keys create``, then ``kyoso api`` as
+   its own process (uvicorn, one worker) on a free loopback port, configured only through
+   ``KYOSO_API_*``. Data may not go stale during the run (it would withdraw capacity and
+   make answers cheaper): the staleness threshold is one hour, everything else is default.
+3. **Load**, from this process, loopback only, over kept-alive HTTP/1.1 connections of a
+   small asyncio client (tens of microseconds of CPU a request: not the limit here):
+
+   - *cold*: the first ``GET /v1/capacity?horizon_h=24``, nothing computed yet;
+   - *open loop*: ``--rate`` requests/s for ``--seconds``, each sent at its scheduled time
+     whatever the answers before it (on a new connection if none is free, up to
+     ``--max-connections``), its latency counted from that scheduled time: a slow answer
+     delays nobody's clock, so queueing is measured, not hidden (no coordinated omission);
+   - *closed loop* (the raw limits of the same server in the same run): ``--connections``
+     connections each sending its next request when its answer arrives, for
+     ``--closed-seconds``: the regional query; the same query with If-None-Match set to
+     the ETag of the answer just before (a poller's request: 304 while the figures are
+     unchanged, which saves the body); and a trivial page (``/docs/oauth2-redirect``, a
+     constant): what uvicorn and FastAPI cost alone.
+
+Printed: per phase, throughput, p50/p99/max latency, the server's CPU (% of one core, from
+/proc), this client's, and the answers by status; and the size of the regional answer.
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from procstat import cpu_seconds, free_port
+
+from kyoso.contract import GatewayStatus
+from kyoso.simulators.config import (
+    ClampSourceConfig,
+    FactoryConfig,
+    MachineConfig,
+    ModbusServerConfig,
+    ModbusSourceConfig,
+    load_factory,
+    shipped_factories,
+)
+from kyoso.simulators.history import history_descriptions, history_samples
+from kyoso.simulators.runner import FactorySimulation
+from kyoso.store import SqliteStore
+
+GATEWAY: Final = "gw-01"
+REGIONAL: Final = "/v1/capacity?horizon_h=24"
+TRIVIAL: Final = "/docs/oauth2-redirect"
+KYOSO: Final = Path(sys.executable).parent / "kyoso"
+OK: Final = frozenset({200})
+
+
+# --- the region ------------------------------------------------------------------------------
+
+
+def clone_region(factories: int, machines: int) -> list[FactoryConfig]:
+    """``factories`` configs of ``machines`` machines each, cycling through the shipped ones.
+
+    Factory ``k`` is shipped factory ``k mod 3`` renamed ``<name>-<k>`` with its own seed;
+    its machines cycle through the template's, renamed ``<id>-<copy>``, each Modbus one on
+    a server of its own, each clamp with a sensor of its own.
+    """
+    templates = [load_factory(path) for path in shipped_factories()]
+    configs = []
+    for k in range(factories):
+        template = templates[k % len(templates)]
+        cloned: list[MachineConfig] = []
+        servers: dict[str, ModbusServerConfig] = {}
+        for j in range(machines):
+            base = template.machines[j % len(template.machines)]
+            machine_id = f"{base.id}-{j // len(template.machines)}"
+            source: ClampSourceConfig | ModbusSourceConfig
+            if isinstance(base.source, ClampSourceConfig):
+                source = base.source.model_copy(update={"sensor": f"clamp-{k}-{j}"})
+            else:
+                servers[f"srv-{j}"] = ModbusServerConfig(port=0)
+                source = base.source.model_copy(update={"server": f"srv-{j}", "unit": 1})
+            cloned.append(base.model_copy(update={"id": machine_id, "source": source}))
+        configs.append(
+            FactoryConfig.model_validate(
+                template.model_copy(
+                    update={
+                        "factory": f"{template.factory}-{k:02d}",
+                        "seed": template.seed * 100 + k,
+                        "machines": cloned,
+                        "modbus_servers": servers,
+                    }
+                ).model_dump()
+            )
+        )
+    return configs
+
+
+async def write_region(
+    path: Path, configs: list[FactoryConfig], start: datetime, end: datetime, interval_s: float
+) -> int:
+    """Each factory's history over ``[start, end)`` into a new store; the samples written."""
+    written = 0
+    async with SqliteStore(path, synchronous="normal") as store:
+        for config in configs:
+            sim = FactorySimulation(config, start.timestamp())
+            history = history_samples(
+                sim, start.timestamp(), end.timestamp(), interval_s=interval_s
+            )
+            for samples in history.values():
+                await store.write_samples(config.factory, GATEWAY, "history", samples)
+                written += len(samples)
+            for description in history_descriptions(config, start.timestamp(), gateway=GATEWAY):
+                await store.write_description(description)
+            await store.write_status(
+                GatewayStatus(
+                    factory=config.factory,
+                    gateway=GATEWAY,
+                    session="history",
+                    status="online",
+                    ts=start,
+                    reason="connected",
+                )
+            )
+    return written
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def make_key(keys: Path) -> str:
+    """A new platform key, through the CLI."""
+    command = [str(KYOSO), "api", "keys", "create", "--keys", str(keys)]
+    made = subprocess.run(
+        [*command, "--name", "bench", "--scope", "platform"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return made.stdout.strip()
+
+
+def start_server(workdir: Path, store: Path, keys: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "KYOSO_API_HOST": "127.0.0.1",
+        "KYOSO_API_PORT": str(port),
+        "KYOSO_API_STORE": "sqlite",
+        "KYOSO_API_SQLITE_PATH": str(store),
+        "KYOSO_API_KEYS": str(keys),
+        "KYOSO_API_BOOKINGS_PATH": str(workdir / "bookings.sqlite3"),
+        "KYOSO_API_CAPACITY__STALE_AFTER_S": "3600",
+    }
+    log = (workdir / "server.log").open("wb")
+    return subprocess.Popen([str(KYOSO), "api"], env=env, stdout=log, stderr=log)
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection that sends GETs and reads whole answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> "Connection":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> tuple[int, int, str]:
+        """The status, body length and ETag of the answer to ``request``."""
+        self.writer.write(request)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length, etag = 0, ""
+        while (line := await self.reader.readline()) not in {b"\r\n", b""}:
+            name, _, value = line.partition(b":")
+            match name.lower():
+                case b"content-length":
+                    length = int(value)
+                case b"etag":
+                    etag = value.strip().decode()
+                case b"transfer-encoding":
+                    raise ValueError("a chunked answer: not one of the answers measured here")
+        if length:
+            await self.reader.readexactly(length)
+        return status, length, etag
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Pool:
+    """Connections to the server: an idle one if there is one, else a new one, up to
+    ``limit`` open at once (then a request waits for one: its latency still counts from
+    when it was due)."""
+
+    def __init__(self, port: int, limit: int) -> None:
+        self.port = port
+        self.idle: list[Connection] = []
+        self.opened = 0
+        self._slots = asyncio.Semaphore(limit)
+
+    async def send(self, request: bytes) -> tuple[int, int, str]:
+        async with self._slots:
+            if self.idle:
+                reused = self.idle.pop()
+                try:
+                    return await self._send(reused, request)
+                except ConnectionResetError:
+                    pass  # the server closed it while idle (keep-alive timeout): a new one
+            return await self._send(await self._open(), request)
+
+    async def _send(self, connection: Connection, request: bytes) -> tuple[int, int, str]:
+        try:
+            answer = await connection.send(request)
+        except BaseException:
+            connection.close()
+            raise
+        self.idle.append(connection)
+        return answer
+
+    async def _open(self) -> Connection:
+        self.opened += 1
+        return await Connection.open(self.port)
+
+    def close(self) -> None:
+        for connection in self.idle:
+            connection.close()
+        self.idle.clear()
+
+
+def get(path: str, port: int, key: str | None = None, etag: str | None = None) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    if key:
+        lines.append(f"Authorization: Bearer {key}")
+    if etag:
+        lines.append(f"If-None-Match: {etag}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@dataclass
+class Phase:
+    """What one phase measured."""
+
+    name: str
+    latencies_s: list[float] = field(default_factory=list)
+    """Of the answers with an expected status."""
+    answers: Counter[str] = field(default_factory=Counter)
+    """By status, or by the error instead of an answer."""
+    wall_s: float = 0.0
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    late_s: float = 0.0
+    """Open loop: the most a request was sent after its scheduled time."""
+
+    def row(self) -> str:
+        ordered = sorted(self.latencies_s)
+
+        def ms(q: float) -> str:
+            return f"{1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]:8.1f}"
+
+        done = len(ordered)
+        figures = f"{ms(0.5)} {ms(0.99)} {1000 * ordered[-1]:8.1f}" if done else " " * 26
+        answers = " ".join(f"{k}:{v}" for k, v in sorted(self.answers.items()))
+        return (
+            f"{self.name:<44} {done / self.wall_s:8.1f} {figures} "
+            f"{self.server_cpu_s / self.wall_s:8.0%} {self.client_cpu_s / self.wall_s:8.0%}"
+            f"  {answers}"
+        )
+
+
+async def measured(name: str, pid: int, run: Callable[[Phase], Awaitable[None]]) -> Phase:
+    phase = Phase(name)
+    server, client, wall = cpu_seconds(pid), time.process_time(), time.monotonic()
+    await run(phase)
+    phase.wall_s = time.monotonic() - wall
+    phase.server_cpu_s = cpu_seconds(pid) - server
+    phase.client_cpu_s = time.process_time() - client
+    return phase
+
+
+async def timed(
+    pool: Pool, request: bytes, phase: Phase, since: float, expected: frozenset[int] = OK
+) -> None:
+    try:
+        async with asyncio.timeout(30):
+            status, _, _ = await pool.send(request)
+    except (OSError, TimeoutError, ValueError) as exc:
+        phase.answers[type(exc).__name__] += 1
+        return
+    phase.answers[str(status)] += 1
+    if status in expected:
+        phase.latencies_s.append(time.monotonic() - since)
+
+
+def open_loop(
+    pool: Pool, request: bytes, rate: float, seconds: float
+) -> Callable[[Phase], Awaitable[None]]:
+    async def run(phase: Phase) -> None:
+        start = time.monotonic() + 0.05
+        async with asyncio.TaskGroup() as tasks:
+            for i in range(int(rate * seconds)):
+                scheduled = start + i / rate
+                if (delay := scheduled - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
+                phase.late_s = max(phase.late_s, time.monotonic() - scheduled)
+                tasks.create_task(timed(pool, request, phase, scheduled))
+
+    return run
+
+
+def closed_loop(
+    pool: Pool, request: bytes, connections: int, seconds: float, expected: frozenset[int]
+) -> Callable[[Phase], Awaitable[None]]:
+    async def worker(phase: Phase, deadline: float) -> None:
+        while (now := time.monotonic()) < deadline:
+            await timed(pool, request, phase, now, expected)
+
+    async def run(phase: Phase) -> None:
+        deadline = time.monotonic() + seconds
+        async with asyncio.TaskGroup() as tasks:
+            for _ in range(connections):
+                tasks.create_task(worker(phase, deadline))
+
+    return run
+
+
+async def wait_ready(port: int, server: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("kyoso api exited before it was ready")
+        try:
+            connection = await Connection.open(port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            status, _, _ = await connection.send(get(TRIVIAL, port))
+        finally:
+            connection.close()
+        if status == 200:
+            return
+    raise RuntimeError("kyoso api did not answer in time")
+
+
+async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> None:
+    pool = Pool(port, args.max_connections)
+    regional = get(REGIONAL, port, key)
+
+    async def first(phase: Phase) -> None:
+        await timed(pool, regional, phase, time.monotonic())
+
+    cold = await measured("cold: first " + REGIONAL, pid, first)
+    _, size, etag = await pool.send(regional)
+
+    phases = [cold]
+    rate, seconds, n, seconds_c = args.rate, args.seconds, args.connections, args.closed_seconds
+    phases.append(
+        await measured(
+            f"open loop {rate:g}/s: {REGIONAL}", pid, open_loop(pool, regional, rate, seconds)
+        )
+    )
+    late_s = phases[-1].late_s
+    opened = pool.opened
+    closed = [(f"closed x{n}: {REGIONAL}", regional, OK)]
+    for name, request, status in closed:
+        phases.append(await measured(name, pid, closed_loop(pool, request, n, seconds_c, status)))
+    # A poller sends the ETag of its last answer: take it now, as a poller would have.
+    _, _, current = await pool.send(regional)
+    conditional = get(REGIONAL, port, key, current)
+    for name, request, status in [
+        (f"closed x{n}: same with If-None-Match", conditional, OK | {304}),
+        (f"closed x{n}: {TRIVIAL} (trivial)", get(TRIVIAL, port), OK),
+    ]:
+        phases.append(await measured(name, pid, closed_loop(pool, request, n, seconds_c, status)))
+    pool.close()
+
+    print(f"regional answer: {size} bytes, ETag {etag}")
+    print(
+        f"open loop: sent at most {1000 * late_s:.1f} ms after schedule; "
+        f"{opened} connections opened by then"
+    )
+    print()
+    header = f"{'phase':<44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    print(f"{header} {'server':>8} {'client':>8}  answers")
+    for phase in phases:
+        print(phase.row())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--factories", type=int, default=50)
+    parser.add_argument("--machines", type=int, default=20, help="machines per factory")
+    parser.add_argument("--days", type=float, default=2.0, help="history up to now")
+    parser.add_argument("--interval-s", type=float, default=900.0, help="sample interval")
+    parser.add_argument("--rate", type=float, default=200.0, help="open loop, requests/s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="open loop duration")
+    parser.add_argument("--connections", type=int, default=8, help="closed loop")
+    parser.add_argument("--max-connections", type=int, default=256, help="open loop")
+    parser.add_argument("--closed-seconds", type=float, default=8.0)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="kyoso-bench-api-"))
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        built = time.monotonic()
+        configs = clone_region(args.factories, args.machines)
+        end = datetime.now(UTC).replace(microsecond=0)
+        start = end - timedelta(days=args.days)
+        samples = asyncio.run(
+            write_region(workdir / "store.sqlite3", configs, start, end, args.interval_s)
+        )
+        machines = sum(len(c.machines) for c in configs)
+        print(
+            f"region: {len(configs)} factories, {machines} machines, {args.days:g} days at "
+            f"{args.interval_s:g} s: {samples} samples, built in {time.monotonic() - built:.1f} s"
+        )
+        key = make_key(workdir / "keys.sqlite3")
+        port = free_port()
+        server = start_server(workdir, workdir / "store.sqlite3", workdir / "keys.sqlite3", port)
+        asyncio.run(wait_ready(port, server, 30.0))
+        asyncio.run(drive(args, port, key, server.pid))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        if args.keep:
+            print(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
