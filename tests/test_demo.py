@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import chromium, png_rows, rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTORIES = {"mori-plastics", "okada-machining", "sato-sheetmetal"}
@@ -119,8 +120,24 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
         status, machines = _get(f"{base}/v1/factories/okada-machining/machines", keys["admin"])
         assert status == 200
         assert len(machines) == 7
-        page = urllib.request.urlopen(base + "/", timeout=10).read()  # noqa: S310 (loopback)
-        assert b"<html" in page
+        # The overview page, rendered by headless Chromium from the running demo.
+        dom = chromium(tmp_path, "--dump-dom", f"{base}/#key={keys['admin']}")
+        elements = rendered(dom)
+        assert next(e for e in elements if e.get("id") == "overview")["data-state"] == "ready"
+        assert {e["data-factory"] for e in elements if "data-factory" in e} == FACTORIES
+        shown = {e["data-factory-capacity"] for e in elements if "data-factory-capacity" in e}
+        assert shown == FACTORIES
+        available = [
+            float(e["data-available"])
+            for e in elements
+            if e["tag"] == "td" and "data-available" in e  # per factory and horizon
+        ]
+        assert len(available) == 2 * len(FACTORIES)
+        assert sum(available) > 0
+        screenshot = tmp_path / "demo.png"
+        chromium(tmp_path, f"--screenshot={screenshot}", "--window-size=1280,1600",
+                 f"{base}/#key={keys['admin']}")  # fmt: skip
+        assert png_rows(screenshot.read_bytes())[2] > 100, "the screenshot looks blank"
     finally:
         code = demo.stop()
     assert code == 0, demo.output[-3000:]

@@ -4,7 +4,6 @@ over a freshly simulated region."""
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -14,16 +13,15 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from apikit import Region, build_region, running_api
+from browser import chromium, png_rows, rendered
 from ingestkit import wait_until
 from services import free_port
 
 DAYS = 2
-CHROMIUM = shutil.which("chromium")
 
 
 def test_the_page_is_served_at_the_root_without_a_key(tmp_path: Path) -> None:
@@ -112,46 +110,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         process.wait(30)
 
 
-def _chromium(workdir: Path, *args: str, budget_ms: int = 10_000) -> str:
-    assert CHROMIUM is not None, "install Debian's chromium (apt-get install -y chromium)"
-    profile = workdir / f"profile-{time.monotonic_ns()}"
-    completed = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            # Chromium refuses to start its sandbox as root, which the CI containers are.
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            f"--virtual-time-budget={budget_ms}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=True,
-    )
-    return completed.stdout
-
-
-class _Elements(HTMLParser):
-    """Every element's attributes and the text directly within it, in document order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.elements: list[dict[str, str]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append({"tag": tag, **{k: v or "" for k, v in attrs}})
-
-
-def _rendered(dom: str) -> list[dict[str, str]]:
-    parser = _Elements()
-    parser.feed(dom)
-    return parser.elements
-
-
 def _shared_capabilities(server: Server, horizon_h: int) -> set[str]:
     """The capabilities the API itself reports across the region."""
     url = f"{server.base}/v1/capacity?horizon_h={horizon_h}"
@@ -163,8 +121,8 @@ def _shared_capabilities(server: Server, horizon_h: int) -> set[str]:
 
 def test_chromium_renders_every_factory_and_its_capacity(server: Server, tmp_path: Path) -> None:
     started = time.monotonic()
-    dom = _chromium(tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['admin']}")
-    elements = _rendered(dom)
+    dom = chromium(tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['admin']}")
+    elements = rendered(dom)
     main = next(e for e in elements if e.get("id") == "overview")
     assert main["data-state"] == "ready", dom
     assert main["data-scope"] == "detail"
@@ -194,21 +152,21 @@ def test_chromium_renders_every_factory_and_its_capacity(server: Server, tmp_pat
     }
 
     screenshot = tmp_path / "overview.png"
-    _chromium(
+    chromium(
         tmp_path,
         f"--screenshot={screenshot}",
         "--window-size=1280,1600",
         f"{server.base}/#key={server.keys['admin']}",
     )
-    width, height, rows_seen = _png_rows(screenshot.read_bytes())
+    width, height, rows_seen = png_rows(screenshot.read_bytes())
     assert (width, height) == (1280, 1600)
     assert rows_seen > 100, "the screenshot looks blank"
     print(f"chromium: two runs in {time.monotonic() - started:.1f} s")
 
 
 def test_a_platform_key_sees_the_aggregated_capacity_only(server: Server, tmp_path: Path) -> None:
-    dom = _chromium(tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['platform']}")
-    elements = _rendered(dom)
+    dom = chromium(tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['platform']}")
+    elements = rendered(dom)
     main = next(e for e in elements if e.get("id") == "overview")
     assert main["data-state"] == "ready", dom
     assert main["data-scope"] == "aggregate"  # the 403s on machine detail are not errors
@@ -224,45 +182,23 @@ def test_a_platform_key_sees_the_aggregated_capacity_only(server: Server, tmp_pa
 
 
 def test_the_page_refreshes_itself_with_etags(server: Server, tmp_path: Path) -> None:
-    dom = _chromium(
+    dom = chromium(
         tmp_path,
         "--dump-dom",
         f"{server.base}/#key={server.keys['admin']}",
         budget_ms=40_000,  # two refreshes, 15 s apart
     )
-    main = next(e for e in _rendered(dom) if e.get("id") == "overview")
+    main = next(e for e in rendered(dom) if e.get("id") == "overview")
     assert main["data-state"] == "ready"
     assert int(main["data-refreshes"]) >= 2
     assert int(main["data-not-modified"]) > 0  # unchanged answers came back as 304
 
 
 def test_a_wrong_key_asks_for_another(server: Server, tmp_path: Path) -> None:
-    dom = _chromium(tmp_path, "--dump-dom", f"{server.base}/#key=kyo_wrong_key")
-    main = next(e for e in _rendered(dom) if e.get("id") == "overview")
+    dom = chromium(tmp_path, "--dump-dom", f"{server.base}/#key=kyo_wrong_key")
+    main = next(e for e in rendered(dom) if e.get("id") == "overview")
     assert main["data-state"] == "no-key"
     assert "was not accepted" in dom
-
-
-def _png_rows(png: bytes) -> tuple[int, int, int]:
-    """Width, height and the number of distinct scanlines of an 8-bit PNG: a blank page
-    has one (every row filtered the same way to the same bytes)."""
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    offset, data, width, height, channels = 8, b"", 0, 0, 0
-    while offset < len(png):
-        (length,) = struct.unpack(">I", png[offset : offset + 4])
-        kind = png[offset + 4 : offset + 8]
-        chunk = png[offset + 8 : offset + 8 + length]
-        if kind == b"IHDR":
-            width, height, depth, color = struct.unpack(">IIBB", chunk[:10])
-            assert depth == 8
-            channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
-        elif kind == b"IDAT":
-            data += chunk
-        offset += 12 + length
-    raw = zlib.decompress(data)
-    stride = 1 + width * channels
-    assert len(raw) == stride * height
-    return width, height, len({raw[i : i + stride] for i in range(0, len(raw), stride)})
 
 
 def test_png_rows_tells_a_blank_image_from_a_drawn_one() -> None:
@@ -275,5 +211,5 @@ def test_png_rows_tells_a_blank_image_from_a_drawn_one() -> None:
         raw = b"".join(b"\x00" + row for row in rows)
         return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
 
-    assert _png_rows(png([b"\xff" * 6] * 3)) == (2, 3, 1)
-    assert _png_rows(png([bytes([i] * 6) for i in range(3)])) == (2, 3, 3)
+    assert png_rows(png([b"\xff" * 6] * 3)) == (2, 3, 1)
+    assert png_rows(png([bytes([i] * 6) for i in range(3)])) == (2, 3, 3)
