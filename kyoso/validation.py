@@ -7,11 +7,29 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-__all__ = ["ConfigError", "error_lines", "load_yaml_settings"]
+__all__ = ["ConfigError", "FileSettings", "error_lines", "load_yaml_settings"]
 
-_S = TypeVar("_S", bound=BaseSettings)
+
+class FileSettings(BaseSettings):
+    """A service's settings: from a file (passed as keyword arguments by
+    :func:`load_yaml_settings`) and the environment, the environment winning."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init arguments; the environment overrides it.
+        return env_settings, init_settings
+
+
+_S = TypeVar("_S", bound=FileSettings)
 
 
 class ConfigError(ValueError):

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from kyoso.ingest.influx import InfluxConfig
-from kyoso.validation import load_yaml_settings
+from kyoso.validation import FileSettings, load_yaml_settings
 
 __all__ = ["ENV_PREFIX", "ApiSettings", "CapacityRules", "load_settings"]
 
@@ -52,7 +52,7 @@ class CapacityRules(BaseModel):
         return timedelta(days=self.lookback_days)
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(FileSettings):
     """Everything ``kyoso api`` needs."""
 
     model_config = SettingsConfigDict(
@@ -80,18 +80,6 @@ class ApiSettings(BaseSettings):
     snapshots: bool = Field(
         True, description="Write capacity snapshots into the shared capacity store."
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init arguments; the environment overrides it.
-        return env_settings, init_settings
 
 
 def load_settings(path: Path | None = None) -> ApiSettings:

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from kyoso.contract import Id
 from kyoso.ingest.influx import InfluxConfig
 from kyoso.mqtt import BrokerConnection
 from kyoso.ops import HttpConfig
-from kyoso.validation import ConfigError, load_yaml_settings
+from kyoso.validation import ConfigError, FileSettings, load_yaml_settings
 
 __all__ = [
     "BatchConfig",
@@ -98,7 +98,7 @@ class PlausibilityConfig(_Config):
     )
 
 
-class IngestSettings(BaseSettings):
+class IngestSettings(FileSettings):
     """Everything ``kyoso ingest`` needs."""
 
     model_config = SettingsConfigDict(
@@ -119,18 +119,6 @@ class IngestSettings(BaseSettings):
     batch: BatchConfig = Field(default_factory=BatchConfig)
     plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
     http: HttpConfig = Field(default_factory=lambda: HttpConfig(port=9106))
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init arguments; the environment overrides it.
-        return env_settings, init_settings
 
 
 IngestConfigError = ConfigError
