@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -157,6 +158,25 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
     rerun = re.search(r"History\s+: (\d+) samples backfilled", again.output)
     assert rerun is not None
     assert int(rerun.group(1)) < 1000  # only the gap since the first run
+
+
+@pytest.mark.parametrize("option", ["--port", "--mqtt-port"])
+def test_a_taken_port_is_a_clear_error_not_a_hang(option: str, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        ports = {"--port": "0", "--mqtt-port": "0", option: str(port)}
+        command = [sys.executable, "-m", "kyoso.cli", "demo", "--data-dir", str(tmp_path)]
+        done = subprocess.run(
+            [*command, *(x for pair in ports.items() for x in pair)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert "kyoso demo: " in done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def _readme_install_command() -> str:

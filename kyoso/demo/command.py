@@ -9,7 +9,7 @@ from pathlib import Path
 from kyoso.ingest.influx import InfluxConfig
 from kyoso.simulators.command import parse_duration
 
-from .runner import DemoInfo, DemoOptions, guide, install_stop_handlers, run_demo
+from .runner import DemoError, DemoInfo, DemoOptions, guide, install_stop_handlers, run_demo
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -75,5 +75,9 @@ def run(args: argparse.Namespace) -> int:
         install_stop_handlers(stop)
         await run_demo(options, stop, ready)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except DemoError as exc:
+        print(f"kyoso demo: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -54,15 +55,19 @@ from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
 from kyoso.store import SqliteStore, Store
 from kyoso.store.influx import InfluxStore
 
-from .broker import EmbeddedBroker
+from .broker import EmbeddedBroker, EmbeddedBrokerError
 
-__all__ = ["DemoInfo", "DemoOptions", "run_demo"]
+__all__ = ["DemoError", "DemoInfo", "DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 GATEWAY = "gw-01"
 HISTORY_INTERVAL_S = 300.0
 """Backfilled samples are 5 minutes apart: a week of the shipped region in about 3 s."""
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start (a port is taken, say); the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +161,24 @@ async def run_demo(
     stop: asyncio.Event,
     on_ready: Callable[[DemoInfo], None] | None = None,
 ) -> None:
-    """Run the demo until ``stop`` is set (or the API server stops on a signal)."""
+    """Run the demo until ``stop`` is set (or the API server stops on a signal).
+
+    Raises :class:`DemoError` when a port it needs is taken (before starting anything)."""
     options.data_dir.mkdir(parents=True, exist_ok=True)
     configs: list[FactoryConfig] = [load_factory(p) for p in options.factories]
     clock = SimClock()
+    try:  # the API's port first: a taken one stops the demo before anything else starts
+        api_socket = socket.create_server((options.host, options.api_port))
+    except OSError as exc:
+        raise DemoError(
+            f"the API cannot listen on {options.host}:{options.api_port}: {exc}"
+        ) from exc
     async with contextlib.AsyncExitStack() as stack:
-        host, port = await stack.enter_async_context(_broker(options))
+        stack.callback(api_socket.close)
+        try:
+            host, port = await stack.enter_async_context(_broker(options))
+        except EmbeddedBrokerError as exc:
+            raise DemoError(f"{exc} (--mqtt-port 0 picks a free port)") from exc
         store = await stack.enter_async_context(_store(options))
         sim_options = SimulationOptions(
             backfill_s=options.backfill.total_seconds(),
@@ -192,7 +209,7 @@ async def run_demo(
                 access_log=False,
             )
         )
-        api = asyncio.create_task(server.serve(), name="api")
+        api = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
         while not server.started and not api.done():
             await asyncio.wait({api}, timeout=0.05)
         if api.done():
@@ -200,7 +217,7 @@ async def run_demo(
         elif on_ready is not None:
             on_ready(
                 DemoInfo(
-                    api_url=f"http://{options.host}:{_bound_port(server)}",
+                    api_url=f"http://{options.host}:{api_socket.getsockname()[1]}",
                     broker=f"{host}:{port}",
                     keys=made,
                     factories=[c.factory for c in configs],
@@ -257,14 +274,6 @@ def _components(
 
     tasks.append(asyncio.create_task(run_ingest(), name="ingest"))
     return tasks
-
-
-def _bound_port(server: uvicorn.Server) -> int:
-    for listener in server.servers:
-        for sock in listener.sockets:
-            port: int = sock.getsockname()[1]
-            return port
-    raise RuntimeError("the API server has no socket")
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:
