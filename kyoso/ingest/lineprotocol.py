@@ -72,8 +72,10 @@ the earlier time of its CONNECT, would otherwise never be.
 Why :func:`sample_point` does not escape: it is the ingest's hot path (one call per sample)
 and a sample's tag values and field keys are contract ids and names
 (``[a-z0-9][a-z0-9_-]*``), which line protocol never needs to escape. It checks each with
-one regular expression instead, and refuses (``LineProtocolError``) anything else, so the
-promise above holds for samples not built by the contract's validation too. Its suffixed
+one regular expression instead (once: the ids and names seen are remembered), checks that
+every number is a finite float or a 64-bit integer, and refuses (``LineProtocolError``)
+anything else, so the promise above holds for samples not built by the contract's
+validation too. Its suffixed
 field keys cannot collide: counter fields end in ``_delta``/``_total``, signal fields in
 ``_last``/``_mean``/``_min``/``_max``/``_count``, and no fixed field ends in either.
 
