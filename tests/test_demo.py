@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from browser import chromium, png_rows, rendered
+from services import InfluxDB, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTORIES = {"mori-plastics", "okada-machining", "sato-sheetmetal"}
@@ -158,6 +159,37 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
     rerun = re.search(r"History\s+: (\d+) samples backfilled", again.output)
     assert rerun is not None
     assert int(rerun.group(1)) < 1000  # only the gap since the first run
+
+
+@pytest.mark.integration
+def test_the_demo_runs_on_an_external_broker_and_influxdb(
+    mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path
+) -> None:
+    command = [
+        *_command(Path(sys.executable), tmp_path / "demo-data"),
+        "--broker",
+        f"{mosquitto.host}:{mosquitto.port}",
+        "--influxdb",
+        influxdb.url,
+        "--backfill",
+        "2d",
+    ]
+    demo = Demo(command, ROOT)
+    try:
+        base = demo.url()
+        keys = json.loads((tmp_path / "demo-data" / "demo-keys.json").read_text())
+        _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
+        assert f"MQTT broker   : {mosquitto.host}:{mosquitto.port}" in demo.output
+        # The history and the live samples are in InfluxDB, one database per factory.
+        databases = influxdb.query("SHOW DATABASES")["results"][0]["series"][0]["values"]
+        assert {f"kyoso_{f}" for f in FACTORIES} <= {row[0] for row in databases}
+        counted = influxdb.query("SELECT count(seq) FROM samples", "kyoso_okada-machining")
+        assert counted["results"][0]["series"][0]["values"][0][1] >= 7 * 2 * 288
+    finally:
+        code = demo.stop()
+        for factory in FACTORIES:
+            influxdb.drop_database(f"kyoso_{factory}")
+    assert code == 0, demo.output[-3000:]
 
 
 @pytest.mark.parametrize("option", ["--port", "--mqtt-port"])
