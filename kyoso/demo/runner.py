@@ -198,7 +198,7 @@ async def run_demo(
         stack.callback(keys.close)
         bookings = BookingStore(options.data_dir / "bookings.sqlite3")
         stack.callback(bookings.close)
-        tasks = _components(options, sim, store, (host, port), stop)
+        gateways, ingest = _components(options, sim, store, (host, port), stop)
         service = CapacityService(store, bookings, CapacityRules())
         server = uvicorn.Server(
             uvicorn.Config(
@@ -229,10 +229,45 @@ async def run_demo(
         await asyncio.wait({api, waiter}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()  # the server stopped on a signal: stop the rest too
         server.should_exit = True
-        await asyncio.gather(api, waiter, *tasks, return_exceptions=True)
+        # In order, so nothing is left in between: the gateways deliver what they hold to
+        # the broker, the ingest takes it from the broker and stores it, then the rest.
+        await asyncio.gather(api, waiter, *gateways, return_exceptions=True)
+        await ingest.stop_when_quiet()
+        tasks = [*gateways, ingest.task]
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+class _IngestRun:
+    """The demo's ingest, stopped only once the broker has nothing more for it."""
+
+    def __init__(self, settings: IngestSettings, store: Store) -> None:
+        self._stop = asyncio.Event()
+        self._dead_letters = DeadLetterStore(settings.dead_letter_path)
+        self.ingest = Ingest(settings, store, self._dead_letters)
+        self.task = asyncio.create_task(self._run(), name="ingest")
+
+    async def _run(self) -> None:
+        try:
+            await self.ingest.run(self._stop)
+        finally:
+            self._dead_letters.close()
+
+    async def stop_when_quiet(self, quiet_s: float = 0.5, at_most_s: float = 10.0) -> None:
+        """Stop once no message arrived for ``quiet_s`` (the gateways' last deliveries have
+        come through the broker, which keeps nothing across a restart), then wait for the
+        ingest to store and acknowledge what it received."""
+        deadline = time.monotonic() + at_most_s
+        seen = -1
+        while time.monotonic() < deadline:
+            received = sum(self.ingest.stats.received.values())
+            if received == seen:
+                break
+            seen = received
+            await asyncio.sleep(quiet_s)
+        self._stop.set()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 def _components(
@@ -241,10 +276,10 @@ def _components(
     store: Store,
     broker: tuple[str, int],
     stop: asyncio.Event,
-) -> list["asyncio.Task[None]"]:
-    """The gateways and the ingest, running until ``stop``."""
+) -> tuple[list["asyncio.Task[None]"], _IngestRun]:
+    """The gateways, running until ``stop``, and the ingest."""
     host, port = broker
-    tasks = []
+    gateways = []
     for name, factory in sim.factories.items():
         config = gateway_config(
             factory.config,
@@ -257,23 +292,13 @@ def _components(
             publish_interval_s=options.publish_interval_s,
         )
         gateway = Gateway(GatewayConfig.model_validate(config))
-        tasks.append(asyncio.create_task(gateway.run(stop), name=f"gateway-{name}"))
+        gateways.append(asyncio.create_task(gateway.run(stop), name=f"gateway-{name}"))
     settings = IngestSettings(
         mqtt=MqttConfig(host=host, port=port, client_id="kyoso-demo-ingest"),
         store="influxdb" if options.influx is not None else "sqlite",
         dead_letter_path=options.data_dir / "dead-letters.sqlite3",
     )
-    dead_letters = DeadLetterStore(settings.dead_letter_path)
-    ingest = Ingest(settings, store, dead_letters)
-
-    async def run_ingest() -> None:
-        try:
-            await ingest.run(stop)
-        finally:
-            dead_letters.close()
-
-    tasks.append(asyncio.create_task(run_ingest(), name="ingest"))
-    return tasks
+    return gateways, _IngestRun(settings, store)
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:
