@@ -62,6 +62,7 @@ __all__ = ["DemoError", "DemoInfo", "DemoOptions", "run_demo"]
 log = logging.getLogger(__name__)
 
 GATEWAY = "gw-01"
+DEMO_CACHE_TTL_S = 3.0
 HISTORY_INTERVAL_S = 300.0
 """Backfilled samples are 5 minutes apart: a week of the shipped region in about 3 s."""
 
@@ -199,7 +200,8 @@ async def run_demo(
         bookings = BookingStore(options.data_dir / "bookings.sqlite3")
         stack.callback(bookings.close)
         gateways, ingest = _components(options, sim, store, (host, port), stop)
-        service = CapacityService(store, bookings, CapacityRules())
+        # Figures a few seconds old at most: the page is watched live, by one person.
+        service = CapacityService(store, bookings, CapacityRules(cache_ttl_s=DEMO_CACHE_TTL_S))
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(service, keys),
