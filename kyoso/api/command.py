@@ -1,28 +1,14 @@
 """``kyoso api``: serve the capacity API, check its settings, or manage its keys."""
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import uvicorn
-from fastapi import FastAPI
-
-from kyoso.ingest.influx import InfluxWriter
-from kyoso.store import SqliteStore
-from kyoso.store.influx import InfluxStore
 from kyoso.validation import ConfigError
 
 from . import keys as keys_command
-from .app import create_app
-from .bookings import BookingStore
 from .keys import ApiKeyStore, KeyStoreError
-from .service import CapacityService
-from .settings import ENV_PREFIX, ApiSettings, load_settings
-from .snapshots import CapacitySnapshots
+from .settings import ENV_PREFIX, load_settings
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -55,46 +41,11 @@ def run(args: argparse.Namespace) -> int:
     except KeyStoreError as exc:
         print(f"{exc} (create one with: kyoso api keys create)", file=sys.stderr)
         return 1
+    # FastAPI and uvicorn load only to serve: every other kyoso command starts without them.
+    from .server import serve  # noqa: PLC0415
+
     try:
-        server = uvicorn.Server(
-            uvicorn.Config(
-                application(settings, keys),
-                host=settings.host,
-                port=settings.port,
-                log_config=None,
-                proxy_headers=True,
-            )
-        )
-        # uvicorn stops on SIGINT/SIGTERM, restores the handlers it found and raises the
-        # signal again; finding these, the stop ends here as the clean exit it was.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: None)
-        server.run()
+        serve(settings, keys)
     finally:
         keys.close()
     return 0
-
-
-def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
-    """The API app; its lifespan opens the store and the bookings and runs snapshots."""
-    store = InfluxStore(settings.influx) if settings.store == "influxdb" else None
-    reader: InfluxStore | SqliteStore = store or SqliteStore(settings.sqlite_path)
-    bookings = BookingStore(settings.bookings_path)
-    service = CapacityService(reader, bookings, settings.capacity)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            stack.callback(bookings.close)
-            await reader.open()
-            stack.push_async_callback(reader.close)
-            if settings.snapshots and store is not None:
-                writer = await stack.enter_async_context(InfluxWriter(settings.influx))
-                snapshots = CapacitySnapshots(
-                    service, writer, settings.capacity.snapshot_interval_s
-                )
-                task = asyncio.create_task(snapshots.run(), name="capacity-snapshots")
-                stack.callback(task.cancel)
-            yield
-
-    return create_app(service, keys, lifespan=lifespan)

@@ -9,8 +9,6 @@ from pathlib import Path
 from kyoso.ingest.influx import InfluxConfig
 from kyoso.simulators.command import parse_duration
 
-from .runner import DemoError, DemoInfo, DemoOptions, guide, install_stop_handlers, run_demo
-
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``demo`` to the ``kyoso`` command."""
@@ -53,6 +51,16 @@ def _broker(value: str | None) -> tuple[str, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``kyoso demo``."""
+    # Everything the demo runs loads only now: other kyoso commands start without it.
+    from .runner import (  # noqa: PLC0415
+        DemoError,
+        DemoInfo,
+        DemoOptions,
+        guide,
+        install_stop_handlers,
+        run_demo,
+    )
+
     try:
         options = DemoOptions(
             data_dir=args.data_dir,
