@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-__all__ = ["ConfigError", "FileSettings", "error_lines", "load_yaml_settings"]
+__all__ = ["ConfigError", "FileSettings", "error_lines", "load_yaml_model", "load_yaml_settings"]
 
 
 class FileSettings(BaseSettings):
@@ -30,6 +30,7 @@ class FileSettings(BaseSettings):
 
 
 _S = TypeVar("_S", bound=FileSettings)
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,19 @@ def error_lines(source: object, exc: ValidationError) -> str:
         f"{source}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
         for e in exc.errors(include_url=False)
     )
+
+
+def load_yaml_model(model: type[_M], path: Path, error: type[ValueError]) -> _M:
+    """``model`` validated from the YAML file at ``path``; ``error`` names the file and
+    every problem (one line each) if it cannot be read or is not valid."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"{path}: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(error_lines(path, exc)) from exc
 
 
 def load_yaml_settings(cls: type[_S], path: Path | None, env_prefix: str) -> _S:

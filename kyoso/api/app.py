@@ -250,7 +250,7 @@ def create_app(
     async def _readyz() -> JSONResponse:
         """200 when the store answers, else 503."""
         try:
-            await service.factories()
+            await service.store.factories()  # the store itself, not a cached answer
         except Exception:  # any store failure means not ready; the log has the reason
             log.warning("readiness: the store does not answer", exc_info=True)
             return JSONResponse({"status": "store unavailable"}, 503)
@@ -562,16 +562,17 @@ async def _candidates(
     found = []
     factories = await service.region(timedelta(days=within_days))
     for capacity in factories:
-        view = await service.view(capacity.factory)
-        machines = [
-            m
-            for m in capacity.by_process(shared_only=True).get(process, [])
-            if material is None
-            or any(
-                c.process == process and material in c.materials
-                for c in view.machines[m.machine].description.capabilities
-            )
-        ]
+        machines = capacity.by_process(shared_only=True).get(process, [])
+        if material is not None:
+            view = await service.view(capacity.factory)
+            machines = [
+                m
+                for m in machines
+                if any(
+                    c.process == process and material in c.materials
+                    for c in view.machines[m.machine].description.capabilities
+                )
+            ]
         if not machines:
             continue
         available = sum(m.figures.available_s for m in machines) / 3600

@@ -213,8 +213,9 @@ class CapacityService:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     async def factories(self) -> list[str]:
-        """Every factory the store knows."""
-        return await self.store.factories()
+        """Every factory the store knows (cached briefly, like the views: every request
+        for a factory checks that it exists)."""
+        return await self._views.get(("factories",), self.store.factories)  # no id is a tuple
 
     async def view(self, factory: str) -> FactoryView:
         """The factory's machines, gateways and staleness now (cached briefly)."""

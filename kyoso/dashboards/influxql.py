@@ -8,6 +8,7 @@ that the tests rely on: every expression of the outermost ``SELECT`` is named wi
 
 from typing import Literal, Self
 
+from grafana_foundation_sdk.builders import dashboard as builders
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import dashboard
@@ -18,6 +19,7 @@ __all__ = [
     "InfluxQL",
     "InfluxQLQuery",
     "datasource",
+    "kyoso_dashboard",
     "transformation",
 ]
 
@@ -35,6 +37,20 @@ ResultFormat = Literal["time_series", "table"]
 def datasource(uid: str) -> dashboard.DataSourceRef:
     """A reference to an InfluxDB data source by uid (a ``${variable}`` too)."""
     return dashboard.DataSourceRef(type_val=INFLUXDB, uid=uid)
+
+
+def kyoso_dashboard(title: str, uid: str, description: str) -> builders.Dashboard:
+    """A dashboard as every Kyoso board starts: tagged, the last 24 h, refreshing every
+    minute, cursors synchronised across panels."""
+    return (
+        builders.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["kyoso"])
+        .time("now-24h", "now")
+        .refresh("1m")
+        .tooltip(dashboard.DashboardCursorSync.CROSSHAIR)
+    )
 
 
 def transformation(kind: str, options: dict[str, object]) -> dashboard.DataTransformerConfig:

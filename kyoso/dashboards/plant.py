@@ -40,7 +40,14 @@ from grafana_foundation_sdk.models import dashboard as models
 
 from kyoso.regional.grafana import CAPACITY_DATASOURCE
 
-from .influxql import INFLUXDB, LIVE_WINDOW, InfluxQL, datasource, transformation
+from .influxql import (
+    INFLUXDB,
+    LIVE_WINDOW,
+    InfluxQL,
+    datasource,
+    kyoso_dashboard,
+    transformation,
+)
 
 __all__ = ["STATE_COLORS", "plant_dashboard"]
 
@@ -453,14 +460,10 @@ def _downtime(board: dashboard.Dashboard) -> None:
 
 def plant_dashboard() -> dashboard.Dashboard:
     """The plant manager's dashboard (see the module docstring)."""
-    board = (
-        dashboard.Dashboard("Kyoso plant")
-        .uid(UID)
-        .description("One factory's machines: state, utilization, OEE, parts, downtime, capacity.")
-        .tags(["kyoso"])
-        .time("now-24h", "now")
-        .refresh("1m")
-        .tooltip(models.DashboardCursorSync.CROSSHAIR)
+    board = kyoso_dashboard(
+        "Kyoso plant",
+        UID,
+        "One factory's machines: state, utilization, OEE, parts, downtime, capacity.",
     )
     _variables(board)
     _now(board)

@@ -16,7 +16,7 @@ from grafana_foundation_sdk.models import dashboard as models
 
 from kyoso.regional.grafana import CAPACITY_DATASOURCE
 
-from .influxql import LIVE_WINDOW, InfluxQL, datasource, transformation
+from .influxql import LIVE_WINDOW, InfluxQL, datasource, kyoso_dashboard, transformation
 
 __all__ = ["regional_dashboard"]
 
@@ -35,6 +35,14 @@ def _latest(field: str, measurement: str, where: str, group_by: str) -> str:
         f'SELECT last("{field}") AS "{field}" FROM "{measurement}" WHERE {where} '
         f"GROUP BY {group_by}"
     )
+
+
+def _live_available(group_by: str) -> str:
+    """The live available hours of the selected machines, summed by ``group_by``."""
+    latest = _latest(
+        "available_h", "capacity", f"{_SELECTED} AND {_LIVE}", '"factory", "machine", "process"'
+    )
+    return f'SELECT sum("available_h") AS "available_h" FROM ({latest}) GROUP BY {group_by}'
 
 
 def _variables(board: dashboard.Dashboard) -> None:
@@ -98,14 +106,7 @@ def _now(board: dashboard.Dashboard) -> None:
         .title("Available hours by capability")
         .with_target(
             InfluxQL(
-                'SELECT sum("available_h") AS "available_h" FROM ('
-                + _latest(
-                    "available_h",
-                    "capacity",
-                    f"{_SELECTED} AND {_LIVE}",
-                    '"factory", "machine", "process"',
-                )
-                + ') GROUP BY "process"',
+                _live_available('"process"'),
                 _CAPACITY,
             ).alias("$tag_process")
         )
@@ -121,14 +122,7 @@ def _now(board: dashboard.Dashboard) -> None:
         .title("Available hours by capability and factory")
         .with_target(
             InfluxQL(
-                'SELECT sum("available_h") AS "available_h" FROM ('
-                + _latest(
-                    "available_h",
-                    "capacity",
-                    f"{_SELECTED} AND {_LIVE}",
-                    '"factory", "machine", "process"',
-                )
-                + ') GROUP BY "process", "factory"',
+                _live_available('"process", "factory"'),
                 _CAPACITY,
             ).table()
         )
@@ -234,14 +228,10 @@ def _trends(board: dashboard.Dashboard) -> None:
 
 def regional_dashboard() -> dashboard.Dashboard:
     """The regional board (see the module docstring)."""
-    board = (
-        dashboard.Dashboard("Kyoso region")
-        .uid(UID)
-        .description("Available machine capacity across the region, by capability and factory.")
-        .tags(["kyoso"])
-        .time("now-24h", "now")
-        .refresh("1m")
-        .tooltip(models.DashboardCursorSync.CROSSHAIR)
+    board = kyoso_dashboard(
+        "Kyoso region",
+        UID,
+        "Available machine capacity across the region, by capability and factory.",
     )
     _variables(board)
     _now(board)

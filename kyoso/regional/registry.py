@@ -10,19 +10,17 @@ files or InfluxQL identifiers would misread.
 from pathlib import Path
 from typing import Annotated, Self
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 
 from kyoso.contract import Id
 from kyoso.ingest.lineprotocol import RESERVED_FACTORY_IDS
-from kyoso.validation import error_lines
+from kyoso.validation import load_yaml_model
 
 __all__ = [
     "GRAFANA_UID_MAX",
@@ -135,11 +133,4 @@ class RegistryError(ValueError):
 
 def load_registry(path: Path) -> Registry:
     """Read and validate a registry file; :class:`RegistryError` lists every problem."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RegistryError(f"{path}: {exc}") from exc
-    try:
-        return Registry.model_validate(data)
-    except ValidationError as exc:
-        raise RegistryError(error_lines(path, exc)) from exc
+    return load_yaml_model(Registry, path, RegistryError)

@@ -3,11 +3,10 @@
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kyoso.contract import Capability, Id, ShiftCalendar
-from kyoso.validation import error_lines
+from kyoso.validation import load_yaml_model
 
 WordOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 """Order of the bytes of a 32/64-bit value across registers: A is the most significant byte.
@@ -159,14 +158,7 @@ class FactoryConfigError(ValueError):
 
 def load_factory(path: Path) -> FactoryConfig:
     """Load and validate one factory YAML file."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise FactoryConfigError(f"{path}: {exc}") from exc
-    try:
-        return FactoryConfig.model_validate(data)
-    except ValidationError as exc:
-        raise FactoryConfigError(error_lines(path, exc)) from exc
+    return load_yaml_model(FactoryConfig, path, FactoryConfigError)
 
 
 def shipped_factories() -> list[Path]:
