@@ -3,11 +3,12 @@
 import itertools
 import random
 import statistics
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
 from kyoso.contract import MachineState
+from kyoso.contract.calendar import WEEKDAYS, Shift
 from kyoso.simulators.behaviour import (
     COUNTER_MODULUS,
     MachineModel,
@@ -233,3 +234,27 @@ def test_a_calendar_without_shifts_is_one_long_planned_stop() -> None:
     segments = model.completed(ORIGIN + 3 * WEEK)
     assert {s.state for s in segments} == {MachineState.PLANNED_STOP}
     assert segments[-1].end == ORIGIN + 3 * WEEK
+
+
+@pytest.mark.timeout(60)  # the calendar without a gap once looped for ever
+def test_a_calendar_without_any_gap_runs_around_the_clock() -> None:
+    factory, machine = MACHINES[0]
+    always = factory.calendars[machine.calendar].model_copy(
+        update={
+            "shifts": [Shift(name="all day", days=list(WEEKDAYS), start=time(0), end=time(0))],
+            "holidays": [],
+            "maintenance": [],
+        }
+    )
+    model = MachineModel(machine.id, machine.behaviour, always, 1, ORIGIN)
+    end = ORIGIN + 3 * WEEK
+    segments = model.completed(end)
+    assert segments[0].start == ORIGIN
+    assert all(a.end == b.start for a, b in itertools.pairwise(segments))
+    assert segments[-1].end >= end - DAY
+    assert MachineState.PLANNED_STOP not in {s.state for s in segments}
+    assert {MachineState.RUNNING, MachineState.IDLE} <= {s.state for s in segments}
+    stepped = MachineModel(machine.id, machine.behaviour, always, 1, ORIGIN)
+    for hours in range(0, 3 * 7 * 24, 5):
+        stepped.snapshot(ORIGIN + hours * 3600.0)
+    assert stepped.totals_at(end) == model.totals_at(end)

@@ -307,10 +307,15 @@ def _spend(now: float, remaining: float, end: float) -> tuple[float, float]:
 
 
 def _joined(intervals: Iterator[tuple[float, float]]) -> Iterator[tuple[float, float]]:
-    """Join intervals that touch (a shift ending where the next chunk or shift begins)."""
+    """Join intervals that touch (a shift ending where the next chunk or shift begins).
+
+    A joined interval is given out once it spans a planning chunk, even if the next one
+    touches it: a calendar without any gap (24/7) would otherwise be joined for ever. The
+    work goes on across the cut unchanged (no planned stop lies between the two)."""
+    limit = _PLANNING_CHUNK.total_seconds()
     current: tuple[float, float] | None = None
     for a, b in intervals:
-        if current is not None and a <= current[1]:
+        if current is not None and a <= current[1] and current[1] - current[0] < limit:
             current = (current[0], max(current[1], b))
             continue
         if current is not None:
