@@ -1,15 +1,37 @@
 """Configuration errors a person can act on: one line per problem, with its location, and
-the settings loader every service shares (a YAML file, overridden by the environment)."""
+the one YAML loader every configuration file goes through (a model from a file, or a
+service's settings from a file overridden by the environment).
 
-from collections.abc import Mapping
+A location is ``<file>:<line>:<column>`` for YAML syntax, ``<file>:<line>: <dotted.path>``
+for a value the schema refuses (the line of the value's key, or of its list item), and
+``<file>: <dotted.path>`` where the file has no line for it (a problem of the whole file).
+"""
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
+from pydantic_settings.exceptions import SettingsError
+from yaml.reader import ReaderError
 
-__all__ = ["ConfigError", "FileSettings", "error_lines", "load_yaml_model", "load_yaml_settings"]
+__all__ = [
+    "ConfigError",
+    "FileSettings",
+    "Loc",
+    "YamlDocument",
+    "dotted",
+    "error_lines",
+    "load_yaml_model",
+    "load_yaml_settings",
+    "read_yaml",
+]
+
+Loc = Sequence[str | int]
+"""Where a value is in a document: keys and list indices, as pydantic's ``loc``."""
 
 
 class FileSettings(BaseSettings):
@@ -37,41 +59,192 @@ class ConfigError(ValueError):
     """Settings that cannot be used, with every problem and where it is."""
 
 
+def dotted(loc: Loc) -> str:
+    """``machines.2.source.unit``; ``<root>`` for the whole document."""
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def _lines(where: Callable[[Loc], str], exc: ValidationError) -> str:
+    return "\n".join(
+        f"{where(e['loc'])}: {dotted(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+
+
 def error_lines(source: object, exc: ValidationError) -> str:
     """``<source>: <dotted.location>: <message>``, one line per error of ``exc``."""
-    return "\n".join(
-        f"{source}: {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-        for e in exc.errors(include_url=False)
-    )
+    return _lines(lambda _: str(source), exc)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True, slots=True)
+class YamlDocument:
+    """A YAML file read with its node tree, so that a location can be turned into a line."""
+
+    path: Path
+    data: Any
+    """The values, as :func:`yaml.safe_load` returns them."""
+    root: yaml.Node | None
+    """The composed nodes (``None`` for an empty file), carrying their position."""
+
+    def line(self, loc: Loc) -> int | None:
+        """The line (from 1) of the value at ``loc``, or of the nearest enclosing value the
+        file has: the line of its key in a mapping, of the item in a list. ``None`` for the
+        document itself, which is the whole file.
+
+        Parts of ``loc`` with no node are passed over: a missing option leaves the line of
+        the mapping it is missing from; a union's tag (``source.modbus.unit``) is not in the
+        file. A value merged in (``<<: *anchor``) or reached through an alias is reported
+        where it is written, in the anchor, unless the mapping overrides it.
+        """
+        node, line = self.root, None
+        for part in loc:
+            if node is None:
+                break
+            found = _child(node, part)
+            if found is not None:
+                node, line = found
+        return line
+
+    def where(self, loc: Loc) -> str:
+        """``<file>:<line>``, or ``<file>`` when the file has no line for ``loc``."""
+        line = self.line(loc)
+        return f"{self.path}" if line is None else f"{self.path}:{line}"
+
+    def error_lines(self, exc: ValidationError) -> str:
+        """``<file>:<line>: <dotted.location>: <message>``, one line per error of ``exc``."""
+        return _lines(self.where, exc)
+
+
+def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, int] | None:
+    """The node at ``part`` under ``node`` and the line that shows it, if there is one."""
+    if isinstance(node, yaml.SequenceNode):
+        if isinstance(part, int) and 0 <= part < len(node.value):
+            item: yaml.Node = node.value[part]
+            return item, item.start_mark.line + 1
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    # The last of a repeated key wins, as in the loaded data; a key of the mapping itself
+    # beats a merged one. (Loading flattens the merges in place, merged keys first, so the
+    # same rule holds whether or not the tree was constructed.)
+    own: tuple[yaml.Node, int] | None = None
+    merged: tuple[yaml.Node, int] | None = None
+    for key, value in node.value:
+        if key.tag == _MERGE_TAG:
+            if merged is None:
+                merged = next(
+                    (f for m in _merge_sources(value) if (f := _child(m, part)) is not None), None
+                )
+        elif isinstance(key, yaml.ScalarNode) and key.value == str(part):
+            own = value, key.start_mark.line + 1
+    return own or merged
+
+
+def _merge_sources(value: yaml.Node) -> Iterator[yaml.Node]:
+    """The mappings a merge key brings in, the one that wins first: PyYAML lets the last
+    of a list win (the merge-key draft says the first; the data is what counts)."""
+    if isinstance(value, yaml.SequenceNode):
+        yield from reversed(value.value)
+    else:
+        yield value
+
+
+def _position(path: Path, mark: yaml.Mark | None) -> str:
+    return f"{path}" if mark is None else f"{path}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _syntax_error(path: Path, exc: yaml.MarkedYAMLError) -> str:
+    """``<file>:<line>:<column>: <problem> (<context> at <line>:<column>)``."""
+    mark = exc.problem_mark or exc.context_mark
+    message = exc.problem or exc.context or "not valid YAML"
+    if exc.problem and exc.context:
+        if exc.problem.startswith("but "):  # "expected a single document ..., but found ..."
+            message = f"{exc.context}, {exc.problem}"
+        elif exc.context_mark is None:
+            message = f"{exc.problem} ({exc.context})"
+        else:
+            context = f"{exc.context_mark.line + 1}:{exc.context_mark.column + 1}"
+            message = f"{exc.problem} ({exc.context} at {context})"
+    return f"{_position(path, mark)}: {message}"
+
+
+def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> YamlDocument:
+    """Read and parse the YAML file at ``path``, keeping where each value is written;
+    ``error`` names the file (and the line and column of a syntax error)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        loader = yaml.SafeLoader(text)
+    except ReaderError as exc:  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise error(
+            f"{path}:{line}:{column}: unacceptable character #x{exc.character:04x}: {exc.reason}"
+        ) from exc
+    loader.name = str(path)
+    try:
+        root = loader.get_single_node()
+        data = None if root is None else loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        raise error(_syntax_error(path, exc)) from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: {exc}") from exc
+    finally:
+        loader.dispose()
+    return YamlDocument(path, data, root)
 
 
 def load_yaml_model(model: type[_M], path: Path, error: type[ValueError]) -> _M:
     """``model`` validated from the YAML file at ``path``; ``error`` names the file and
-    every problem (one line each) if it cannot be read or is not valid."""
+    every problem (one line each, with its line in the file) if it cannot be used."""
+    document = read_yaml(path, error)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise error(f"{path}: {exc}") from exc
-    try:
-        return model.model_validate(data)
+        return model.model_validate(document.data)
     except ValidationError as exc:
-        raise error(error_lines(path, exc)) from exc
+        raise error(document.error_lines(exc)) from exc
+
+
+def _from_environment(environment: Mapping[str, Any], loc: Loc) -> bool:
+    """Whether the environment set the value at ``loc`` (or a value that holds it)."""
+    node: Any = environment
+    for part in loc:
+        if not isinstance(node, Mapping):
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, Mapping)
 
 
 def load_yaml_settings(cls: type[_S], path: Path | None, env_prefix: str) -> _S:
     """``cls`` from the YAML file at ``path`` (if given) and the environment, which the
-    settings class lets override the file; :class:`ConfigError` lists every problem."""
+    settings class lets override the file; :class:`ConfigError` lists every problem, at its
+    line in the file, or as ``environment (<prefix>*)`` for a value the environment set."""
+    document = None if path is None else read_yaml(path)
     data: Mapping[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
+    if document is not None and document.data is not None:
+        if not isinstance(document.data, dict) or not all(
+            isinstance(k, str) for k in document.data
+        ):
             raise ConfigError(f"{path}: the top level must be a mapping of options")
-        data = loaded or {}
+        data = document.data
+    environment = f"environment ({env_prefix}*)"
     try:
         return cls(**data)
+    except SettingsError as exc:  # a variable that is not the JSON its option needs
+        raise ConfigError(f"{environment}: {exc}") from exc
     except ValidationError as exc:
-        source = str(path) if path is not None else f"environment ({env_prefix}*)"
-        raise ConfigError(error_lines(source, exc)) from exc
+        from_env = EnvSettingsSource(cls)()
+
+        def where(loc: Loc) -> str:
+            if document is None or _from_environment(from_env, loc):
+                return environment
+            return document.where(loc)
+
+        raise ConfigError(_lines(where, exc)) from exc

@@ -65,9 +65,36 @@ def test_a_wrong_option_is_named_with_its_place(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     message = str(caught.value)
-    assert f"{path}: capacity.lookback_days: Input should be greater than or equal to 1" in message
-    assert f"{path}: capacity.unknown: Extra inputs are not permitted" in message
-    assert f"{path}: port: Input should be greater than or equal to 0" in message
+    assert message.splitlines() == [
+        f"{path}:2: port: Input should be greater than or equal to 0",
+        f"{path}:1: capacity.lookback_days: Input should be greater than or equal to 1",
+        f"{path}:1: capacity.unknown: Extra inputs are not permitted",
+    ]
+
+
+def test_an_environment_error_names_the_environment_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "api.yaml"
+    path.write_text("port: 8000\ncapacity:\n  lookback_days: 0\n  stale_after_s: 60\n")
+    monkeypatch.setenv("KYOSO_API_PORT", "eighty")
+    monkeypatch.setenv("KYOSO_API_CAPACITY__STALE_AFTER_S", "-1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value).splitlines() == [
+        "environment (KYOSO_API_*): port: Input should be a valid integer, unable to parse"
+        " string as an integer",
+        f"{path}:3: capacity.lookback_days: Input should be greater than or equal to 1",
+        "environment (KYOSO_API_*): capacity.stale_after_s: Input should be greater than 0",
+    ]
+
+
+def test_an_environment_value_that_is_not_json_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KYOSO_API_CAPACITY", "{lookback_days: 3")
+    with pytest.raises(ConfigError, match=r"^environment \(KYOSO_API_\*\): error parsing value"):
+        load_settings(EXAMPLE)
 
 
 def test_check_reports_the_settings_and_serve_needs_a_key_store(
@@ -78,4 +105,7 @@ def test_check_reports_the_settings_and_serve_needs_a_key_store(
     config = tmp_path / "api.yaml"
     config.write_text(f"keys: {tmp_path / 'missing.sqlite3'}\n")
     assert main(["api", "--config", str(config)]) == 1
-    assert "kyoso api keys create" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"no API key store at {tmp_path / 'missing.sqlite3'} (create one with: kyoso api"
+        f" --config {config} keys create --name NAME --scope SCOPE)\n"
+    )

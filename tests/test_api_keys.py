@@ -2,6 +2,7 @@
 
 import argparse
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -12,12 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kyoso.api import command as api_command
 from kyoso.api.keys import (
     CACHE_TTL_S,
-    DEFAULT_KEYS_PATH,
     KEY_LENGTH,
     KEY_PREFIX,
-    KEYS_ENV,
     ApiKeyError,
     ApiKeyStore,
     KeyNameError,
@@ -29,13 +29,23 @@ from kyoso.api.keys import (
     ScopeKind,
     UnknownKeyError,
     check_key_name,
-    keys_path,
     parse_scope,
-    register,
 )
+from kyoso.api.settings import ApiSettings
+from kyoso.cli import main
 
 PLATFORM = Scope(ScopeKind.PLATFORM)
 OKADA = Scope(ScopeKind.FACTORY, "okada-machining")
+KEYS_ENV = "KYOSO_API_KEYS"
+DEFAULT_KEYS_PATH = ApiSettings.model_fields["keys"].default
+
+
+@pytest.fixture(autouse=True)
+def _no_api_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command reads KYOSO_API_* like ``kyoso api``; the tests set what they need."""
+    for name in list(os.environ):
+        if name.startswith("KYOSO_API_"):
+            monkeypatch.delenv(name)
 
 
 class ManualClock:
@@ -293,20 +303,14 @@ def test_a_file_that_is_not_a_key_store_is_refused(tmp_path: Path) -> None:
             ApiKeyStore(other, create=create)
 
 
-def test_the_key_file_comes_from_the_option_the_environment_or_the_default() -> None:
-    assert keys_path(Path("a.sqlite3"), {KEYS_ENV: "b.sqlite3"}) == Path("a.sqlite3")
-    assert keys_path(None, {KEYS_ENV: "b.sqlite3"}) == Path("b.sqlite3")
-    assert keys_path(None, {KEYS_ENV: ""}) == DEFAULT_KEYS_PATH
-    assert keys_path(None, {}) == DEFAULT_KEYS_PATH
-
-
 # --- the command --------------------------------------------------------------------------
 
 
 def _keys(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="kyoso api")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["keys", *argv])
+    """``kyoso api keys ARGV``, parsed as the ``kyoso`` command parses it."""
+    parser = argparse.ArgumentParser(prog="kyoso")
+    api_command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["api", "keys", *argv])
     code: int = args.run(args)
     out, err = capsys.readouterr()
     return code, out, err
@@ -402,3 +406,66 @@ def test_cli_refuses_a_file_that_is_not_a_key_store(
     code, out, err = _keys(capsys, "create", "--name", "p", "--scope", "admin", "--keys", str(path))
     assert (code, out) == (2, "")
     assert "is not an SQLite database" in err
+
+
+def _api_yaml(tmp_path: Path, keys: Path) -> Path:
+    config = tmp_path / "etc" / "api.yaml"
+    config.parent.mkdir()
+    config.write_text(f"keys: {keys}\nport: 8123\n")
+    return config
+
+
+def test_keys_commands_use_the_key_store_of_the_api_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kyoso api --config api.yaml keys ...`` works on the store that ``kyoso api --config
+    api.yaml`` serves, not on a default file in the working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path = tmp_path / "state" / "keys.sqlite3"
+    config = _api_yaml(tmp_path, path)
+    argv = ["api", "--config", str(config), "keys"]
+    assert main([*argv, "create", "--name", "portal", "--scope", "platform"]) == 0
+    key = capsys.readouterr().out.strip()
+    with ApiKeyStore(path) as store:
+        principal = store.authenticate(key)
+    assert principal is not None
+    assert list(cwd.iterdir()) == []  # no var/ here
+    assert main([*argv, "list"]) == 0
+    assert principal.key_id in capsys.readouterr().out
+    assert main(["api", "--config", str(config), "--check"]) == 0
+    assert f"keys {path}," in capsys.readouterr().out
+    assert main([*argv, "revoke", principal.key_id]) == 0
+    assert f"revoked API key {principal.key_id}" in capsys.readouterr().out
+
+
+def test_the_key_store_comes_from_the_option_the_environment_the_file_or_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = _api_yaml(tmp_path, tmp_path / "file.sqlite3")
+    create = ["keys", "create", "--name", "p", "--scope", "admin"]
+    assert main(["api", *create]) == 0
+    assert (tmp_path / DEFAULT_KEYS_PATH).exists()
+    assert main(["api", "--config", str(config), *create]) == 0
+    assert (tmp_path / "file.sqlite3").exists()
+    monkeypatch.setenv(KEYS_ENV, str(tmp_path / "env.sqlite3"))
+    assert main(["api", "--config", str(config), *create]) == 0
+    assert (tmp_path / "env.sqlite3").exists()
+    assert main(["api", "--config", str(config), *create, "--keys", "option.sqlite3"]) == 0
+    assert (tmp_path / "option.sqlite3").exists()
+    capsys.readouterr()
+
+
+def test_keys_commands_refuse_settings_that_kyoso_api_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "api.yaml"
+    config.write_text("keys: k.sqlite3\nkeyz: typo.sqlite3\n")
+    code = main(["api", "--config", str(config), "keys", "create", "--name", "p", "--scope",
+                 "admin"])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == f"{config}:2: keyz: Extra inputs are not permitted\n"
+    assert list(tmp_path.iterdir()) == [config]

@@ -43,8 +43,80 @@ def test_environment_substitution() -> None:
         "c": "${X}",
         "d": 5,
     }
-    with pytest.raises(ConfigError, match="unknown environment variables: X, Y"):
+    with pytest.raises(ConfigError) as caught:
         substitute_env(data, {})
+    assert str(caught.value).splitlines() == [
+        "a: unknown environment variable X",
+        "b.0: unknown environment variable X",
+        "b.0: unknown environment variable Y",
+    ]
+
+
+def _edited(tmp_path: Path, old: str, new: str) -> Path:
+    text = EXAMPLE.read_text()
+    assert old in text
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def _line(text: str) -> int:
+    """The line of the example that starts with ``text``."""
+    return next(
+        i for i, line in enumerate(EXAMPLE.read_text().splitlines(), 1) if line.startswith(text)
+    )
+
+
+def test_an_unknown_environment_variable_is_named_with_its_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE, {})
+    assert str(caught.value) == (
+        f"{EXAMPLE}:{_line('  password: ${KYOSO_BROKER_PASSWORD}')}: broker.password: "
+        "unknown environment variable KYOSO_BROKER_PASSWORD"
+    )
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "  port: 8883 ", "  port: [8883 ")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    line = _line("  port: 8883")
+    assert str(caught.value) == (
+        f"{path}:{line + 1}:3: expected ',' or ']', but got '<scalar>'"
+        f" (while parsing a flow sequence at {line}:9)"
+    )
+
+
+def test_a_schema_error_names_its_line(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "  keepalive_s: 30 ", "  keepalive_s: soon ")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    assert str(caught.value) == (
+        f"{path}:{_line('  keepalive_s: 30')}: broker.keepalive_s: Input should be a valid"
+        " integer, unable to parse string as an integer"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ("factory: okada-machining ", "factory: Okada Works ",
+         "factory: Value error, id 'Okada Works' is not a valid id"),
+        ("gateway: gw-01 ", "gateway: GW 01 ",
+         "gateway: Value error, id 'GW 01' is not a valid id"),
+        ("factory: okada-machining ", "# factory: okada-machining ", "factory: Field required"),
+    ],
+)  # fmt: skip
+def test_a_bad_gateway_identity_is_reported_once(
+    tmp_path: Path, old: str, new: str, error: str
+) -> None:
+    """The identity is copied into the broker section: its error is still reported once."""
+    path = _edited(tmp_path, old, new)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    errors = str(caught.value).splitlines()
+    assert len(errors) == 1, errors
+    assert error in errors[0]
 
 
 def _broken(tmp_path: Path, change: dict[str, object]) -> Path:

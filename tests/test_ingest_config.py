@@ -90,13 +90,18 @@ def test_the_environment_overrides_the_file(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("batch: {max_samples: 0}", "ingest.yaml: batch.max_samples: Input should be greater"),
-        ("mqtt: {shared_group: 'Bad Group'}", "mqtt.shared_group: Value error"),
-        ("store: postgres", "store: Input should be 'influxdb' or 'sqlite'"),
-        ("influx: {url: 'ftp://x'}", "influx.url: Value error, url must be http"),
-        ("nonsense: 1", "nonsense: Extra inputs are not permitted"),
-        ("- a list", "the top level must be a mapping"),
-        ("mqtt: [unclosed", "ingest.yaml"),
+        ("batch: {max_samples: 0}", "ingest.yaml:1: batch.max_samples: Input should be greater"),
+        ("mqtt: {shared_group: 'Bad Group'}", "ingest.yaml:1: mqtt.shared_group: Value error"),
+        ("store: postgres", "ingest.yaml:1: store: Input should be 'influxdb' or 'sqlite'"),
+        ("influx:\n  url: 'ftp://x'", "ingest.yaml:2: influx.url: Value error, url must be http"),
+        ("\n\nnonsense: 1", "ingest.yaml:3: nonsense: Extra inputs are not permitted"),
+        ("- a list", "ingest.yaml: the top level must be a mapping"),
+        ("1: one", "ingest.yaml: the top level must be a mapping"),
+        (
+            "mqtt: [unclosed",
+            "ingest.yaml:1:16: expected ',' or ']', but got '<stream end>'"
+            " (while parsing a flow sequence at 1:7)",
+        ),
     ],
 )
 def test_errors_name_their_location(tmp_path: Path, text: str, message: str) -> None:

@@ -1,4 +1,4 @@
-"""API keys: who may ask the capacity service what, and the ``kyoso api keys`` command.
+"""API keys: who may ask the capacity service what (``kyoso api keys`` manages them).
 
 A key is ``kyo_`` + a public key id (12 hex digits) + ``_`` + a secret (43 base62
 characters, 256 bits from :mod:`secrets`). The id names the key in logs, in ``keys list``
@@ -27,18 +27,15 @@ process at once. Unknown key ids are not cached: a new key works at once everywh
 the cache holds at most one entry per stored key.
 """
 
-import argparse
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import sqlite3
 import string
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -69,18 +66,13 @@ MAX_NAME_LENGTH = 100
 SCHEMA_VERSION = 1
 """The layout of the key table, kept in the file's ``user_version``."""
 
-KEYS_ENV = "KYOSO_API_KEYS"
-"""The environment variable naming the key file when ``--keys`` is not given."""
-
-DEFAULT_KEYS_PATH = Path("var/api-keys.sqlite3")
-"""The key file when neither ``--keys`` nor :data:`KEYS_ENV` names one."""
-
 _BASE62 = string.digits + string.ascii_letters
 _KEY_ID_RE = re.compile(f"[0-9a-f]{{{2 * _ID_BYTES}}}")
 _KEY_RE = re.compile(
     f"{re.escape(KEY_PREFIX)}({_KEY_ID_RE.pattern})_[0-9A-Za-z]{{{_SECRET_LENGTH}}}"
 )
-_SCOPES = "platform, factory:<id> or admin"
+SCOPES = "platform, factory:<id> or admin"
+"""The scopes a key may have, as a person writes them."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -159,7 +151,7 @@ def parse_scope(text: str) -> Scope:
     try:
         kind = ScopeKind(kind_text)
     except ValueError:
-        raise ScopeError(f"scope {text[:80]!r}: use {_SCOPES}") from None
+        raise ScopeError(f"scope {text[:80]!r}: use {SCOPES}") from None
     try:
         return Scope(kind, factory if colon else None)
     except ScopeError as exc:
@@ -220,10 +212,9 @@ class _Entry:
     principal: Principal
 
 
-def keys_path(value: Path | None, environ: Mapping[str, str] | None = None) -> Path:
-    """The key file: ``value`` if given, else :data:`KEYS_ENV`, else the default."""
-    env = os.environ if environ is None else environ
-    return value or Path(env.get(KEYS_ENV) or DEFAULT_KEYS_PATH)
+def is_key_id(text: str) -> bool:
+    """Whether ``text`` is shaped like a key id (not whether such a key exists)."""
+    return _KEY_ID_RE.fullmatch(text) is not None
 
 
 class ApiKeyStore:
@@ -396,103 +387,3 @@ def _info(row: tuple[str, str, str, float, float | None]) -> KeyInfo:
     key_id, name, scope, created_at, revoked_at = row
     revoked = None if revoked_at is None else _time(revoked_at)
     return KeyInfo(key_id, name, parse_scope(scope), _time(created_at), revoked)
-
-
-# --- the command ------------------------------------------------------------------------
-
-
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``keys`` (``create``, ``list``, ``revoke``) to a command: ``kyoso api keys``."""
-    parser = commands.add_parser(
-        "keys",
-        help="create, list or revoke API keys",
-        description="API keys of the capacity service, each with one scope: "
-        f"{_SCOPES}. Only a hash of each key is stored.",
-    )
-    actions = parser.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
-    create = actions.add_parser(
-        "create",
-        help="make a key and print it, this once",
-        description="Make a key and print it on stdout, alone on its line; it cannot be "
-        "shown again. The key id and scope go to stderr.",
-    )
-    create.add_argument("--name", required=True, help="who or what holds the key")
-    create.add_argument("--scope", required=True, help=f"what it may read: {_SCOPES}")
-    create.set_defaults(run=run_create)
-    listing = actions.add_parser("list", help="list keys (never the keys themselves)")
-    listing.set_defaults(run=run_list)
-    revoke = actions.add_parser(
-        "revoke",
-        help="revoke a key for good",
-        description=f"Revoke a key; every API replica refuses it within {CACHE_TTL_S:g} s.",
-    )
-    revoke.add_argument("id", help="the key id, as shown by list")
-    revoke.set_defaults(run=run_revoke)
-    for action in (create, listing, revoke):
-        action.add_argument(
-            "--keys",
-            type=Path,
-            metavar="PATH",
-            help=f"the key store (default: ${KEYS_ENV}, else {DEFAULT_KEYS_PATH})",
-        )
-
-
-def run_create(args: argparse.Namespace) -> int:
-    """Execute ``kyoso api keys create``."""
-    try:
-        scope = parse_scope(args.scope)
-        name = check_key_name(args.name)
-        with ApiKeyStore(keys_path(args.keys), create=True) as store:
-            new = store.create(name, scope)
-    except ApiKeyError as exc:
-        return _failed(exc)
-    print(new.key)
-    print(
-        f"created API key {new.info.key_id} ({scope}) for {name!r}: copy it now, "
-        "it cannot be shown again",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def run_list(args: argparse.Namespace) -> int:
-    """Execute ``kyoso api keys list``."""
-    try:
-        with ApiKeyStore(keys_path(args.keys)) as store:
-            keys = store.list_keys()
-    except ApiKeyError as exc:
-        return _failed(exc)
-    print(f"{'ID':<12}  {'CREATED':<20}  {'REVOKED':<20}  {'SCOPE':<24}  NAME")
-    for info in keys:
-        print(
-            f"{info.key_id:<12}  {_shown(info.created_at):<20}  {_shown(info.revoked_at):<20}  "
-            f"{info.scope!s:<24}  {info.name}"
-        )
-    return 0
-
-
-def run_revoke(args: argparse.Namespace) -> int:
-    """Execute ``kyoso api keys revoke``."""
-    if not _KEY_ID_RE.fullmatch(args.id):
-        # Not echoed: it may be a whole key, pasted by mistake.
-        print("not a key id: use the 12 hex digits of the ID column of list", file=sys.stderr)
-        return 2
-    try:
-        with ApiKeyStore(keys_path(args.keys)) as store:
-            info = store.revoke(args.id)
-    except ApiKeyError as exc:
-        return _failed(exc)
-    print(
-        f"revoked API key {info.key_id} ({info.scope}) of {info.name!r} at "
-        f"{_shown(info.revoked_at)}; refused everywhere within {CACHE_TTL_S:g} s"
-    )
-    return 0
-
-
-def _failed(exc: ApiKeyError) -> int:
-    print(exc, file=sys.stderr)
-    return 1 if isinstance(exc, UnknownKeyError | MissingKeyStoreError) else 2
-
-
-def _shown(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -71,7 +71,8 @@ class ApiSettings(FileSettings):
         Path("kyoso-store.sqlite3"), description="Used when store is sqlite (the ingest's file)."
     )
     keys: Path = Field(
-        Path("var/api-keys.sqlite3"), description="API keys (kyoso api keys create ...)."
+        Path("var/api-keys.sqlite3"),
+        description="API key store; `kyoso api --config FILE keys ...` manages this one.",
     )
     bookings_path: Path = Field(
         Path("var/bookings.sqlite3"), description="Bookings factories declare through the API."

@@ -7,16 +7,23 @@ environment variable ``NAME``, and an unknown name is an error (``$${`` writes a
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
 from kyoso.ops import HttpConfig
-from kyoso.validation import error_lines
+from kyoso.validation import Loc, dotted, read_yaml
 
 from .errors import GatewayError
 from .modbus_decode import ModbusDeviceConfig
@@ -176,6 +183,10 @@ class SensorBrokerConfig(_Config):
     password: str | None = None
 
 
+_STAND_IN = "invalid"
+"""A valid id given to the broker in place of an identity that is itself an error."""
+
+
 class GatewayConfig(_Config):
     """A whole gateway."""
 
@@ -194,15 +205,17 @@ class GatewayConfig(_Config):
     calendars: dict[Id, ShiftCalendar] = Field(min_length=1)
     machines: Annotated[list[MachineConfig], Field(min_length=1, max_length=500)]
 
-    @model_validator(mode="before")
+    @field_validator("broker", mode="before")
     @classmethod
-    def _broker_identity(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("broker"), dict):
-            broker = dict(data["broker"])
-            broker.setdefault("factory", data.get("factory"))
-            broker.setdefault("gateway", data.get("gateway"))
-            data = {**data, "broker": broker}
-        return data
+    def _broker_identity(cls, value: Any, info: ValidationInfo) -> Any:
+        # The broker takes the gateway's identity as validated above (fields validate in
+        # order). Copying the raw values instead reported a bad id twice, as ``factory``
+        # and as ``broker.factory``. A value that failed (or is missing) is already an
+        # error of its own: a stand-in keeps it from being reported again.
+        if isinstance(value, dict):
+            identity = {key: info.data.get(key, _STAND_IN) for key in ("factory", "gateway")}
+            value = {**identity, **value}
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -228,45 +241,57 @@ class ConfigError(GatewayError, ValueError):
 _ENV = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def _substitute(data: Any, env: Mapping[str, str]) -> tuple[Any, list[tuple[Loc, str]]]:
+    """``data`` with ``${NAME}`` replaced in every string (mapping keys are left alone),
+    and each unknown name with the location of its string."""
+    unknown: list[tuple[Loc, str]] = []
+
+    def replace(match: re.Match[str]) -> str:
+        return "${" + match[2] + "}" if match[1] else env.get(match[2], "")
+
+    def walk(node: Any, loc: tuple[str | int, ...]) -> Any:
+        if isinstance(node, str):
+            unknown.extend((loc, m[2]) for m in _ENV.finditer(node) if not m[1] and m[2] not in env)
+            return _ENV.sub(replace, node)
+        if isinstance(node, dict):
+            return {key: walk(value, (*loc, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value, (*loc, i)) for i, value in enumerate(node)]
+        return node
+
+    return walk(data, ()), unknown
+
+
+def _unknown_error(unknown: list[tuple[Loc, str]], where: Callable[[Loc], str]) -> ConfigError:
+    return ConfigError(
+        "\n".join(
+            f"{where(loc)}{dotted(loc)}: unknown environment variable {name}"
+            for loc, name in unknown
+        )
+    )
+
+
 def substitute_env(data: Any, environ: Mapping[str, str] | None = None) -> Any:
     """Replace ``${NAME}`` in every string of a parsed file by the environment variable.
 
     ``$${NAME}`` stays literal as ``${NAME}``. Substituting after parsing keeps comments out
-    of it and keeps a secret's characters from changing the YAML structure.
+    of it and keeps a secret's characters from changing the YAML structure. Unknown names
+    are a :class:`ConfigError`, one line per use: ``<location>: unknown environment ...``.
     """
-    env = os.environ if environ is None else environ
-    unknown: set[str] = set()
-
-    def replace(match: re.Match[str]) -> str:
-        if match[1]:
-            return "${" + match[2] + "}"
-        if match[2] not in env:
-            unknown.add(match[2])
-            return ""
-        return env[match[2]]
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, str):
-            return _ENV.sub(replace, node)
-        if isinstance(node, dict):
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(value) for value in node]
-        return node
-
-    result = walk(data)
+    result, unknown = _substitute(data, os.environ if environ is None else environ)
     if unknown:
-        raise ConfigError(f"unknown environment variables: {', '.join(sorted(unknown))}")
+        raise _unknown_error(unknown, lambda _: "")
     return result
 
 
-def load_config(path: Path, environ: dict[str, str] | None = None) -> GatewayConfig:
-    """Read, substitute and validate a gateway file; :class:`ConfigError` lists every error."""
-    try:
-        data = substitute_env(yaml.safe_load(path.read_text()), environ)
-    except (OSError, yaml.YAMLError, ConfigError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, substitute and validate a gateway file; :class:`ConfigError` lists every error
+    with its line in the file."""
+    document = read_yaml(path, ConfigError)
+    data, unknown = _substitute(document.data, os.environ if environ is None else environ)
+    if unknown:
+        raise _unknown_error(unknown, lambda loc: f"{document.where(loc)}: ")
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(error_lines(path, exc)) from exc
+        raise ConfigError(document.error_lines(exc)) from exc
