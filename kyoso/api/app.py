@@ -21,8 +21,10 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import AwareDatetime, BaseModel
 
 from kyoso import __version__
@@ -81,6 +83,15 @@ gateway is offline or whose data is stale has its available capacity withdrawn (
 **Access.** `Authorization: Bearer <key>`; scopes `platform` (aggregated capacity of every
 factory), `factory:<id>` (its own factory only), `admin`.
 """
+
+_DOCS_ASSETS: Final = "/static-offline-docs"
+"""Where fastapi-offline mounts the Swagger UI and ReDoc files of its wheel."""
+_REDOC_POLICY: Final = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "worker-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""ReDoc asks for its logo from its CDN (and hides it when that fails): nothing but the
+app itself may load."""
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: kyo_<id>_<secret>.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -223,12 +234,17 @@ def create_app(
     *,
     lifespan: Callable[[FastAPI], Any] | None = None,
 ) -> FastAPI:
-    """The FastAPI application over ``service``, authenticating with ``keys``."""
-    app = FastAPI(
+    """The FastAPI application over ``service``, authenticating with ``keys``.
+
+    ``/docs`` and ``/redoc`` load Swagger UI and ReDoc from the installed fastapi-offline
+    package, not from a CDN: they work with no network."""
+    app = FastAPIOffline(
         title="Kyoso capacity API",
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        static_url=_DOCS_ASSETS,
+        redoc_url=None,  # served below, under a policy
     )
     app.state.service = service
     app.state.region_bodies = {}
@@ -240,6 +256,20 @@ def create_app(
     async def _root() -> HTMLResponse:
         """The live overview page; it reads its API key in the browser, so it needs none."""
         return HTMLResponse(page, headers=headers)
+
+    @app.get("/redoc", include_in_schema=False)
+    async def _redoc(request: Request) -> HTMLResponse:
+        """ReDoc from the package's files; nothing else may load (``_REDOC_POLICY``)."""
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{_DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers["Content-Security-Policy"] = _REDOC_POLICY
+        return page
 
     @app.get("/healthz", include_in_schema=False)
     async def _healthz() -> dict[str, str]:
