@@ -1,10 +1,12 @@
 """Headless Chromium for the tests of the overview page: render it, read what it shows."""
 
+import os
 import shutil
 import struct
 import subprocess
 import time
 import zlib
+from collections.abc import Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,9 +15,12 @@ __all__ = ["CHROMIUM", "chromium", "png_rows", "rendered"]
 CHROMIUM = shutil.which("chromium")
 
 
-def chromium(workdir: Path, *args: str, budget_ms: int = 10_000) -> str:
+def chromium(
+    workdir: Path, *args: str, budget_ms: int = 10_000, env: Mapping[str, str] | None = None
+) -> str:
     """Run headless Chromium with ``args`` (a URL, ``--dump-dom``, ``--screenshot=...``)
-    and a fresh profile under ``workdir``; its standard output."""
+    and a fresh profile under ``workdir``; its standard output. ``env`` is added to this
+    process's environment (``{"TZ": "Europe/London"}`` sets the browser's time zone)."""
     assert CHROMIUM is not None, "install Debian's chromium (apt-get install -y chromium)"
     profile = workdir / f"profile-{time.monotonic_ns()}"
     completed = subprocess.run(
@@ -34,6 +39,7 @@ def chromium(workdir: Path, *args: str, budget_ms: int = 10_000) -> str:
         text=True,
         timeout=90,
         check=True,
+        env={**os.environ, **(env or {})},
     )
     return completed.stdout
 

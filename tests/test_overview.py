@@ -2,18 +2,26 @@
 Content-Security-Policy, and rendered by a real headless Chromium from a real ``kyoso api``
 over a freshly simulated region."""
 
+import contextlib
+import http.client
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from apikit import Region, build_region, running_api
@@ -110,13 +118,100 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         process.wait(30)
 
 
+def _get(server: Server, path: str, scope: str) -> Any:
+    request = urllib.request.Request(server.base + path)  # noqa: S310 (loopback)
+    request.add_header("Authorization", f"Bearer {server.keys[scope]}")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        return json.load(response)
+
+
 def _shared_capabilities(server: Server, horizon_h: int) -> set[str]:
     """The capabilities the API itself reports across the region."""
-    url = f"{server.base}/v1/capacity?horizon_h={horizon_h}"
-    request = urllib.request.Request(url)  # noqa: S310 (loopback)
-    request.add_header("Authorization", f"Bearer {server.keys['platform']}")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
-        return {p["process"] for p in json.load(response)["by_process"]}
+    return {
+        p["process"]
+        for p in _get(server, f"/v1/capacity?horizon_h={horizon_h}", "platform")["by_process"]
+    }
+
+
+def _factory_zones(server: Server) -> dict[str, str]:
+    """Each factory's time zone, as the API describes its machines' shift calendars."""
+    zones = {}
+    for factory in server.region.simulations:
+        machines = _get(server, f"/v1/factories/{factory}/machines", "admin")
+        found = {m["calendar"]["timezone"] for m in machines}
+        assert len(found) == 1, found
+        zones[factory] = found.pop()
+    return zones
+
+
+def _start_of_day(zone: str, moment: datetime) -> datetime:
+    """Midnight of ``moment``'s date in ``zone``."""
+    local = ZoneInfo(zone)
+    return datetime.combine(moment.astimezone(local).date(), datetime.min.time(), tzinfo=local)
+
+
+def _elsewhere(zone: str, moment: datetime) -> str:
+    """A browser time zone whose date differs from ``zone``'s from ``moment`` for an hour
+    at least, whatever the hour: the page must not take the browser's day for the
+    factory's. UTC-12 or UTC+14 (no daylight saving): one of them is always a day apart."""
+    for candidate in ("Etc/GMT+12", "Pacific/Kiritimati"):
+        if all(
+            (moment + timedelta(minutes=m)).astimezone(ZoneInfo(candidate)).date()
+            != (moment + timedelta(minutes=m)).astimezone(ZoneInfo(zone)).date()
+            for m in (0, 60)
+        ):
+            return candidate
+    raise AssertionError(f"no browser time zone is a day apart from {zone} at {moment}")
+
+
+@dataclass
+class Recorder:
+    """A forwarding HTTP proxy in front of the API: what the page really asked for."""
+
+    base: str
+    paths: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _recording(upstream: str) -> Iterator[Recorder]:
+    """A proxy to ``upstream`` on a free loopback port for the ``with`` block."""
+    target = urllib.parse.urlsplit(upstream)
+    port = free_port()
+    recorder = Recorder(f"http://127.0.0.1:{port}")
+
+    class Forward(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            recorder.paths.append(self.path)
+            connection = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
+            try:
+                skip = {"host", "connection"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                connection.request("GET", self.path, headers=headers)
+                answer = connection.getresponse()
+                body = answer.read()
+            finally:
+                connection.close()
+            self.send_response(answer.status)
+            skip = {"connection", "content-length", "transfer-encoding", "date", "server"}
+            for name, value in answer.getheaders():
+                if name.lower() not in skip:
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", port), Forward)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield recorder
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(10)
 
 
 def test_chromium_renders_every_factory_and_its_capacity(server: Server, tmp_path: Path) -> None:
@@ -164,6 +259,68 @@ def test_chromium_renders_every_factory_and_its_capacity(server: Server, tmp_pat
     print(f"chromium: two runs in {time.monotonic() - started:.1f} s")
 
 
+def test_the_page_asks_for_each_factorys_day_not_the_browsers(
+    server: Server, tmp_path: Path
+) -> None:
+    """Today's KPIs are asked from midnight in the factory's time zone, in a browser a day
+    away from it: the requests the API received say so, whenever the test runs."""
+    zones = _factory_zones(server)
+    before = datetime.now(UTC)
+    elsewhere = {_elsewhere(zone, before) for zone in zones.values()}
+    assert len(elsewhere) == 1  # one browser a day away from every factory
+    with _recording(server.base) as proxy:
+        chromium(
+            tmp_path,
+            "--dump-dom",
+            f"{proxy.base}/#key={server.keys['admin']}",
+            env={"TZ": elsewhere.pop()},
+        )
+    after = datetime.now(UTC)
+    asked: dict[str, set[datetime]] = {}
+    for path in proxy.paths:
+        url = urllib.parse.urlsplit(path)
+        found = re.fullmatch(r"/v1/factories/([^/]+)/kpis", url.path)
+        if found:
+            start = urllib.parse.parse_qs(url.query)["start"][0]
+            asked.setdefault(found[1], set()).add(datetime.fromisoformat(start))
+    assert set(asked) == set(zones), proxy.paths
+    for factory, starts in asked.items():
+        # The factory's date may turn during the run; either day is the factory's.
+        days = {_start_of_day(zones[factory], moment) for moment in (before, after)}
+        assert starts <= days, (factory, starts, days)
+
+
+def test_the_page_shows_each_factorys_time_and_zone(server: Server, tmp_path: Path) -> None:
+    """The factory's date, day start and zone on its row; the header's clock in its zone."""
+    zones = _factory_zones(server)
+    before = datetime.now(UTC)
+    browser = _elsewhere(next(iter(zones.values())), before)
+    dom = chromium(
+        tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['admin']}", env={"TZ": browser}
+    )
+    after = datetime.now(UTC)
+    elements = rendered(dom)
+    assert next(e for e in elements if e.get("id") == "overview")["data-state"] == "ready", dom
+    clocks = {e["data-factory-time"]: e for e in elements if "data-factory-time" in e}
+    assert set(clocks) == set(zones)
+    for factory, cell in clocks.items():
+        zone = zones[factory]
+        assert cell["data-zone"] == zone
+        days = {moment.astimezone(ZoneInfo(zone)).date() for moment in (before, after)}
+        assert date.fromisoformat(cell["data-day"]) in days
+        assert datetime.fromisoformat(cell["data-day-start"]) in {
+            _start_of_day(zone, moment) for moment in (before, after)
+        }
+    text = re.sub(r"<[^>]+>", " ", dom)
+    for zone in set(zones.values()):
+        assert zone in text
+    status = re.search(r'<p id="status"[^>]*>([^<]*)</p>', dom)
+    assert status is not None
+    assert "Updated" in status[1]
+    assert all(zone in status[1] for zone in set(zones.values())), status[1]
+    assert browser not in text  # nothing is shown in the browser's zone
+
+
 def test_a_platform_key_sees_the_aggregated_capacity_only(server: Server, tmp_path: Path) -> None:
     dom = chromium(tmp_path, "--dump-dom", f"{server.base}/#key={server.keys['platform']}")
     elements = rendered(dom)
@@ -172,6 +329,7 @@ def test_a_platform_key_sees_the_aggregated_capacity_only(server: Server, tmp_pa
     assert main["data-scope"] == "aggregate"  # the 403s on machine detail are not errors
     notice = next(e for e in elements if e.get("id") == "machines-note")
     assert "hidden" not in notice
+    assert "this browser's time" in dom  # no factory's zone is known: the header says whose
     assert {e["data-factory"] for e in elements if "data-factory" in e} == set(
         server.region.simulations
     )
