@@ -3,6 +3,8 @@
 import asyncio
 import itertools
 import json
+import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -153,17 +155,18 @@ def kyoso(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_check_reports_each_error_with_its_location(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     source = (shipped_factories()[0]).read_text()
+    seed_line = source.splitlines().index("seed: 3303") + 1
     bad.write_text(
-        source.replace("calendar: three-shift", "calendar: nope", 1).replace(
+        source.replace("calendar: around-the-clock", "calendar: nope", 1).replace(
             "seed: 3303", "seed: x"
         )
     )
     result = kyoso("simulate", "--check", str(bad))
     assert result.returncode == 2
-    assert f"{bad}: seed: Input should be a valid integer" in result.stderr
+    assert f"{bad}:{seed_line}: seed: Input should be a valid integer" in result.stderr
     good = kyoso("simulate", "--check")
     assert good.returncode == 0
-    assert "okada-machining: 7 machines, ok" in good.stdout
+    assert "okada-machining: 8 machines, ok" in good.stdout
 
 
 def test_cli_list_and_bad_arguments() -> None:
@@ -189,3 +192,33 @@ def test_cli_runs_for_a_duration_and_writes_ground_truth(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{f.factory}.jsonl" for f in FACTORIES
     )
+
+
+@pytest.mark.integration
+def test_clamps_lose_nothing_when_the_broker_is_up_and_say_when_it_is_not(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readings before the first connection are not taken, so not lost: no warning then."""
+    factory = next(f for f in FACTORIES if any(m.source.kind == "clamp" for m in f.machines))
+
+    async def run(port: int) -> Simulation:
+        options = SimulationOptions(ephemeral_ports=True, mqtt_host=mosquitto.host, mqtt_port=port)
+        async with Simulation([factory], SimClock(START, 10.0), options) as sim:
+            await asyncio.sleep(2)
+        return sim
+
+    with caplog.at_level(logging.WARNING, logger="kyoso.simulators.clamp"):
+        up = asyncio.run(run(mosquitto.port))
+    publisher = up.publishers[factory.factory]
+    assert publisher.published > 0
+    assert publisher.lost == 0
+    assert not caplog.records
+    with socket.socket() as closed:  # bound, not listening: connections are refused
+        closed.bind((mosquitto.host, 0))
+        port = closed.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="kyoso.simulators.clamp"):
+            down = asyncio.run(run(port))
+    assert down.publishers[factory.factory].published == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"clamps: cannot reach broker {mosquitto.host}:{port}, retrying"
+    ]

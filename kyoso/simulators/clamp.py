@@ -66,8 +66,10 @@ class ClampSensor:
 class ClampPublisher:
     """Publishes every clamp of a factory at its period, in simulation time.
 
-    Sensors do not buffer: while the local broker is unreachable their readings are lost,
-    as with the real firmware. Lost readings are counted and logged once per outage.
+    Sensors do not buffer: once connected, readings taken while the local broker is
+    unreachable are lost, as with the real firmware; they are counted and logged once per
+    outage. Before the first connection a sensor is still booting and takes no reading, so
+    nothing is lost then: a broker that cannot be reached is logged as such instead.
     """
 
     def __init__(
@@ -91,20 +93,37 @@ class ClampPublisher:
             protocol=mqtt.MQTTv5,
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect_fail = self._on_connect_fail
         self._address = (host, port)
         self._outage = False
+        self._unreachable = False
 
     async def run(self) -> None:
-        """Publish until cancelled."""
+        """Publish until cancelled, from the first connection to the broker on."""
+        loop = asyncio.get_running_loop()
+        connected = asyncio.Event()
+
+        def on_connect(*_: object) -> None:
+            self._unreachable = False
+            loop.call_soon_threadsafe(connected.set)
+
+        self._client.on_connect = on_connect
         self._client.connect_async(*self._address, keepalive=30)
         self._client.loop_start()
         try:
+            await connected.wait()
             async with asyncio.TaskGroup() as group:
                 for sensor in self.sensors:
                     group.create_task(self._publish_loop(sensor))
         finally:
             self._client.disconnect()
             self._client.loop_stop()
+
+    def _on_connect_fail(self, *_: object) -> None:
+        """Called by paho's thread when a connection attempt fails (it retries)."""
+        if not self._unreachable:
+            log.warning("clamps: cannot reach broker %s:%d, retrying", *self._address)
+        self._unreachable = True
 
     async def _publish_loop(self, sensor: ClampSensor) -> None:
         wall_period = sensor.source.period_s / self.scale
