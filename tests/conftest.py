@@ -8,7 +8,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from executables import PACKAGES, install_hook, unlisted
 from services import InfluxDB, Mosquitto
+
+# --- programs the tests start ---------------------------------------------------------------
+#
+# Each must come from a Debian package that .ci/run installs (tests/executables.py).
+
+install_hook()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield
+    missing = unlisted()
+    if missing:
+        pytest.fail(
+            f"{item.nodeid} started {', '.join(missing)}, which {PACKAGES.name} in .ci/ does "
+            "not list: add each with the Debian package that brings it, so that CI installs "
+            "it on a fresh machine"
+        )
+
 
 # --- real services ------------------------------------------------------------------------
 #

@@ -1,0 +1,63 @@
+"""Every program a test starts must come from a Debian package that .ci/run installs.
+
+A machine that happens to have a program (installed by hand, or by an earlier session)
+hides a missing install step until CI runs on a fresh one: that is how ``mosquitto_sub``
+once went missing. An audit hook (PEP 578) sees every process the test session starts,
+whatever starts it (``subprocess``, asyncio, a library); after each test, the programs it
+started are looked up in ``.ci/packages``, and a program not listed there fails the test.
+Python itself (this interpreter, and what the virtual environment installs) is exempt:
+pip installs it.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ROOT / ".ci" / "packages"
+
+__all__ = ["PACKAGES", "install_hook", "packages", "unlisted"]
+
+_started: list[str] = []
+
+
+def packages() -> dict[str, str]:
+    """Program name -> Debian package, from ``.ci/packages``."""
+    table = {}
+    for line in PACKAGES.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            program, package = fields
+            table[program] = package
+    return table
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "subprocess.Popen":
+        executable, argv = args[0], args[1]
+        program = executable if executable is not None else next(iter(argv or []), None)
+        if program is not None:
+            _started.append(os.fsdecode(program))
+    elif event == "os.posix_spawn":
+        _started.append(os.fsdecode(args[0]))
+
+
+def install_hook() -> None:
+    """Start recording the programs this process starts (once per process)."""
+    sys.addaudithook(_audit)
+
+
+def _exempt(program: str) -> bool:
+    path = Path(program)
+    if not path.is_absolute():
+        return path.name.startswith("python")
+    resolved = path.resolve()
+    return path.parent == Path(sys.executable).parent or resolved == Path(sys.executable).resolve()
+
+
+def unlisted() -> list[str]:
+    """The programs started since the last call that ``.ci/packages`` does not list."""
+    started, _started[:] = list(_started), []
+    table = packages()
+    return sorted({Path(p).name for p in started if not _exempt(p) and Path(p).name not in table})
