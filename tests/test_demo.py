@@ -21,7 +21,9 @@ from services import InfluxDB, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTORIES = {"mori-plastics", "okada-machining", "sato-sheetmetal"}
-READY_WITHIN_S = 20.0
+LIVE_WITHIN_S = 120.0
+"""Give up waiting for live figures after this long (a hang, not a slow start: how fast
+the demo answers is measured by bench/demo.py)."""
 
 
 class Demo:
@@ -80,12 +82,14 @@ def _get(url: str, key: str) -> tuple[int, Any]:
         return 0, None
 
 
-def _capacity_of_every_factory(base: str, key: str, timeout: float) -> dict[str, Any]:
+def _capacity_of_every_factory(
+    base: str, key: str, timeout: float, horizon_h: int = 24
+) -> dict[str, Any]:
     """Poll the regional capacity until every demo factory is in it, live."""
     deadline = time.monotonic() + timeout
     status, body = 0, None
     while time.monotonic() < deadline:
-        status, body = _get(f"{base}/v1/capacity?horizon_h=24", key)
+        status, body = _get(f"{base}/v1/capacity?horizon_h={horizon_h}", key)
         if status == 200:
             live = {f["factory"] for f in body["factories"] if not f["offline"] and f["by_process"]}
             if live == FACTORIES:
@@ -99,16 +103,71 @@ def _command(python: Path, data: Path) -> list[str]:
             "--mqtt-port", "0"]  # fmt: skip
 
 
+def _backfilled(demo: Demo, timeout: float = 300.0) -> int:
+    """The samples the demo's background backfill wrote, once it says it is done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"history: (\d+) samples backfilled", demo.output)
+        if found:
+            return int(found.group(1))
+        assert demo.process.poll() is None, demo.output[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"the backfill did not end:\n{demo.output[-3000:]}")
+
+
+def _confident(base: str, key: str, timeout: float) -> dict[str, Any]:
+    """The regional capacity over the next week once history backs every figure (and none
+    is still marked as being backfilled): the caches hold figures a few seconds, so poll.
+    A week, because every capability has planned time in it; in the next 24 h it may not
+    (a Sunday in Tokyo), and a figure over no planned time has no confidence."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = _capacity_of_every_factory(base, key, timeout, horizon_h=168)
+        figures = body["by_process"]
+        if all(p["confidence"] > 0 and "history:backfilling" not in p["reasons"] for p in figures):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"figures without history after {timeout} s: {body}")
+
+
 def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo-data"
     demo = Demo(_command(Path(sys.executable), demo_dir), ROOT)
     try:
         base = demo.url()
         keys = json.loads((demo_dir / "demo-keys.json").read_text())
-        body = _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
-        ready_s = time.monotonic() - demo.started
-        assert ready_s < READY_WITHIN_S
-        assert all(p["total"] >= 0 and p["confidence"] > 0 for p in body["by_process"])
+        # The page answers at once; the week of history fills in the background.
+        assert "History       : 7.0 days filling in the background" in demo.output
+        _capacity_of_every_factory(base, keys["platform"], LIVE_WITHIN_S)
+        # One demo per data directory: a second one says so in one line, starting nothing.
+        second = subprocess.run(
+            _command(Path(sys.executable), demo_dir),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"kyoso demo: {demo_dir} is in use by another kyoso demo: stop that one, or give "
+            "this one its own --data-dir"
+        ]
+        assert "listening" not in second.stdout + second.stderr
+        assert _backfilled(demo) > 30_000  # a week of every machine, every 5 minutes
+        body = _confident(base, keys["platform"], 60)
+        assert all(p["total"] > 0 for p in body["by_process"])
+        # Alive at any hour: Mori Plastics works around the clock, every day.
+        status, now = _get(f"{base}/v1/capacity?horizon_h=1", keys["platform"])
+        assert status == 200
+        assert "injection_moulding" in {p["process"] for p in now["by_process"] if p["total"] > 0}
+        # Factories share capabilities: a mill down at Okada finds cover at Mori.
+        status, cover = _get(
+            f"{base}/v1/search/cover?factory=okada-machining&machine=cnc-02", keys["platform"]
+        )
+        assert status == 200
+        assert [c["process"] for c in cover] == ["cnc_milling_3axis"]
+        assert "mori-plastics" in {c["factory"] for c in cover[0]["candidates"]}
         # Live data arrives through the broker: the gateways' statuses, then their samples.
         deadline = time.monotonic() + 30
         online: dict[str, int] = {}
@@ -121,11 +180,12 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
         assert all(f["data_age_s"] < 60 for f in factories)
         status, machines = _get(f"{base}/v1/factories/okada-machining/machines", keys["admin"])
         assert status == 200
-        assert len(machines) == 7
+        assert len(machines) == 8
         # The overview page, rendered by headless Chromium from the running demo.
         dom = chromium(tmp_path, "--dump-dom", f"{base}/#key={keys['admin']}")
         elements = rendered(dom)
         assert next(e for e in elements if e.get("id") == "overview")["data-state"] == "ready"
+        assert next(e for e in elements if e.get("id") == "notice")["data-backfilling"] == "false"
         assert {e["data-factory"] for e in elements if "data-factory" in e} == FACTORIES
         shown = {e["data-factory-capacity"] for e in elements if "data-factory-capacity" in e}
         assert shown == FACTORIES
@@ -144,21 +204,30 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
         code = demo.stop()
     assert code == 0, demo.output[-3000:]
     assert "Traceback" not in demo.output
-    history = re.search(r"History\s+: (\d+) samples backfilled", demo.output)
-    assert history is not None
-    assert int(history.group(1)) > 30_000  # a week of every machine, every 5 minutes
 
     again = Demo(_command(Path(sys.executable), demo_dir), ROOT)
     try:
         base = again.url()
         same_keys = json.loads((demo_dir / "demo-keys.json").read_text())
         assert same_keys == keys
-        _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
+        # The week is in the store already, up to the first run's last sample.
+        assert "History       : complete" in again.output
+        _confident(base, keys["platform"], 60)
     finally:
         assert again.stop() == 0
-    rerun = re.search(r"History\s+: (\d+) samples backfilled", again.output)
-    assert rerun is not None
-    assert int(rerun.group(1)) < 1000  # only the gap since the first run
+    assert "Traceback" not in again.output
+
+
+def test_ctrl_c_while_the_demo_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    demo = Demo(_command(Path(sys.executable), tmp_path / "demo-data"), ROOT)
+    deadline = time.monotonic() + 60
+    while "embedded MQTT broker listening" not in demo.output:  # the start has begun
+        assert time.monotonic() < deadline, demo.output[-3000:]
+        assert demo.process.poll() is None, demo.output[-3000:]
+        time.sleep(0.01)
+    assert demo.stop() == 0, demo.output[-3000:]
+    assert "Traceback" not in demo.output
+    assert "embedded MQTT broker stopped" in demo.output
 
 
 @pytest.mark.integration
@@ -178,8 +247,9 @@ def test_the_demo_runs_on_an_external_broker_and_influxdb(
     try:
         base = demo.url()
         keys = json.loads((tmp_path / "demo-data" / "demo-keys.json").read_text())
-        _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
+        _capacity_of_every_factory(base, keys["platform"], LIVE_WITHIN_S)
         assert f"MQTT broker   : {mosquitto.host}:{mosquitto.port}" in demo.output
+        assert _backfilled(demo) > 2 * 288 * 20
         # The history and the live samples are in InfluxDB, one database per factory.
         databases = influxdb.query("SHOW DATABASES")["results"][0]["series"][0]["values"]
         assert {f"kyoso_{f}" for f in FACTORIES} <= {row[0] for row in databases}
@@ -243,6 +313,6 @@ def test_a_fresh_install_as_the_readme_says_runs_the_demo(tmp_path: Path) -> Non
     try:
         base = demo.url()
         keys = json.loads((checkout / "kyoso-demo" / "demo-keys.json").read_text())
-        _capacity_of_every_factory(base, keys["platform"], READY_WITHIN_S)
+        _capacity_of_every_factory(base, keys["platform"], LIVE_WITHIN_S)
     finally:
         assert demo.stop() == 0

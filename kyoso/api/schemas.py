@@ -114,7 +114,7 @@ class CapacityOut(_Body):
     )
     reasons: list[str] = Field(
         description="How it was derived: forecast:<method>, booked, down, offline, "
-        "no_planned_time.",
+        "no_planned_time; history:backfilling while history is still being written.",
         examples=[["forecast:hour_of_week"]],
     )
 

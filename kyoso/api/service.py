@@ -195,18 +195,23 @@ class CapacityService:
         rules: CapacityRules,
         *,
         clock: Callable[[], float] = time.time,
+        backfilling: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.bookings = bookings
         self.rules = rules
         self._clock = clock
+        self._backfilling = backfilling
         self._views = _Cache(rules.cache_ttl_s, time.monotonic)
         self._capacity = _Cache(rules.cache_ttl_s, time.monotonic)
         self._profiles = _Cache(rules.profile_ttl_s, time.monotonic)
 
-    def forget(self, factory: str) -> None:
-        """Recompute the factory's capacity on the next request (its bookings changed)."""
+    def forget(self, factory: str, *, history: bool = False) -> None:
+        """Recompute the factory's capacity on the next request (its bookings changed), and
+        with ``history`` its load profiles too (history was written into its past)."""
         self._capacity.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
+        if history:
+            self._profiles.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
 
     def now(self) -> datetime:
         """The service's clock (UTC)."""
@@ -269,6 +274,7 @@ class CapacityService:
         profiles = await self._profiles_of(factory, view)
         declared = await asyncio.to_thread(self.bookings.declared, factory)
         repair = timedelta(seconds=self.rules.repair_estimate_s)
+        backfilling = self._backfilling()
 
         def compute() -> list[MachineCapacity]:
             # Pure CPU (an hour loop per machine): off the event loop, which keeps serving.
@@ -290,6 +296,8 @@ class CapacityService:
                 fresh = not (machine.stale or view.offline)
                 if not fresh:
                     figures = figures.withdrawn("offline")
+                if backfilling:
+                    figures = figures.noted("history:backfilling")
                 machines.append(
                     MachineCapacity(
                         machine=name,

@@ -25,7 +25,7 @@ time without data and ``unknown`` time neither count as idle nor as load; they l
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
@@ -152,6 +152,10 @@ class CapacityFigures:
             self.available_s + other.available_s,
             tuple(dict.fromkeys(self.reasons + other.reasons)),
         )
+
+    def noted(self, reason: str) -> "CapacityFigures":
+        """The same figures with one more reason to read them with care."""
+        return replace(self, reasons=tuple(dict.fromkeys((*self.reasons, reason))))
 
     def withdrawn(self, reason: str) -> "CapacityFigures":
         """The same planned time with nothing available: all but the committed load is

@@ -5,10 +5,10 @@ What runs, all on one asyncio loop (the broker in its own child process):
 1. an **embedded MQTT 5 broker** (:mod:`kyoso.demo.broker`), or an external one;
 2. the **shipped demo factories** (:mod:`kyoso.simulators`): Modbus TCP servers on free
    ports and current clamps publishing to the broker;
-3. a **backfill**: the week before now (or the gap since the last run), as the gateways
-   would have published it (:mod:`kyoso.simulators.history`, one sample per machine every
-   5 minutes), written straight into the store before anything else starts, so that
-   capacity and KPIs have history from the first second;
+3. a **backfill**: the week before now (or what is missing of it since the last run), as
+   the gateways would have published it (:mod:`kyoso.simulators.history`, one sample per
+   machine every 5 minutes), made in a worker process and written straight into the store
+   newest day first while everything else already runs (:mod:`kyoso.demo.backfill`);
 4. **one gateway per factory** (:class:`kyoso.gateway.agent.Gateway`) reading the machines
    over Modbus and the clamps over MQTT, publishing to the broker;
 5. the **ingest** (:class:`kyoso.ingest.service.Ingest`) subscribing to the broker and
@@ -17,19 +17,22 @@ What runs, all on one asyncio loop (the broker in its own child process):
 
 The live data takes the production path: gateways publish MQTT, the ingest subscribes.
 Everything lives in the data directory (store, dead letters, outboxes, API keys, bookings)
-and is kept for the next run; Ctrl-C stops everything cleanly. The demo's API keys are
+and is kept for the next run, which a lock keeps to one demo at a time; Ctrl-C stops
+everything cleanly at any point, during the start included. The demo's API keys are
 kept in plain text in ``<data dir>/demo-keys.json`` (mode 0600) so that the page can be
 opened again: a demo convenience, not how a deployment keeps keys.
 """
 
 import asyncio
 import contextlib
+import fcntl
+import functools
 import json
 import logging
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -50,11 +53,12 @@ from kyoso.ingest.influx import InfluxConfig
 from kyoso.ingest.service import Ingest
 from kyoso.simulators.config import FactoryConfig, load_factory, shipped_factories
 from kyoso.simulators.gateways import gateway_config
-from kyoso.simulators.history import history_descriptions, history_samples
+from kyoso.simulators.history import history_descriptions
 from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
 from kyoso.store import SqliteStore, Store
 from kyoso.store.influx import InfluxStore
 
+from .backfill import Backfill, BackfillProgress
 from .broker import EmbeddedBroker, EmbeddedBrokerError
 
 __all__ = ["DemoError", "DemoInfo", "DemoOptions", "run_demo"]
@@ -63,8 +67,6 @@ log = logging.getLogger(__name__)
 
 GATEWAY = "gw-01"
 DEMO_CACHE_TTL_S = 3.0
-HISTORY_INTERVAL_S = 300.0
-"""Backfilled samples are 5 minutes apart: a week of the shipped region in about 3 s."""
 
 
 class DemoError(RuntimeError):
@@ -97,7 +99,7 @@ class DemoInfo:
     broker: str
     keys: dict[str, str]
     factories: list[str]
-    backfilled_samples: int
+    history: BackfillProgress
     data_dir: Path
 
 
@@ -117,23 +119,19 @@ def _keys(data_dir: Path) -> tuple[ApiKeyStore, dict[str, str]]:
     return store, keys
 
 
-async def _backfill(store: Store, sim: Simulation, start: float, end: float) -> int:
-    """Write the history of ``[start, end)`` not yet stored, and the machines'
-    descriptions (their gateways publish them again once connected); return the samples
-    written."""
-    written = 0
-    for name, factory in sim.factories.items():
-        for description in history_descriptions(factory.config, start, gateway=GATEWAY):
-            await store.write_description(description)
-        latest = await store.latest_samples(name)
-        begin = max([start, *(s.sample.ts.timestamp() for s in latest.values())])
-        if end - begin < HISTORY_INTERVAL_S:
-            continue
-        samples = history_samples(factory, begin, end, interval_s=HISTORY_INTERVAL_S)
-        for machine_samples in samples.values():
-            await store.write_samples(name, GATEWAY, "backfill", machine_samples)
-            written += len(machine_samples)
-    return written
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory for this demo; :class:`DemoError` if another one has it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "demo.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DemoError(
+                f"{data_dir} is in use by another kyoso demo: stop that one, or give this "
+                "one its own --data-dir"
+            ) from None
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -164,81 +162,135 @@ async def run_demo(
 ) -> None:
     """Run the demo until ``stop`` is set (or the API server stops on a signal).
 
-    Raises :class:`DemoError` when a port it needs is taken (before starting anything)."""
-    options.data_dir.mkdir(parents=True, exist_ok=True)
+    Raises :class:`DemoError` when its data directory is in use or a port it needs is taken
+    (before starting anything). ``stop`` set during the start ends it there."""
     configs: list[FactoryConfig] = [load_factory(p) for p in options.factories]
-    clock = SimClock()
-    try:  # the API's port first: a taken one stops the demo before anything else starts
-        api_socket = socket.create_server((options.host, options.api_port))
-    except OSError as exc:
-        raise DemoError(
-            f"the API cannot listen on {options.host}:{options.api_port}: {exc}"
-        ) from exc
-    async with contextlib.AsyncExitStack() as stack:
-        stack.callback(api_socket.close)
-        try:
-            host, port = await stack.enter_async_context(_broker(options))
-        except EmbeddedBrokerError as exc:
-            raise DemoError(f"{exc} (--mqtt-port 0 picks a free port)") from exc
-        store = await stack.enter_async_context(_store(options))
-        sim_options = SimulationOptions(
-            backfill_s=options.backfill.total_seconds(),
-            host=options.host,
-            ephemeral_ports=True,
-            mqtt_host=host,
-            mqtt_port=port,
-        )
-        sim = Simulation(configs, clock, sim_options)
-        started = time.monotonic()
-        backfilled = await _backfill(
-            store, sim, clock.start - options.backfill.total_seconds(), clock.start
-        )
-        log.info("backfilled %d samples in %.1f s", backfilled, time.monotonic() - started)
-        await stack.enter_async_context(sim)
-        keys, made = _keys(options.data_dir)
-        stack.callback(keys.close)
-        bookings = BookingStore(options.data_dir / "bookings.sqlite3")
-        stack.callback(bookings.close)
-        gateways, ingest = _components(options, sim, store, (host, port), stop)
-        # Figures a few seconds old at most: the page is watched live, by one person.
-        service = CapacityService(store, bookings, CapacityRules(cache_ttl_s=DEMO_CACHE_TTL_S))
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(service, keys),
-                host=options.host,
-                port=options.api_port,
-                log_config=None,
-                access_log=False,
-            )
-        )
-        api = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
-        while not server.started and not api.done():
-            await asyncio.wait({api}, timeout=0.05)
-        if api.done():
-            stop.set()
-        elif on_ready is not None:
-            on_ready(
-                DemoInfo(
-                    api_url=f"http://{options.host}:{api_socket.getsockname()[1]}",
-                    broker=f"{host}:{port}",
-                    keys=made,
-                    factories=[c.factory for c in configs],
-                    backfilled_samples=backfilled,
-                    data_dir=options.data_dir,
-                )
-            )
+    with _locked(options.data_dir):
+        try:  # the API's port first: a taken one stops the demo before anything else starts
+            api_socket = socket.create_server((options.host, options.api_port))
+        except OSError as exc:
+            raise DemoError(
+                f"the API cannot listen on {options.host}:{options.api_port}: {exc}"
+            ) from exc
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(api_socket.close)
+            starting = asyncio.create_task(_start(stack, options, configs, api_socket, stop))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # stopped while starting: unwind what has started
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            stopping.cancel()
+            running = starting.result()
+            if on_ready is not None and not running.api.done():
+                on_ready(running.info)
+            await running.wait(stop)
+
+
+@dataclass(slots=True)
+class _Running:
+    """The started demo: what stops it, in order."""
+
+    info: DemoInfo
+    server: uvicorn.Server
+    api: "asyncio.Task[None]"
+    backfill: "asyncio.Task[None]"
+    gateways: list["asyncio.Task[None]"]
+    ingest: "_IngestRun"
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` (or the API server stopped on a signal), then stop in order."""
         waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({api, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({self.api, waiter}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()  # the server stopped on a signal: stop the rest too
-        server.should_exit = True
+        self.server.should_exit = True
+        self.backfill.cancel()  # what it wrote is in the ledger; the next run goes on
         # In order, so nothing is left in between: the gateways deliver what they hold to
         # the broker, the ingest takes it from the broker and stores it, then the rest.
-        await asyncio.gather(api, waiter, *gateways, return_exceptions=True)
-        await ingest.stop_when_quiet()
-        tasks = [*gateways, ingest.task]
-        for task in tasks:
+        await asyncio.gather(self.api, waiter, self.backfill, *self.gateways,
+                             return_exceptions=True)  # fmt: skip
+        await self.ingest.stop_when_quiet()
+        for task in [*self.gateways, self.ingest.task]:
             if not task.cancelled() and task.exception() is not None:
                 log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+async def _start(
+    stack: contextlib.AsyncExitStack,
+    options: DemoOptions,
+    configs: list[FactoryConfig],
+    api_socket: socket.socket,
+    stop: asyncio.Event,
+) -> _Running:
+    """Start every part, each unwound by ``stack``; the history fills in the background."""
+    try:
+        host, port = await stack.enter_async_context(_broker(options))
+    except EmbeddedBrokerError as exc:
+        raise DemoError(f"{exc} (--mqtt-port 0 picks a free port)") from exc
+    store = await stack.enter_async_context(_store(options))
+    clock = SimClock()
+    window = (clock.start - options.backfill.total_seconds(), clock.start)
+    sim_options = SimulationOptions(
+        backfill_s=options.backfill.total_seconds(),
+        host=options.host,
+        ephemeral_ports=True,
+        mqtt_host=host,
+        mqtt_port=port,
+    )
+    sim = Simulation(configs, clock, sim_options)
+    for factory in sim.factories.values():
+        for description in history_descriptions(factory.config, window[0], gateway=GATEWAY):
+            await store.write_description(description)
+    keys, made = _keys(options.data_dir)
+    stack.callback(keys.close)
+    bookings = BookingStore(options.data_dir / "bookings.sqlite3")
+    stack.callback(bookings.close)
+    backfill = Backfill(
+        store, options.factories, window, ledger=options.data_dir / "history.json", gateway=GATEWAY
+    )
+    # Figures a few seconds old at most: the page is watched live, by one person.
+    service = CapacityService(
+        store,
+        bookings,
+        CapacityRules(cache_ttl_s=DEMO_CACHE_TTL_S),
+        backfilling=lambda: backfill.progress.running,
+    )
+    backfill.written = functools.partial(service.forget, history=True)
+    await backfill.plan(list(sim.factories))  # before any live sample arrives
+    history = asyncio.create_task(backfill.run(), name="backfill")
+    stack.push_async_callback(_cancelled, history)
+    await stack.enter_async_context(sim)
+    gateways, ingest = _components(options, sim, store, (host, port), stop)
+    for task in [*gateways, ingest.task]:  # done by then, unless the start was cut short
+        stack.push_async_callback(_cancelled, task)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service, keys),
+            host=options.host,
+            port=options.api_port,
+            log_config=None,
+            access_log=False,
+        )
+    )
+    api = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
+    stack.push_async_callback(_cancelled, api)
+    while not server.started and not api.done():
+        await asyncio.wait({api}, timeout=0.05)
+    info = DemoInfo(
+        api_url=f"http://{options.host}:{api_socket.getsockname()[1]}",
+        broker=f"{host}:{port}",
+        keys=made,
+        factories=[c.factory for c in configs],
+        history=backfill.progress,
+        data_dir=options.data_dir,
+    )
+    return _Running(info, server, api, history, gateways, ingest)
+
+
+async def _cancelled(task: "asyncio.Task[None]") -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 class _IngestRun:
@@ -326,12 +378,21 @@ def guide(info: DemoInfo) -> str:
             f"  Overview page : {info.api_url}/#key={admin}",
             f"  API docs      : {info.api_url}/docs",
             f"  Capacity      : curl -H 'Authorization: Bearer {info.keys['platform']}' "
-            f"{info.api_url}/v1/capacity?horizon_h=24",
+            f"'{info.api_url}/v1/capacity?horizon_h=24'",
             f"  MQTT broker   : {info.broker} (topics kyoso/v1/#)",
             f"  Factories     : {', '.join(info.factories)}",
-            f"  History       : {info.backfilled_samples} samples backfilled",
+            f"  History       : {_history(info.history)}",
             f"  Data          : {info.data_dir.resolve()} (keys in demo-keys.json)",
             "Press Ctrl-C to stop; the data directory is kept for the next run.",
             "",
         ]
+    )
+
+
+def _history(progress: BackfillProgress) -> str:
+    if progress.complete:
+        return "complete"
+    return (
+        f"{progress.todo_s / 86400:.1f} days filling in the background, newest first "
+        "(figures firm up as it goes; the log says when it is done)"
     )
