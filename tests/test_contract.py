@@ -1368,6 +1368,40 @@ def test_adjacent_shifts_merge_and_the_window_clips() -> None:
         assert planned(cal, *(f"2026-01-12 {t}" for t in empty)) == [], empty
 
 
+def test_the_shift_in_progress_includes_its_breaks_and_skips_holidays_and_maintenance() -> None:
+    window = Maintenance(
+        start=datetime(2026, 1, 12, 9, tzinfo=TOKYO), end=datetime(2026, 1, 12, 11, tzinfo=TOKYO)
+    )
+    cal = calendar(
+        TOKYO_ZONE, DAY_SHIFT, NIGHT_SHIFT, holidays=[date(2026, 1, 14)], maintenance=[window]
+    )
+
+    def shift_at(moment: str) -> tuple[str, datetime, datetime] | None:
+        found = cal.shift_at(local(TOKYO_ZONE, moment))
+        return None if found is None else (found[0].name, found[1], found[2])
+
+    day = (
+        DAY_SHIFT.name,
+        local(TOKYO_ZONE, "2026-01-13 06:00"),
+        local(TOKYO_ZONE, "2026-01-13 14:00"),
+    )
+    assert shift_at("2026-01-13 06:00") == day
+    assert shift_at("2026-01-13 10:10") == day  # in its break
+    assert shift_at("2026-01-13 14:00") is None
+    # Tuesday's night shift runs into Wednesday's holiday; nothing starts on the holiday.
+    night = shift_at("2026-01-14 03:00")
+    assert night is not None
+    assert night[1:] == (
+        local(TOKYO_ZONE, "2026-01-13 22:00"),
+        local(TOKYO_ZONE, "2026-01-14 06:00"),
+    )
+    assert shift_at("2026-01-14 08:00") is None
+    assert shift_at("2026-01-12 10:00") is None  # planned maintenance
+    assert all(t.tzinfo is UTC for t in night[1:])
+    with pytest.raises(ValueError, match="timezone-aware"):
+        cal.shift_at(datetime(2026, 1, 13, 8))
+
+
 BERLIN = "Europe/Berlin"
 
 

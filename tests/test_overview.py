@@ -29,6 +29,8 @@ from browser import chromium, png_rows, rendered
 from ingestkit import wait_until
 from services import free_port
 
+from kyoso.contract.calendar import ShiftCalendar
+
 DAYS = 2
 
 
@@ -319,6 +321,17 @@ def test_the_page_shows_each_factorys_time_and_zone(server: Server, tmp_path: Pa
     assert "Updated" in status[1]
     assert all(zone in status[1] for zone in set(zones.values())), status[1]
     assert browser not in text  # nothing is shown in the browser's zone
+    # Each machine's shift in progress, as its calendar has it, in the factory's time.
+    shifts = {e["data-shift-of"]: e for e in elements if "data-shift-of" in e}
+    for factory in zones:
+        for machine in _get(server, f"/v1/factories/{factory}/machines", "admin"):
+            calendar = ShiftCalendar.model_validate(machine["calendar"])
+            expected = set()
+            for moment in (before, after):
+                found = calendar.shift_at(moment)
+                expected.add("" if found is None else found[0].name)
+            cell = shifts[f"{factory}/{machine['machine']}"]
+            assert cell["data-shift"] in expected, (factory, machine["machine"])
 
 
 def test_a_platform_key_sees_the_aggregated_capacity_only(server: Server, tmp_path: Path) -> None:

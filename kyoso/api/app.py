@@ -55,6 +55,7 @@ from .schemas import (
     RegionCapacityOut,
     RegionProcessOut,
     SearchOut,
+    ShiftOut,
     TimeElementsOut,
 )
 from .service import CapacityService, FactoryCapacity, MachineCapacity, MachineView
@@ -774,6 +775,7 @@ def _sum(machines: list[MachineCapacity]) -> CapacityFigures:
 def _machine(view: MachineView, as_of: datetime) -> MachineOut:
     d = view.description
     latest = view.latest
+    shift = d.calendar.shift_at(as_of)
     return MachineOut(
         machine=d.machine,
         name=d.name,
@@ -781,6 +783,7 @@ def _machine(view: MachineView, as_of: datetime) -> MachineOut:
         capabilities=d.capabilities,
         ideal_cycle_time_s=d.ideal_cycle_time_s,
         calendar=d.calendar,
+        shift=None if shift is None else ShiftOut(name=shift[0].name, start=shift[1], end=shift[2]),
         share_capacity=d.sharing.capacity,
         share_kpis=d.sharing.kpis,
         state=None if latest is None else latest.sample.state,

@@ -39,6 +39,14 @@ class FactoryOut(_Body):
     as_of: datetime
 
 
+class ShiftOut(_Body):
+    """A shift of the machine's calendar, in progress (breaks included)."""
+
+    name: str = Field(examples=["early"])
+    start: datetime = Field(description="When it began (UTC; local times are in the calendar).")
+    end: datetime = Field(description="When it ends (UTC).")
+
+
 class MachineOut(_Body):
     """A machine's description and live state (its factory's own view)."""
 
@@ -48,6 +56,10 @@ class MachineOut(_Body):
     capabilities: list[Capability]
     ideal_cycle_time_s: float | None
     calendar: ShiftCalendar
+    shift: ShiftOut | None = Field(
+        description="The calendar's shift in progress at as_of; null: off shift, a holiday "
+        "or planned maintenance."
+    )
     share_capacity: bool
     share_kpis: bool
     state: MachineState | None = Field(description="State at the latest sample; null: none.")

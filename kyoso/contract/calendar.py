@@ -166,6 +166,25 @@ class ShiftCalendar(_Strict):
         """Planned busy time within ``[start, end)`` in seconds."""
         return sum((b - a).total_seconds() for a, b in self.planned_intervals(start, end))
 
+    def shift_at(self, moment: datetime) -> tuple[Shift, datetime, datetime] | None:
+        """The shift in progress at ``moment`` (in one of its breaks too), with its start and
+        end in UTC; ``None`` off shift, on a holiday, or in planned maintenance."""
+        if moment.tzinfo is None:
+            raise ValueError("moment must be timezone-aware")
+        if any(m.start <= moment < m.end for m in self.maintenance):
+            return None
+        zone = ZoneInfo(self.timezone)
+        today = moment.astimezone(zone).date()
+        for day in (today - timedelta(days=1), today):
+            if day in self.holidays:
+                continue
+            for shift in self.shifts:
+                if WEEKDAYS[day.weekday()] in shift.days:
+                    begin, finish = _shift_span(shift, day, zone)
+                    if begin <= moment < finish:
+                        return shift, begin.astimezone(UTC), finish.astimezone(UTC)
+        return None
+
     def is_planned(self, moment: datetime) -> bool:
         """Whether ``moment`` falls in planned busy time."""
         return bool(self.planned_intervals(moment, moment + timedelta(microseconds=1)))
@@ -191,11 +210,15 @@ def _local(day: date, at: time, zone: ZoneInfo) -> datetime:
     return high.replace(microsecond=0)  # transitions fall on whole seconds
 
 
+def _shift_span(shift: Shift, day: date, zone: ZoneInfo) -> Interval:
+    """Start and end of one shift starting on ``day``, breaks included."""
+    end_day = day + timedelta(days=1) if shift.end <= shift.start else day
+    return _local(day, shift.start, zone), _local(end_day, shift.end, zone)
+
+
 def _shift_intervals(shift: Shift, day: date, zone: ZoneInfo) -> list[Interval]:
     """The worked intervals of one shift starting on ``day``."""
-    begin = _local(day, shift.start, zone)
-    end_day = day + timedelta(days=1) if shift.end <= shift.start else day
-    finish = _local(end_day, shift.end, zone)
+    begin, finish = _shift_span(shift, day, zone)
     pauses: list[Interval] = []
     for pause in shift.breaks:
         pause_day = day if pause.start >= shift.start else day + timedelta(days=1)
