@@ -5,11 +5,12 @@ hides a missing install step until CI runs on a fresh one: that is how ``mosquit
 once went missing. An audit hook (PEP 578) sees every process the test session starts,
 whatever starts it (``subprocess``, asyncio, a library); after each test, the programs it
 started are looked up in ``.ci/packages``, and a program not listed there fails the test.
-Python itself (this interpreter, and what the virtual environment installs) is exempt:
-pip installs it.
+Python itself (this interpreter, and what a virtual environment holds) is exempt: pip
+installs it.
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ PACKAGES = ROOT / ".ci" / "packages"
 
 __all__ = ["PACKAGES", "install_hook", "packages", "unlisted"]
 
-_started: list[str] = []
+_started: list[Path] = []
 
 
 def packages() -> dict[str, str]:
@@ -35,12 +36,14 @@ def packages() -> dict[str, str]:
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if event == "subprocess.Popen":
-        executable, argv = args[0], args[1]
+        executable, argv, cwd = args[0], args[1], args[2]
         program = executable if executable is not None else next(iter(argv or []), None)
         if program is not None:
-            _started.append(os.fsdecode(program))
+            name = os.fsdecode(program)
+            found = shutil.which(name) if "/" not in name else None  # as found on PATH
+            _started.append(Path(found or Path(os.fsdecode(cwd or ".")) / name))
     elif event == "os.posix_spawn":
-        _started.append(os.fsdecode(args[0]))
+        _started.append(Path(os.fsdecode(args[0])))
 
 
 def install_hook() -> None:
@@ -48,16 +51,15 @@ def install_hook() -> None:
     sys.addaudithook(_audit)
 
 
-def _exempt(program: str) -> bool:
-    path = Path(program)
-    if not path.is_absolute():
-        return path.name.startswith("python")
-    resolved = path.resolve()
-    return path.parent == Path(sys.executable).parent or resolved == Path(sys.executable).resolve()
+def _exempt(program: Path) -> bool:
+    """Python, or a program of a virtual environment (in its ``bin``, beside ``pyvenv.cfg``)."""
+    if program.name.startswith("python"):
+        return True
+    return (program.parent.parent / "pyvenv.cfg").is_file()
 
 
 def unlisted() -> list[str]:
     """The programs started since the last call that ``.ci/packages`` does not list."""
     started, _started[:] = list(_started), []
     table = packages()
-    return sorted({Path(p).name for p in started if not _exempt(p) and Path(p).name not in table})
+    return sorted({p.name for p in started if not _exempt(p) and p.name not in table})
