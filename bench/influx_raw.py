@@ -34,8 +34,8 @@ from urllib.parse import urlencode
 from procstat import cpu_seconds, free_port, rss_mib
 
 from kyoso.contract import Counter, MachineState, Sample, SignalStats
-from kyoso.ingest.influx import InfluxConfig, InfluxWriter
-from kyoso.ingest.lineprotocol import sample_point
+from kyoso.influx.client import InfluxConfig, InfluxWriter
+from kyoso.influx.lineprotocol import sample_point
 
 SESSION = "0f8e6c1a-4b7d-4e2a-9c35-7a1d2b3c4d5e"
 START = datetime(2026, 1, 12, tzinfo=UTC)

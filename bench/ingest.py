@@ -43,7 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from procstat import cpu_seconds, free_port, rss_mib, start_mosquitto
 
 from kyoso.contract import SampleBatch, encode, samples_topic
-from kyoso.ingest.lineprotocol import sample_point
+from kyoso.influx.lineprotocol import sample_point
 
 Message = tuple[str, bytes, int]
 """Topic, payload, samples in it."""

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from kyoso.api.settings import ApiSettings, CapacityRules, load_settings
 from kyoso.cli import main
-from kyoso.ingest.influx import InfluxConfig
+from kyoso.influx.client import InfluxConfig
 from kyoso.validation import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "kyoso" / "api" / "api.example.yaml"

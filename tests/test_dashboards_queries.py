@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from services import InfluxDB
 
 from kyoso.contract import GatewayStatus, MachineDescription
-from kyoso.ingest.influx import InfluxConfig
+from kyoso.influx.client import InfluxConfig
 from kyoso.regional.grafana import CAPACITY_DATASOURCE, datasources
 from kyoso.regional.influxdb import provision_influxdb
 from kyoso.regional.passwords import resolve_passwords

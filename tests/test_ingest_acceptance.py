@@ -28,8 +28,8 @@ from ingestkit import (
 from services import InfluxDB, Mosquitto
 
 from kyoso.contract import MachineState, samples_topic
+from kyoso.influx.client import InfluxConfig
 from kyoso.ingest.deadletter import DeadLetterStore
-from kyoso.ingest.influx import InfluxConfig
 
 pytestmark = pytest.mark.integration
 

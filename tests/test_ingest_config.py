@@ -9,6 +9,7 @@ import yaml
 from examples import documented_defaults, uncommented_lines
 from pydantic import BaseModel
 
+from kyoso.influx.client import InfluxConfig
 from kyoso.ingest.config import (
     BatchConfig,
     IngestConfigError,
@@ -17,7 +18,6 @@ from kyoso.ingest.config import (
     PlausibilityConfig,
     load_settings,
 )
-from kyoso.ingest.influx import InfluxConfig
 from kyoso.ops import HttpConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "kyoso" / "ingest" / "ingest.example.yaml"

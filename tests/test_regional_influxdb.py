@@ -14,7 +14,7 @@ from services import InfluxDB, InfluxDBError
 
 from kyoso.cli import main
 from kyoso.gateway.config import load_config
-from kyoso.ingest.influx import InfluxConfig
+from kyoso.influx.client import InfluxConfig
 from kyoso.regional.influxdb import grants, provision_influxdb
 from kyoso.regional.passwords import resolve_passwords
 from kyoso.regional.registry import Registry, load_registry

@@ -15,8 +15,8 @@ from services import InfluxDB
 from store_suite import GW, SCENARIO, SESSION, Run, StoreContract, at, make_sample
 
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample
-from kyoso.ingest.influx import InfluxConfig, InfluxWriter, WriteResult
-from kyoso.ingest.lineprotocol import timestamp_ns
+from kyoso.influx.client import InfluxConfig, InfluxWriter, WriteResult
+from kyoso.influx.lineprotocol import timestamp_ns
 from kyoso.store import (
     InfluxStore,
     Refusal,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import uvicorn
 from fastapi import FastAPI
 
-from kyoso.ingest.influx import InfluxWriter
+from kyoso.influx.client import InfluxWriter
 from kyoso.store import SqliteStore
 from kyoso.store.influx import InfluxStore
 

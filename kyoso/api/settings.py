@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from kyoso.ingest.influx import InfluxConfig
+from kyoso.influx.client import InfluxConfig
 from kyoso.validation import FileSettings, load_yaml_settings
 
 __all__ = ["ENV_PREFIX", "ApiSettings", "CapacityRules", "load_settings"]

@@ -17,8 +17,8 @@ import logging
 from datetime import timedelta
 from typing import Final
 
-from kyoso.ingest.influx import InfluxWriter
-from kyoso.ingest.lineprotocol import CAPACITY_DATABASE_SUFFIX, FieldValue, line, timestamp_ns
+from kyoso.influx.client import InfluxWriter
+from kyoso.influx.lineprotocol import CAPACITY_DATABASE_SUFFIX, FieldValue, line, timestamp_ns
 
 from .service import CapacityService
 

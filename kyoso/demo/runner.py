@@ -47,9 +47,9 @@ from kyoso.api.service import CapacityService
 from kyoso.api.settings import CapacityRules
 from kyoso.gateway.agent import Gateway
 from kyoso.gateway.config import GatewayConfig
+from kyoso.influx.client import InfluxConfig
 from kyoso.ingest.config import IngestSettings, MqttConfig
 from kyoso.ingest.deadletter import DeadLetterStore
-from kyoso.ingest.influx import InfluxConfig
 from kyoso.ingest.service import Ingest
 from kyoso.simulators.config import FactoryConfig, load_factory, shipped_factories
 from kyoso.simulators.gateways import gateway_config

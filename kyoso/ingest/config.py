@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kyoso.contract import Id
-from kyoso.ingest.influx import InfluxConfig
+from kyoso.influx.client import InfluxConfig
 from kyoso.mqtt import BrokerConnection
 from kyoso.ops import HttpConfig
 from kyoso.validation import ConfigError, FileSettings, load_yaml_settings

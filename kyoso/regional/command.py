@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 
-from kyoso.ingest.influx import InfluxConfig, InfluxError
+from kyoso.influx.client import InfluxConfig, InfluxError
 from kyoso.simulators.config import load_factory, shipped_factories
 from kyoso.validation import error_lines
 

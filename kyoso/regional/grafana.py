@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kyoso.ingest.lineprotocol import DEFAULT_DATABASE_PREFIX, database_name
+from kyoso.influx.lineprotocol import DEFAULT_DATABASE_PREFIX, database_name
 
 from .files import write_file
 from .influxdb import capacity_database

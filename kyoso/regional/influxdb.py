@@ -23,8 +23,8 @@ Statements carry names as quoted identifiers and passwords as escaped string lit
 import logging
 from collections.abc import Mapping
 
-from kyoso.ingest.influx import InfluxConfig, InfluxWriter, influxql_identifier
-from kyoso.ingest.lineprotocol import CAPACITY_DATABASE_SUFFIX, database_name
+from kyoso.influx.client import InfluxConfig, InfluxWriter, influxql_identifier
+from kyoso.influx.lineprotocol import CAPACITY_DATABASE_SUFFIX, database_name
 
 from .registry import Registry
 

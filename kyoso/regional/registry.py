@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from kyoso.contract import Id
-from kyoso.ingest.lineprotocol import RESERVED_FACTORY_IDS
+from kyoso.influx.lineprotocol import RESERVED_FACTORY_IDS
 from kyoso.validation import load_yaml_model
 
 __all__ = [

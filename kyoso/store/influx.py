@@ -2,8 +2,8 @@
 
 Design, and why:
 
-- **Writes** are the lines of :mod:`kyoso.ingest.lineprotocol`, sent through one
-  :class:`~kyoso.ingest.influx.InfluxBatcher` that flushes on the event loop's next
+- **Writes** are the lines of :mod:`kyoso.influx.lineprotocol`, sent through one
+  :class:`~kyoso.influx.client.InfluxBatcher` that flushes on the event loop's next
   iteration. The ingest starts a whole batch's :meth:`InfluxStore.write_samples` calls
   (one per gateway and session) with one ``asyncio.gather``; each call hands its lines to
   the batcher before it first awaits, so they leave as one request per factory database.
@@ -65,7 +65,7 @@ from kyoso.contract import (
     MachineState,
     Sample,
 )
-from kyoso.ingest.influx import (
+from kyoso.influx.client import (
     InfluxAuthError,
     InfluxBatcher,
     InfluxConfig,
@@ -75,7 +75,7 @@ from kyoso.ingest.influx import (
     InfluxWriter,
     WriteResult,
 )
-from kyoso.ingest.lineprotocol import (
+from kyoso.influx.lineprotocol import (
     LineProtocolError,
     database_name,
     description_point,

@@ -33,7 +33,7 @@ from kyoso.contract import (
     SignalStats,
     decode,
 )
-from kyoso.ingest.lineprotocol import (
+from kyoso.influx.lineprotocol import (
     MAX_TIME_NS,
     MIN_TIME_NS,
     FieldValue,
@@ -436,7 +436,7 @@ class Case:
         return line(self.measurement, self.tags, self.fields, self.ts)
 
     def refusal_expected(self) -> bool:
-        """Exactly the documented refusals (see kyoso.ingest.lineprotocol)."""
+        """Exactly the documented refusals (see kyoso.influx.lineprotocol)."""
 
         def unencodable(text: str) -> bool:
             try:

@@ -1,88 +1,22 @@
-"""InfluxDB line protocol: escaping, and the points the ingest writes for each message.
+"""InfluxDB line protocol: escaping, and the points written for each message.
 
 Pure functions, no I/O. Every function either returns one complete, safe line or raises
 :class:`LineProtocolError`: no measurement, tag, field key or value can add a line, a tag
-or a field. The escaping follows the line protocol reference and was checked character by
-character against InfluxDB 1.6.7 (see tests/test_ingest_lineprotocol.py):
-
-============================  ===================================  ============================
-element                        escaped                              refused
-============================  ===================================  ============================
-measurement                    ``,`` and space                      empty; a backslash, CR or LF;
-                                                                    a leading ``#`` (a comment),
-                                                                    whitespace or NUL (skipped)
-tag key, tag value, field key  ``,`` ``=`` and space                empty; a backslash, CR or LF;
-                                                                    key ``time`` (and
-                                                                    ``_measurement``/``_field``
-                                                                    as tag keys, reserved by 2.x);
-                                                                    a field key's leading
-                                                                    whitespace or NUL (skipped)
-string field value             ``"`` and backslash                  CR or LF
-integer field value            written ``123i``                     outside signed 64 bits
-float field value              ``repr`` (a ``.`` or an exponent)    NaN and infinities
-timestamp                      nanoseconds since the epoch          naive datetimes; outside
-                                                                    InfluxDB's range (1677-2262)
-============================  ===================================  ============================
-
-Why backslashes are refused in names: InfluxDB's scanner skips the character after any
-backslash but unescapes only ``\\,`` ``\\=`` ``\\ ``, keeping other backslashes literally. So
-``a\\,b`` escaped as ``a\\\\,b`` ends the value at the comma, and a trailing backslash has no
-spelling at all (1.6.7 answers ``invalid tag format``). Contract ids and names never
-contain one. Text that is not valid Unicode (lone surrogates) is refused everywhere.
-
-Why line breaks are refused in string fields: line protocol has no escape for them
-(``\\n`` reads back as two characters). InfluxDB 1.x accepts a literal line break inside a
-quoted string, but the point then spans two physical lines, which defeats per-line error
-reporting, batch splitting and every tool that splits on newlines, and 2.x/3.x parsers do
-not promise to accept it. The one contract string that may hold one is a machine's
-display ``name``; such a description is refused here and dead-lettered by the caller.
-
-Points written per message (docs/storage.md has the full layout):
-
-==================  ===========  ===============================================  ============
-measurement         tags         fields                                           time
-==================  ===========  ===============================================  ============
-``samples``         gateway,     ``seq`` (i), ``session``, ``interval_s``,        sample.ts
-                    machine      ``start_ns`` (i), ``state``, all six
-                                 ``<state>_s`` (0.0 for a state absent from
-                                 ``durations_s``),
-                                 ``<counter>_delta`` (i), ``<counter>_total``
-                                 (i), ``<signal>_last/_mean/_min/_max``,
-                                 ``<signal>_count`` (i), ``alarm`` (i) if
-                                 present, ``missing`` (comma-joined) if any,
-                                 ``received_ns`` (i) if given
-``machines``        gateway,     ``name``, ``capabilities`` (JSON),               updated_at
-                    machine      ``calendar`` (JSON), ``ideal_cycle_time_s``
-                                 (0.0: none), ``share_capacity``,
-                                 ``share_kpis``
-``gateway_status``  gateway      ``status``, ``reason``, ``session``,             the store's
-                                 ``software``, ``ts_ns`` (i, the status's ts)     write time
-==================  ===========  ===============================================  ============
+or a field. What is escaped and what is refused, and why (checked character by character
+against InfluxDB 1.6.7 in tests/test_influx_lineprotocol.py), and the points each message
+becomes, are in docs/storage.md (sections 2 and 3).
 
 What a rewrite must replace is always written, because InfluxDB merges field sets when a
-point is written again at the same key (a field absent from the second write keeps the
-first write's value): hence all six state durations (a state sent with 0 s and one not
-sent mean the same) and ``ideal_cycle_time_s`` as 0.0 when absent (the contract requires
-more than 0). ``start_ns`` (the interval's start, ``ts`` minus :func:`interval_ns`)
-lets InfluxQL find the samples straddling a bucket edge. A
-status point is stamped with the time it is written, not the gateway's ``ts``: the current
-status is the last one written (see :mod:`kyoso.store.base`), which a last will, carrying
-the earlier time of its CONNECT, would otherwise never be.
+point is written again at the same key: hence all six state durations and
+``ideal_cycle_time_s`` as 0.0 when absent. A status point is stamped with the time it is
+written: the current status is the last one written (see :mod:`kyoso.store.base`).
 
 Why :func:`sample_point` does not escape: it is the ingest's hot path (one call per sample)
 and a sample's tag values and field keys are contract ids and names
 (``[a-z0-9][a-z0-9_-]*``), which line protocol never needs to escape. It checks each with
 one regular expression instead (once: the ids and names seen are remembered), checks that
-every number is a finite float or a 64-bit integer, and refuses (``LineProtocolError``)
-anything else, so the promise above holds for samples not built by the contract's
-validation too. Its suffixed
-field keys cannot collide: counter fields end in ``_delta``/``_total``, signal fields in
-``_last``/``_mean``/``_min``/``_max``/``_count``, and no fixed field ends in either.
-
-The factory is not a tag: it selects the database (:func:`database_name`). A counter total
-at or above 2**63 (the contract admits raw 64-bit readings, InfluxDB 1.x has only signed
-64-bit integers) is stored as its two's-complement reinterpretation ``total - 2**64``; a
-negative ``_total`` therefore means ``value + 2**64``, losslessly.
+every number is a finite float or a 64-bit integer, and refuses anything else, so the
+promise above holds for samples not built by the contract's validation too.
 """
 
 import functools

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from services import InfluxDB, free_port
 
 from kyoso.contract import Counter, MachineState, Sample, SignalStats
-from kyoso.ingest.influx import (
+from kyoso.influx.client import (
     InfluxAuthError,
     InfluxBatcher,
     InfluxConfig,
@@ -36,7 +36,7 @@ from kyoso.ingest.influx import (
     InfluxWriter,
     WriteResult,
 )
-from kyoso.ingest.lineprotocol import line, sample_point, timestamp_ns
+from kyoso.influx.lineprotocol import line, sample_point, timestamp_ns
 
 T = TypeVar("T")
 T0 = datetime(2026, 1, 12, 23, 0, tzinfo=UTC)
@@ -308,7 +308,7 @@ def test_a_write_outlasts_a_restart(
                 restart.join()
 
     try:
-        with caplog.at_level(logging.WARNING, logger="kyoso.ingest.influx"):
+        with caplog.at_level(logging.WARNING, logger="kyoso.influx.client"):
             result, elapsed = run(scenario())
     finally:
         if not influxdb.running:
@@ -359,7 +359,7 @@ def test_503_from_the_write_throttle_is_retried(
                 assert hog.recv(100).startswith(b"HTTP/1.1 204")
                 return await task
 
-    with caplog.at_level(logging.WARNING, logger="kyoso.ingest.influx"):
+    with caplog.at_level(logging.WARNING, logger="kyoso.influx.client"):
         result = run(scenario())
     assert result.written == 3
     assert result.requests >= 3
