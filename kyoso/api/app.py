@@ -28,6 +28,8 @@ from fastapi_offline import FastAPIOffline
 from pydantic import AwareDatetime, BaseModel
 
 from kyoso import __version__
+from kyoso.capacity import aggregate
+from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
 from kyoso.capacity.forecast import Booking, CapacityFigures
 from kyoso.capacity.kpi import Performance
 from kyoso.contract import Id, Material, Process
@@ -58,7 +60,7 @@ from .schemas import (
     ShiftOut,
     TimeElementsOut,
 )
-from .service import CapacityService, FactoryCapacity, MachineCapacity, MachineView
+from .service import CapacityService, MachineView
 
 __all__ = ["create_app"]
 
@@ -107,6 +109,7 @@ def _h(seconds: float) -> float:
 
 
 def _capacity(figures: CapacityFigures, confidence: float) -> dict[str, Any]:
+    """The figures in hours, as every capacity answer shows them."""
     return {
         "total": _h(figures.total_s),
         "committed": _h(figures.committed_s),
@@ -147,24 +150,15 @@ def _performance(p: Performance) -> dict[str, Any]:
     }
 
 
-def _mean_confidence(machines: list[MachineCapacity]) -> float:
-    """Confidence of a sum: the machines' confidences weighted by their planned time."""
-    total = sum(m.figures.total_s for m in machines)
-    if total <= 0:
-        return 0.0
-    return sum(m.confidence * m.figures.total_s for m in machines) / total
-
-
 def _factory_capacity(capacity: FactoryCapacity, *, own: bool) -> FactoryCapacityOut:
-    by_process = []
-    for process, machines in sorted(capacity.by_process(shared_only=not own).items()):
-        by_process.append(
-            ProcessCapacityOut(
-                process=process,
-                machines=len(machines),
-                **_capacity(_sum(machines), _mean_confidence(machines)),
-            )
+    by_process = [
+        ProcessCapacityOut(
+            process=p.process,
+            machines=p.total.machines,
+            **_capacity(p.total.figures, p.total.confidence),
         )
+        for p in aggregate.by_process([capacity], shared_only=not own)
+    ]
     return FactoryCapacityOut(
         factory=capacity.factory,
         as_of=capacity.as_of,
@@ -544,37 +538,24 @@ async def get_region_capacity(
     return _cached(request, known[1], service.rules.cache_ttl_s)
 
 
-def _as_of(service: CapacityService, factories: list[FactoryCapacity]) -> datetime:
-    """When the figures were computed: the oldest factory's (now, for none)."""
-    return min((c.as_of for c in factories), default=service.now())
-
-
 def _region(
     service: CapacityService,
     horizon: timedelta,
     process: Process | None,
     factories: list[FactoryCapacity],
 ) -> RegionCapacityOut:
-    totals: dict[Process, list[tuple[FactoryCapacity, list[MachineCapacity]]]] = {}
-    for capacity in factories:
-        for p, machines in capacity.by_process(shared_only=True).items():
-            if process is None or p == process:
-                totals.setdefault(p, []).append((capacity, machines))
-    by_process = []
-    for p, entries in sorted(totals.items()):
-        machines = [m for _, ms in entries for m in ms]
-        by_process.append(
-            RegionProcessOut(
-                process=p,
-                factories=len(entries),
-                offline_factories=sum(c.offline for c, _ in entries),
-                **_capacity(_sum(machines), _mean_confidence(machines)),
-            )
-        )
     return RegionCapacityOut(
-        as_of=_as_of(service, factories),
+        as_of=aggregate.as_of(factories, service.now()),
         horizon_h=horizon.total_seconds() / 3600,
-        by_process=by_process,
+        by_process=[
+            RegionProcessOut(
+                process=p.process,
+                factories=p.factories,
+                offline_factories=p.offline_factories,
+                **_capacity(p.total.figures, p.total.confidence),
+            )
+            for p in aggregate.by_process(factories, shared_only=True, process=process)
+        ],
         factories=[_factory_capacity(c, own=False) for c in factories],
     )
 
@@ -590,35 +571,36 @@ async def _candidates(
     material: Material | None,
 ) -> tuple[datetime, list[Candidate]]:
     """The ranked candidates, and when their figures were computed."""
-    found = []
     factories = await service.region(timedelta(days=within_days))
-    for capacity in factories:
-        machines = capacity.by_process(shared_only=True).get(process, [])
-        if material is not None:
+    suitable: set[tuple[str, str]] | None = None
+    if material is not None:  # the descriptions are read only when a material is asked for
+        suitable = set()
+        for capacity in factories:
             view = await service.view(capacity.factory)
-            machines = [
-                m
-                for m in machines
+            suitable |= {
+                (capacity.factory, name)
+                for name, machine in view.machines.items()
                 if any(
                     c.process == process and material in c.materials
-                    for c in view.machines[m.machine].description.capabilities
+                    for c in machine.description.capabilities
                 )
-            ]
-        if not machines:
-            continue
-        available = sum(m.figures.available_s for m in machines) / 3600
-        found.append(
-            Candidate(
-                factory=capacity.factory,
-                available=round(available, 4),
-                confidence=round(_mean_confidence(machines), 4),
-                machines=len(machines),
-                covers=available >= hours,
-                data_age_s=capacity.data_age_s,
-            )
+            }
+
+    def suits(capacity: FactoryCapacity, machine: MachineCapacity) -> bool:
+        return suitable is None or (capacity.factory, machine.machine) in suitable
+
+    ranked = [
+        Candidate(
+            factory=o.factory,
+            available=_h(o.available_s),
+            confidence=round(o.confidence, 4),
+            machines=o.machines,
+            covers=o.covers,
+            data_age_s=o.data_age_s,
         )
-    ranked = sorted(found, key=lambda c: (not c.covers, -c.available * c.confidence, c.factory))
-    return _as_of(service, factories), ranked
+        for o in aggregate.offers(factories, process, hours, suits)
+    ]
+    return aggregate.as_of(factories, service.now()), ranked
 
 
 @router.get("/search", response_model=SearchOut, responses=_CACHED)
@@ -766,10 +748,6 @@ async def events(
             quiet += step
 
     return StreamingResponse(stream(), media_type="text/event-stream")
-
-
-def _sum(machines: list[MachineCapacity]) -> CapacityFigures:
-    return sum((m.figures for m in machines), CapacityFigures(0.0, 0.0, 0.0, 0.0))
 
 
 def _machine(view: MachineView, as_of: datetime) -> MachineOut:

@@ -21,22 +21,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
-from kyoso.capacity.forecast import CapacityFigures, LoadProfile, forecast
+from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
+from kyoso.capacity.forecast import LoadProfile, forecast
 from kyoso.capacity.kpi import Performance, TimeElements
-from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Process
+from kyoso.contract import GatewayStatus, MachineDescription, MachineState
 from kyoso.store import StateWindow, StoredSample, StoreReader
 
 from .bookings import BookingStore
 from .settings import CapacityRules
 
-__all__ = [
-    "CapacityService",
-    "FactoryCapacity",
-    "FactoryView",
-    "MachineCapacity",
-    "MachineKpis",
-    "MachineView",
-]
+__all__ = ["CapacityService", "FactoryView", "MachineKpis", "MachineView"]
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -64,40 +58,6 @@ class FactoryView:
     offline: bool
     data_age_s: float | None
     """Age of the newest sample of any machine (None: no sample yet)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MachineCapacity:
-    """One machine's capacity over a horizon, with how much to trust it."""
-
-    machine: str
-    processes: tuple[Process, ...]
-    figures: CapacityFigures
-    confidence: float
-    data_age_s: float | None
-    shared: bool
-    """The factory shares this machine's capacity with the region."""
-
-
-@dataclass(frozen=True, slots=True)
-class FactoryCapacity:
-    """Every described machine's capacity over ``[as_of, as_of + horizon)``."""
-
-    factory: str
-    as_of: datetime
-    horizon: timedelta
-    offline: bool
-    data_age_s: float | None
-    machines: list[MachineCapacity]
-
-    def by_process(self, *, shared_only: bool) -> dict[Process, "list[MachineCapacity]"]:
-        """Machines by capability process (a machine with two capabilities is in both)."""
-        result: dict[Process, list[MachineCapacity]] = {}
-        for machine in self.machines:
-            if machine.shared or not shared_only:
-                for process in machine.processes:
-                    result.setdefault(process, []).append(machine)
-        return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,164 @@
+"""Capacity summed and ranked: per machine, per capability of a factory, across the region,
+and the factories a search offers. Pure functions over the figures of
+:mod:`kyoso.capacity.forecast`; no HTTP, no store, so the rules are tested on their own.
+
+Rules:
+
+- A **sum** adds the ISA-95 figures of its machines, and weighs their confidences by planned
+  time (a machine without planned time in the horizon adds nothing to either).
+- A machine with two capabilities counts in both; the region counts only machines whose
+  factory shares their capacity.
+- A search **ranks** the factories that cover the hours asked first, then by available
+  hours weighted by confidence, then by factory id (a stable order).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from kyoso.contract import Process
+
+from .forecast import CapacityFigures
+
+__all__ = [
+    "CapacitySum",
+    "FactoryCapacity",
+    "MachineCapacity",
+    "Offer",
+    "ProcessSum",
+    "as_of",
+    "by_process",
+    "offers",
+    "summed",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MachineCapacity:
+    """One machine's capacity over a horizon, with how much to trust it."""
+
+    machine: str
+    processes: tuple[Process, ...]
+    figures: CapacityFigures
+    confidence: float
+    data_age_s: float | None
+    shared: bool
+    """The factory shares this machine's capacity with the region."""
+
+
+@dataclass(frozen=True, slots=True)
+class FactoryCapacity:
+    """Every described machine's capacity over ``[as_of, as_of + horizon)``."""
+
+    factory: str
+    as_of: datetime
+    horizon: timedelta
+    offline: bool
+    data_age_s: float | None
+    machines: list[MachineCapacity]
+
+    def by_process(self, *, shared_only: bool) -> dict[Process, list[MachineCapacity]]:
+        """Machines by capability process (a machine with two capabilities is in both)."""
+        result: dict[Process, list[MachineCapacity]] = {}
+        for machine in self.machines:
+            if machine.shared or not shared_only:
+                for process in machine.processes:
+                    result.setdefault(process, []).append(machine)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class CapacitySum:
+    """Figures of several machines added up, and the confidence of the sum."""
+
+    figures: CapacityFigures
+    confidence: float
+    machines: int
+
+
+def summed(machines: Sequence[MachineCapacity]) -> CapacitySum:
+    """The machines' figures added, their confidences weighed by planned time."""
+    figures = sum((m.figures for m in machines), CapacityFigures(0.0, 0.0, 0.0, 0.0))
+    total = figures.total_s
+    confidence = (
+        sum(m.confidence * m.figures.total_s for m in machines) / total if total > 0 else 0.0
+    )
+    return CapacitySum(figures, confidence, len(machines))
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSum:
+    """One capability's capacity summed over factories (one factory: ``factories`` 1)."""
+
+    process: Process
+    total: CapacitySum
+    factories: int
+    offline_factories: int
+
+
+def by_process(
+    factories: Sequence[FactoryCapacity], *, shared_only: bool, process: Process | None = None
+) -> list[ProcessSum]:
+    """Each capability's sum over ``factories`` (only ``process`` if given), by process."""
+    entries: dict[Process, list[tuple[FactoryCapacity, list[MachineCapacity]]]] = {}
+    for capacity in factories:
+        for found, machines in capacity.by_process(shared_only=shared_only).items():
+            if process is None or found == process:
+                entries.setdefault(found, []).append((capacity, machines))
+    return [
+        ProcessSum(
+            process=found,
+            total=summed([m for _, machines in pairs for m in machines]),
+            factories=len(pairs),
+            offline_factories=sum(c.offline for c, _ in pairs),
+        )
+        for found, pairs in sorted(entries.items())
+    ]
+
+
+def as_of(factories: Sequence[FactoryCapacity], now: datetime) -> datetime:
+    """When figures of several factories were computed: the oldest one's (``now``, for
+    none)."""
+    return min((c.as_of for c in factories), default=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What one factory can offer for a request of ``hours`` of a capability."""
+
+    factory: str
+    available_s: float
+    confidence: float
+    machines: int
+    covers: bool
+    data_age_s: float | None
+
+
+def offers(
+    factories: Sequence[FactoryCapacity],
+    process: Process,
+    hours: float,
+    suits: Callable[[FactoryCapacity, MachineCapacity], bool] = lambda _f, _m: True,
+) -> list[Offer]:
+    """The factories whose shared machines of ``process`` (those that ``suits`` keeps) can
+    take some of ``hours``, ranked (see the module docstring)."""
+    found = []
+    for capacity in factories:
+        machines = [
+            m for m in capacity.by_process(shared_only=True).get(process, []) if suits(capacity, m)
+        ]
+        if not machines:
+            continue
+        total = summed(machines)
+        available = total.figures.available_s
+        found.append(
+            Offer(
+                factory=capacity.factory,
+                available_s=available,
+                confidence=total.confidence,
+                machines=len(machines),
+                covers=available / 3600 >= hours,
+                data_age_s=capacity.data_age_s,
+            )
+        )
+    return sorted(found, key=lambda o: (not o.covers, -o.available_s * o.confidence, o.factory))

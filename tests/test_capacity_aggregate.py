@@ -1,0 +1,113 @@
+"""Capacity sums and rankings, without HTTP: the rules of kyoso/capacity/aggregate.py."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kyoso.capacity.aggregate import (
+    FactoryCapacity,
+    MachineCapacity,
+    as_of,
+    by_process,
+    offers,
+    summed,
+)
+from kyoso.capacity.forecast import CapacityFigures
+from kyoso.contract import Process
+
+NOW = datetime(2026, 12, 7, 9, tzinfo=UTC)
+H = 3600.0
+MILL = Process("cnc_milling_3axis")
+LATHE = Process("cnc_turning")
+LASER = Process("laser_cutting")
+
+
+def machine(
+    name: str,
+    *processes: Process,
+    total_h: float,
+    available_h: float,
+    confidence: float = 1.0,
+    shared: bool = True,
+) -> MachineCapacity:
+    committed = total_h - available_h
+    figures = CapacityFigures(total_h * H, committed * H, 0.0, available_h * H, ("x",))
+    return MachineCapacity(name, processes, figures, confidence, 10.0, shared)
+
+
+def factory(
+    name: str, *machines: MachineCapacity, offline: bool = False, age_s: float = 0
+) -> FactoryCapacity:
+    at = NOW - timedelta(seconds=age_s)
+    return FactoryCapacity(name, at, timedelta(days=1), offline, 5.0, list(machines))
+
+
+def test_a_sum_weighs_confidence_by_planned_time() -> None:
+    total = summed(
+        [
+            machine("a", MILL, total_h=30, available_h=10, confidence=1.0),
+            machine("b", MILL, total_h=10, available_h=2, confidence=0.2),
+            machine("c", MILL, total_h=0, available_h=0, confidence=0.0),  # no planned time
+        ]
+    )
+    assert total.figures.total_s == 40 * H
+    assert total.figures.available_s == 12 * H
+    assert total.confidence == pytest.approx((30 * 1.0 + 10 * 0.2) / 40)
+    assert total.machines == 3
+    assert total.figures.reasons == ("x",)
+    assert summed([]).confidence == 0.0
+
+
+def test_by_process_counts_a_machine_in_each_of_its_capabilities_and_shared_ones_only() -> None:
+    okada = factory(
+        "okada",
+        machine("mill-turn", MILL, LATHE, total_h=10, available_h=4),
+        machine("lathe", LATHE, total_h=10, available_h=6),
+        machine("private", LATHE, total_h=10, available_h=10, shared=False),
+    )
+    mori = factory("mori", machine("mill", MILL, total_h=8, available_h=1), offline=True)
+    region = {p.process: p for p in by_process([okada, mori], shared_only=True)}
+    assert list(region) == [MILL, LATHE]  # by process
+    assert region[LATHE].total.figures.available_s == 10 * H
+    assert region[LATHE].factories == 1
+    assert (region[MILL].factories, region[MILL].offline_factories) == (2, 1)
+    assert region[MILL].total.figures.available_s == 5 * H
+    own = {p.process: p for p in by_process([okada], shared_only=False)}
+    assert own[LATHE].total.figures.available_s == 20 * H
+    assert own[LATHE].total.machines == 3
+    only = by_process([okada, mori], shared_only=True, process=MILL)
+    assert [p.process for p in only] == [MILL]
+
+
+def test_figures_of_several_factories_are_as_old_as_the_oldest() -> None:
+    assert as_of([factory("a", age_s=3), factory("b", age_s=9)], NOW) == NOW - timedelta(seconds=9)
+    assert as_of([], NOW) == NOW
+
+
+def test_offers_rank_those_that_cover_first_then_by_trusted_hours() -> None:
+    region = [
+        factory("big-unsure", machine("m", LASER, total_h=40, available_h=30, confidence=0.1)),
+        factory("small-sure", machine("m", LASER, total_h=10, available_h=9, confidence=1.0)),
+        factory("covers-b", machine("m", LASER, total_h=20, available_h=12, confidence=0.5)),
+        factory("covers-a", machine("m", LASER, total_h=20, available_h=12, confidence=0.5)),
+        factory("no-laser", machine("m", MILL, total_h=20, available_h=20)),
+        factory("private", machine("m", LASER, total_h=20, available_h=20, shared=False)),
+    ]
+    ranked = offers(region, LASER, hours=10)
+    # Covering first; then available hours x confidence (12 x 0.5 beats 30 x 0.1); then id.
+    assert [o.factory for o in ranked] == ["covers-a", "covers-b", "big-unsure", "small-sure"]
+    assert [o.covers for o in ranked] == [True, True, True, False]
+    assert ranked[2].available_s == 30 * H
+
+
+def test_offers_keep_only_suitable_machines() -> None:
+    region = [
+        factory(
+            "okada",
+            machine("steel", LASER, total_h=10, available_h=8),
+            machine("alu", LASER, total_h=10, available_h=5),
+        )
+    ]
+    ranked = offers(region, LASER, hours=6, suits=lambda _f, m: m.machine == "alu")
+    assert [(o.machines, o.available_s, o.covers) for o in ranked] == [(1, 5 * H, False)]
+    assert offers(region, LASER, hours=6, suits=lambda _f, _m: False) == []
