@@ -33,7 +33,7 @@ from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, given, settings
 from schemathesis import BaseSchema, Case, GenerationMode
 
-from kyoso.api.app import router
+from kyoso.api.routes import ROUTERS
 
 MAX_EXAMPLES = 50
 """Cases per operation, generation mode and key (about 30 s for the file on 2 cores)."""
@@ -51,6 +51,7 @@ CHECKS = [
 ]
 OPERATIONS = [
     (method, route.path)
+    for router in ROUTERS
     for route in router.routes
     if isinstance(route, APIRoute)
     for method in sorted(route.methods or ())

@@ -1,0 +1,214 @@
+"""Factories, machines, gateways, planned time and ISO 22400 KPIs: a factory's own view."""
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from kyoso.capacity.kpi import Performance
+from kyoso.contract import Id
+
+from ..deps import (
+    CACHED,
+    ERRORS,
+    Caller,
+    End,
+    Service,
+    Start,
+    cached,
+    check_window,
+    in_hours,
+    machine_of,
+    own_factory,
+)
+from ..keys import ScopeKind
+from ..schemas import (
+    FactoryOut,
+    GatewayOut,
+    IntervalOut,
+    KpiReport,
+    KpisOut,
+    MachineKpisOut,
+    MachineOut,
+    PerformanceOut,
+    PlannedOut,
+    ShiftOut,
+    TimeElementsOut,
+)
+from ..service import MachineView
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+
+# --- factories and machines -------------------------------------------------------------
+
+
+@router.get("/factories", response_model=list[FactoryOut], responses=CACHED)
+async def list_factories(request: Request, service: Service, caller: Caller) -> Response:
+    """Factories this key may see, with their gateways and staleness."""
+    names = await service.factories()
+    if caller.scope.kind is ScopeKind.FACTORY:
+        names = [n for n in names if n == caller.factory]
+    views = await asyncio.gather(*(service.view(n) for n in names))
+    body = [
+        FactoryOut(
+            factory=v.factory,
+            machines=len(v.machines),
+            gateways_online=sum(g.status == "online" for g in v.gateways),
+            gateways_offline=sum(g.status == "offline" for g in v.gateways),
+            offline=v.offline,
+            data_age_s=v.data_age_s,
+            as_of=v.as_of,
+        )
+        for v in views
+    ]
+    return cached(request, body, service.rules.cache_ttl_s)
+
+
+@router.get("/factories/{factory}/machines", response_model=list[MachineOut], responses=CACHED)
+async def list_machines(
+    request: Request, factory: Id, service: Service, caller: Caller
+) -> Response:
+    """Every described machine: description, capabilities, calendar and live state."""
+    await own_factory(service, caller, factory)
+    view = await service.view(factory)
+    body = [_machine(m, view.as_of) for m in view.machines.values()]
+    return cached(request, body, service.rules.cache_ttl_s)
+
+
+@router.get("/factories/{factory}/gateways", response_model=list[GatewayOut], responses=CACHED)
+async def list_gateways(
+    request: Request, factory: Id, service: Service, caller: Caller
+) -> Response:
+    """The last status of each of the factory's gateways."""
+    await own_factory(service, caller, factory)
+    view = await service.view(factory)
+    body = [
+        GatewayOut(gateway=g.gateway, status=g.status, reason=g.reason, since=g.ts)
+        for g in view.gateways
+    ]
+    return cached(request, body, service.rules.cache_ttl_s)
+
+
+@router.get("/factories/{factory}/machines/{machine}", response_model=MachineOut, responses=CACHED)
+async def get_machine(
+    *, request: Request, factory: Id, machine: Id, service: Service, caller: Caller
+) -> Response:
+    """One machine's description and live state."""
+    await own_factory(service, caller, factory)
+    found = await machine_of(service, factory, machine)
+    as_of = (await service.view(factory)).as_of
+    return cached(request, _machine(found, as_of), service.rules.cache_ttl_s)
+
+
+@router.get(
+    "/factories/{factory}/machines/{machine}/calendar", response_model=PlannedOut, responses=CACHED
+)
+async def get_planned(
+    *,
+    request: Request,
+    factory: Id,
+    machine: Id,
+    start: Start,
+    end: End,
+    service: Service,
+    caller: Caller,
+) -> Response:
+    """Planned busy time from the machine's calendar: weekly shifts minus breaks, holidays
+    and planned maintenance."""
+    await own_factory(service, caller, factory)
+    check_window(start, end)
+    found = await machine_of(service, factory, machine)
+    intervals = found.description.calendar.planned_intervals(start, end)
+    body = PlannedOut(
+        machine=machine,
+        start=start,
+        end=end,
+        pbt=in_hours(sum((b - a).total_seconds() for a, b in intervals)),
+        intervals=[IntervalOut(start=a, end=b) for a, b in intervals],
+    )
+    return cached(request, body, 3600)
+
+
+# --- KPIs -------------------------------------------------------------------------------
+
+
+@router.get("/factories/{factory}/kpis", response_model=KpiReport, responses=CACHED)
+async def get_kpis(
+    *,
+    request: Request,
+    factory: Id,
+    start: Start,
+    end: End,
+    machine: Annotated[Id | None, Query(description="Only this machine.")] = None,
+    service: Service,
+    caller: Caller,
+) -> Response:
+    """ISO 22400-2 time elements and KPIs per machine and for the factory."""
+    await own_factory(service, caller, factory)
+    check_window(start, end)
+    if machine is not None:
+        await machine_of(service, factory, machine)
+    rows = await service.kpis(factory, start, end, machine)
+    total = sum((r.performance for r in rows), Performance.empty())
+    body = KpiReport(
+        factory=factory,
+        start=start,
+        end=end,
+        machines=[MachineKpisOut(machine=r.machine, **_performance(r.performance)) for r in rows],
+        total=PerformanceOut(**_performance(total)),
+    )
+    return cached(request, body, service.rules.cache_ttl_s)
+
+
+def _machine(view: MachineView, as_of: datetime) -> MachineOut:
+    d = view.description
+    latest = view.latest
+    shift = d.calendar.shift_at(as_of)
+    return MachineOut(
+        machine=d.machine,
+        name=d.name,
+        gateway=d.gateway,
+        capabilities=d.capabilities,
+        ideal_cycle_time_s=d.ideal_cycle_time_s,
+        calendar=d.calendar,
+        shift=None if shift is None else ShiftOut(name=shift[0].name, start=shift[1], end=shift[2]),
+        share_capacity=d.sharing.capacity,
+        share_kpis=d.sharing.kpis,
+        state=None if latest is None else latest.sample.state,
+        alarm=None if latest is None else latest.sample.alarm,
+        data_age_s=view.data_age_s,
+        stale=view.stale,
+        as_of=as_of,
+    )
+
+
+def _performance(p: Performance) -> dict[str, Any]:
+    e = p.elements
+
+    def ratio(value: float | None) -> float | None:
+        return None if value is None else round(value, 6)
+
+    return {
+        "time": TimeElementsOut(
+            pbt=in_hours(e.pbt),
+            apt=in_hours(e.apt),
+            aust=in_hours(e.aust),
+            adet=in_hours(e.adet),
+            adot=in_hours(e.adot),
+            pdot=in_hours(e.pdot),
+            aubt=in_hours(e.aubt),
+            unknown=in_hours(e.unknown),
+            no_data=in_hours(e.no_data),
+        ),
+        "good": round(p.good, 4),
+        "reject": round(p.reject, 4),
+        "kpis": KpisOut(
+            availability=ratio(p.availability),
+            effectiveness=ratio(p.effectiveness),
+            quality_ratio=ratio(p.quality_ratio),
+            oee=ratio(p.oee),
+            utilization_efficiency=ratio(p.utilization_efficiency),
+        ),
+    }
