@@ -15,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from kyoso.cli import main
 from kyoso.contract import Counter, MachineState, Sample
 from kyoso.gateway.outbox import (
     FullPolicy,
@@ -317,3 +319,33 @@ def test_sigkill_mid_stream_loses_nothing_that_append_returned(
         assert not (delivered & still)
         assert len(delivering - delivered) <= 3  # at most the one cut short in each run
         assert outbox.append([make_sample(0)])[0] > max(appended)
+
+
+# --- the operator's command -------------------------------------------------------------------
+
+
+def test_the_outbox_command_shows_refused_and_dropped_and_requeues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = Path(__file__).resolve().parent.parent / "kyoso" / "gateway" / "gateway.example.yaml"
+    config = yaml.safe_load(example.read_text())
+    config["outbox"] = {"path": str(tmp_path / "outbox.sqlite3"), "max_rows": 3}
+    config["broker"]["password"] = "not-used"  # noqa: S105 (the broker is not reached)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with SqliteOutbox(OutboxConfig(path=tmp_path / "outbox.sqlite3", max_rows=3)) as outbox:
+        outbox.append([make_sample(i) for i in range(5)])  # 0 and 1 dropped
+        outbox.mark_refused([3], "Not authorized (0x87)")
+        assert main(["gateway", "--config", str(path), "outbox"]) == 1  # in use
+        assert "in use by a running gateway: stop it first" in capsys.readouterr().err
+    assert main(["gateway", "--config", str(path), "outbox"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == f"{tmp_path / 'outbox.sqlite3'}: 2 pending, last seq 4"
+    assert shown[1] == "since it was made: 1 refused, 2 dropped, 0 rejected"
+    assert shown[2].startswith("refused seq 3 (session ")
+    assert shown[2].endswith(": Not authorized (0x87)")
+    assert shown[3] == "dropped 2 samples of seq 0-1"
+    assert main(["gateway", "--config", str(path), "outbox", "requeue", "3"]) == 0
+    assert capsys.readouterr().out.startswith("1 refused samples put back")
+    with SqliteOutbox(OutboxConfig(path=tmp_path / "outbox.sqlite3")) as outbox:
+        assert pending_seqs(outbox) == [2, 3, 4]

@@ -1,9 +1,11 @@
-"""``kyoso gateway``: run a gateway, check its configuration, or probe a device."""
+"""``kyoso gateway``: run a gateway, check its configuration, probe a device, or look into
+and mend its outbox."""
 
 import argparse
 import asyncio
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .agent import Gateway
@@ -12,6 +14,7 @@ from .http import health_server
 from .modbus import ModbusError
 from .modbus_decode import format_plan, plan_device
 from .modbus_probe import format_probe, probe
+from .outbox import OutboxLockedError, SqliteOutbox
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -42,6 +45,17 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     probe_parser.add_argument("--rtu-over-tcp", action="store_true", help="RTU framing over TCP")
     probe_parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
     probe_parser.set_defaults(run=run_probe)
+    outbox_parser = tools.add_parser(
+        "outbox",
+        help="show the outbox (pending, refused, dropped); requeue refused samples",
+        description="What the gateway's outbox holds: pending samples, samples the broker "
+        "refused (with the reason) and seq ranges a full outbox dropped. 'requeue' puts "
+        "refused samples back to be published once the cause is fixed (an ACL, a quota). "
+        "Stop the gateway first: one process at a time opens its outbox.",
+    )
+    outbox_parser.add_argument("action", nargs="?", choices=["show", "requeue"], default="show")
+    outbox_parser.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="requeue these")
+    outbox_parser.set_defaults(run=run_outbox)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +93,40 @@ async def _serve(gateway: Gateway) -> None:
         await gateway.run(stop)
     finally:
         await health.stop()
+
+
+def run_outbox(args: argparse.Namespace) -> int:
+    """Execute ``kyoso gateway --config G outbox [show | requeue [SEQ...]]``."""
+    if args.config is None:
+        print("kyoso gateway outbox: --config GATEWAY.yaml is required", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+        outbox = SqliteOutbox(config.outbox)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OutboxLockedError:
+        print(
+            f"kyoso gateway outbox: {config.outbox.path} is in use by a running gateway: "
+            "stop it first",
+            file=sys.stderr,
+        )
+        return 1
+    with outbox:
+        if args.action == "requeue":
+            moved = outbox.requeue_refused(args.seqs or None)
+            print(f"{moved} refused samples put back; the gateway publishes them when it runs")
+            return 0
+        print(f"{config.outbox.path}: {outbox.depth()} pending, last seq {outbox.last_seq}")
+        totals = f"{outbox.refused_total} refused, {outbox.dropped} dropped"
+        print(f"since it was made: {totals}, {outbox.rejected} rejected")
+        for row in outbox.refused():
+            when = datetime.fromtimestamp(row.refused_at, UTC).isoformat(timespec="seconds")
+            print(f"refused seq {row.seq} (session {row.session}) at {when}: {row.reason}")
+        for gap in outbox.dropped_ranges():
+            print(f"dropped {gap.count} samples of seq {gap.first_seq}-{gap.last_seq}")
+    return 0
 
 
 def run_probe(args: argparse.Namespace) -> int:

@@ -359,12 +359,6 @@ class ReadRequest:
         begin = field.address - self.start
         return data[begin : begin + field.count]
 
-    @property
-    def fills_gaps(self) -> bool:
-        """Whether the request reads addresses that no field of it uses."""
-        used = {a for f in self.fields for a in range(f.address, f.address + f.count)}
-        return len(used) < self.count
-
 
 def plan_requests(
     fields: Iterable[ModbusFieldConfig],
