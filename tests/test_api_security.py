@@ -129,6 +129,7 @@ EVENTS = Endpoint("GET", "/v1/events", REGIONAL, {"horizon_h": "24"})
 ENDPOINTS = [
     Endpoint("GET", "/", PUBLIC),  # the overview page: its script asks for a key
     Endpoint("GET", "/healthz", PUBLIC),
+    Endpoint("GET", "/metrics", PUBLIC),
     Endpoint("GET", "/readyz", PUBLIC),
     Endpoint("GET", "/openapi.json", PUBLIC),
     Endpoint("GET", "/docs", PUBLIC),

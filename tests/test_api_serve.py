@@ -120,6 +120,9 @@ def test_kyoso_api_serves_the_capacity_over_http(tmp_path: Path) -> None:
         assert b'"factory":"okada-machining"' in body
         assert b'"offline":true' in body  # the history ended weeks ago
         assert get("/v1/factories", with_key=False)[0] == 401
+        status, metrics = get("/metrics", with_key=False)  # for Prometheus, like /healthz
+        assert status == 200
+        assert b'route="/v1/factories",status="401"' in metrics
         server.send_signal(signal.SIGINT)
         assert server.wait(30) == 0
     finally:

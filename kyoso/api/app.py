@@ -1,7 +1,7 @@
 """The capacity API's application: :func:`create_app` puts together the routes under
 ``/v1`` (:mod:`kyoso.api.routes`, one router per resource, with what they share in
 :mod:`kyoso.api.deps`), the overview page at ``/``, ``/healthz`` and ``/readyz``, and the
-OpenAPI pages served from the package (``/docs``, ``/redoc``).
+OpenAPI pages served from the package (``/docs``, ``/redoc``), and Prometheus ``/metrics``.
 
 Every route under ``/v1`` needs an API key (``Authorization: Bearer kyo_...``); answers
 carry an ``ETag`` (a ``If-None-Match`` that matches gets 304) and ``Cache-Control``;
@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -26,6 +26,7 @@ from kyoso import __version__
 
 from .deps import invalid
 from .keys import ApiKeyStore
+from .metrics import CONTENT_TYPE_LATEST, ApiMetrics, MetricsMiddleware
 from .routes import ROUTERS
 from .service import CapacityService
 
@@ -105,9 +106,16 @@ def create_app(
     app.state.service = service
     app.state.region_bodies = {}
     app.state.keys = keys
+    app.state.metrics = metrics = ApiMetrics(service)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in ROUTERS:
         app.include_router(router)
     page, headers = _overview()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        """Prometheus metrics (kyoso/api/metrics.py), like the gateway's and the ingest's."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def _root() -> HTMLResponse:

@@ -48,7 +48,7 @@ def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
     service = CapacityService(reader, bookings, settings.capacity)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(bookings.close)
             await reader.open()
@@ -58,6 +58,7 @@ def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
                 snapshots = CapacitySnapshots(
                     service, writer, settings.capacity.snapshot_interval_s
                 )
+                app.state.metrics.snapshots = snapshots
                 task = asyncio.create_task(snapshots.run(), name="capacity-snapshots")
                 stack.callback(task.cancel)
             yield

@@ -84,9 +84,12 @@ class _Cache:
         self._clock = clock
         self._entries: dict[Hashable, _Entry] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
+        self.counts = {"hit": 0, "miss": 0, "refresh": 0, "refresh_failed": 0}
+        """Lookups answered from the cache or computed, refreshes started and failed."""
 
     async def get(self, key: Hashable, compute: Callable[[], Awaitable[_T]]) -> _T:
         entry = self._entries.pop(key, None)
+        self.counts["miss" if entry is None else "hit"] += 1
         if entry is None:
             entry = _Entry(asyncio.get_running_loop().create_future(), 0.0)
             self._store(key, entry)
@@ -95,6 +98,7 @@ class _Cache:
             self._entries[key] = entry  # now the most recently read
             if entry.expires <= self._clock() and entry.value.done() and not entry.refreshing:
                 entry.refreshing = True
+                self.counts["refresh"] += 1
                 task = asyncio.create_task(self._refresh(key, entry, compute))
                 self._refreshing.add(task)
                 task.add_done_callback(self._refreshing.discard)
@@ -127,6 +131,7 @@ class _Cache:
             await self._fill(key, fresh, compute)
         except Exception:  # keep serving the value we have; the next read tries again
             log.warning("refreshing %r failed; serving the previous value", key, exc_info=True)
+            self.counts["refresh_failed"] += 1
             entry.refreshing = False
             return
         if self._entries.get(key) is entry:
@@ -172,6 +177,11 @@ class CapacityService:
         self._capacity.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
         if history:
             self._profiles.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
+
+    def cache_counts(self) -> dict[str, dict[str, int]]:
+        """Each cache's lookups by outcome (for ``/metrics``)."""
+        caches = {"views": self._views, "capacity": self._capacity, "profiles": self._profiles}
+        return {name: dict(cache.counts) for name, cache in caches.items()}
 
     def now(self) -> datetime:
         """The service's clock (UTC)."""

@@ -38,6 +38,7 @@ class CapacitySnapshots:
         self.interval_s = interval_s
         self.database = writer.config.database_prefix + CAPACITY_DATABASE_SUFFIX
         self.written = 0
+        self.failed = 0
 
     async def run(self) -> None:
         """Snapshot now and every interval; a failure is logged and tried next time. The
@@ -49,6 +50,7 @@ class CapacitySnapshots:
             try:
                 self.written += await self.snapshot()
             except Exception:  # the store may be down: the next snapshot will tell
+                self.failed += 1
                 log.exception("capacity snapshot failed")
             await asyncio.sleep(self.interval_s)
 
