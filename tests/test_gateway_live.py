@@ -64,7 +64,7 @@ def test_faulty_devices_do_not_slow_the_others(mosquitto: Mosquitto, tmp_path: P
             metrics = await asyncio.to_thread(http_get, base + "/metrics")
             ready = await asyncio.to_thread(http_get, base + "/readyz")
             missing = await asyncio.to_thread(http_get, base + "/nope")
-            polls = {m: s.stats.polls for m, s in gateway.sources.items()}
+            polls = dict(gateway.polls)
             stop.set()
             await task
             await health.stop()

@@ -23,7 +23,8 @@ from .machine import MachineTracker
 from .modbus import ModbusConnections, ModbusSource
 from .outbox import SqliteOutbox
 from .publisher import MqttPublisher
-from .sensors import SensorHub
+from .sensors import SensorHub, SensorSource
+from .source import Source
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,6 @@ class Gateway:
         self.outbox = SqliteOutbox(config.outbox, session=session)
         self.publisher = MqttPublisher(config.broker, self.outbox, descriptions=self.descriptions())
         self.connections = ModbusConnections()
-        self.sources = {
-            m.id: ModbusSource(m.source.modbus, self.connections.get(m.source.modbus))
-            for m in config.machines
-            if m.source.modbus is not None
-        }
         self.sensors = (
             SensorHub(
                 config.sensor_broker,
@@ -73,9 +69,21 @@ class Gateway:
             if config.sensor_broker is not None
             else None
         )
+        self.sources: dict[str, Source] = {m.id: self._source(m) for m in config.machines}
         self.trackers: dict[str, MachineTracker] = {}
+        self.polls = dict.fromkeys(self.sources, 0)
+        """Polls per machine, whatever its source."""
         self.emit_failures = 0
         self.poll_failures = 0
+
+    def _source(self, machine: MachineConfig) -> Source:
+        """The source that reads ``machine``, by its configured kind."""
+        if machine.source.modbus is not None:
+            device = machine.source.modbus
+            return ModbusSource(device, self.connections.get(device))
+        assert machine.source.mqtt is not None  # the configuration has exactly one source
+        assert self.sensors is not None  # and a sensor broker when it has MQTT sensors
+        return SensorSource(self.sensors, machine.source.mqtt)
 
     def descriptions(self) -> list[MachineDescription]:
         """The retained description of every machine."""
@@ -118,16 +126,10 @@ class Gateway:
 
     async def poll(self, machine: str) -> None:
         """Poll one machine once and feed its tracker."""
-        config = self.machines[machine]
         at = self.clock.now()
-        if config.source.modbus is not None:
-            result = await self.sources[machine].poll()
-            self.trackers[machine].observe(at, result.values, set(result.missing))
-        else:
-            assert self.sensors is not None
-            assert config.source.mqtt is not None
-            values, missing = self.sensors.poll(config.source.mqtt)
-            self.trackers[machine].observe(at, values, missing)
+        reading = await self.sources[machine].poll()
+        self.polls[machine] += 1
+        self.trackers[machine].observe(at, reading.values, set(reading.missing))
 
     def emit(self, end: float) -> list[int]:
         """Close every machine's interval at ``end``; submit the samples; return their seqs."""

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from kyoso.ops import HttpConfig, OpsServer
 
 from .agent import Gateway
+from .modbus import ModbusSource
 
 
 class GatewayCollector(Collector):
@@ -33,9 +34,12 @@ class GatewayCollector(Collector):
         latency = GaugeMetricFamily(
             "kyoso_gateway_poll_seconds", "Duration of the last poll.", labels=["machine"]
         )
+        for machine, count in gw.polls.items():
+            polls.add_metric([machine], count)
         for machine, source in gw.sources.items():
+            if not isinstance(source, ModbusSource):
+                continue
             stats = source.stats
-            polls.add_metric([machine], stats.polls)
             requests.add_metric([machine], stats.requests)
             for reason, count in stats.errors.items():
                 errors.add_metric([machine, reason], count)
@@ -99,7 +103,10 @@ def _health(gw: Gateway) -> dict[str, object]:
         "broker_connected": gw.publisher.stats.connected,
         "outbox_depth": gw.outbox.depth(),
         "machines": {
-            machine: {"polls": s.stats.polls, "circuit": s.breaker.state.value}
+            machine: {
+                "polls": gw.polls[machine],
+                **({"circuit": s.breaker.state.value} if isinstance(s, ModbusSource) else {}),
+            }
             for machine, s in gw.sources.items()
         },
     }

@@ -9,7 +9,8 @@ a number counts as missing, never as a stale or invented reading.
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,6 +20,27 @@ from .config import MqttSensorConfig, SensorBrokerConfig
 from .modbus_decode import Value
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SensorReading:
+    """A poll of one MQTT sensor (a :class:`~kyoso.gateway.source.Reading`)."""
+
+    values: Mapping[str, Value]
+    missing: Mapping[str, str]
+
+
+class SensorSource:
+    """One MQTT sensor as a :class:`~kyoso.gateway.source.Source`: the latest payload the
+    hub holds for its topic, while it is fresh."""
+
+    def __init__(self, hub: "SensorHub", sensor: MqttSensorConfig) -> None:
+        self._hub = hub
+        self._sensor = sensor
+
+    async def poll(self) -> SensorReading:
+        """The sensor's values now; never raises."""
+        return self._hub.read(self._sensor)
 
 
 def extract(payload: Any, path: str) -> Value | None:
@@ -71,16 +93,23 @@ class SensorHub:
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
 
-    def poll(self, sensor: MqttSensorConfig) -> tuple[dict[str, Value], set[str]]:
-        """The sensor's values now, and the names of those missing."""
-        values: dict[str, Value] = {}
+    def read(self, sensor: MqttSensorConfig) -> SensorReading:
+        """The sensor's values now, and why each other one is missing."""
         latest = self._latest.get(sensor.topic)
-        if latest is not None and self._clock() - latest[0] <= sensor.timeout_s:
-            for name, path in sensor.values.items():
-                value = extract(latest[1], path)
-                if value is not None:
-                    values[name] = value
-        return values, set(sensor.values) - set(values)
+        if latest is None:
+            return SensorReading({}, dict.fromkeys(sensor.values, "no payload yet"))
+        if self._clock() - latest[0] > sensor.timeout_s:
+            stale = f"no payload for more than {sensor.timeout_s:g} s"
+            return SensorReading({}, dict.fromkeys(sensor.values, stale))
+        values: dict[str, Value] = {}
+        missing: dict[str, str] = {}
+        for name, path in sensor.values.items():
+            value = extract(latest[1], path)
+            if value is None:
+                missing[name] = f"no number at {path!r} in the payload"
+            else:
+                values[name] = value
+        return SensorReading(values, missing)
 
     def watches(self, topic: str) -> bool:
         """Whether a configured sensor publishes on ``topic``."""
