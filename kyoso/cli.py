@@ -72,7 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # force: libraries may have configured the root logger at import.
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    finally:
+        # Run in-process (a test, another program), the command leaves no handler behind on
+        # a stream its caller may close.
+        logging.getLogger().removeHandler(handler)
     return code
 
 

@@ -110,7 +110,7 @@ def test_long_run_shares_match_the_behaviour_parameters(
     """Share of planned time per state over three years vs renewal-reward theory.
 
     Tolerance: 5 standard errors, estimated by batch means over 39 batches of 4 weeks (five,
-    not three, because 18 machines x 4 states make 72 checks), and never more than 3
+    not three, because 20 machines x 4 states make 80 checks), and never more than 3
     percentage points, so the check stays meaningful. The seeds are fixed, so the outcome
     is deterministic; a change to the model draws new timelines and is checked afresh.
     """
