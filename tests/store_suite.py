@@ -46,7 +46,7 @@ from kyoso.contract import (
     ShiftCalendar,
     SignalStats,
 )
-from kyoso.store import CounterWindow, StateWindow, Store
+from kyoso.store import CounterWindow, SampleGroup, StateWindow, Store
 
 __all__ = ["T0", "Run", "StoreContract", "at", "make_sample"]
 
@@ -183,6 +183,23 @@ class StoreContract:
         assert counts.totals == pytest.approx({"good": 10, "reject": 1})
         latest = run(store.latest_samples("a"))["m1"]
         assert (latest.sample, latest.received_at) == (SCENARIO[2], at(2000))
+
+    def test_a_batch_writes_every_group_with_its_session_and_receive_time(
+        self, store: Store, run: Run
+    ) -> None:
+        groups = [
+            SampleGroup("a", GW, "s-1", SCENARIO[:2], received_at=at(1000)),
+            SampleGroup("b", "gw-02", "s-2", [make_sample("m9", 60, 60)], received_at=at(2000)),
+            SampleGroup("a", GW, "s-3", SCENARIO[2:], received_at=at(3000)),
+            SampleGroup("b", "gw-02", "s-2", []),
+        ]
+        assert run(store.write_batch(groups)) == []
+        latest = run(store.latest_samples("a"))["m1"]
+        assert (latest.sample, latest.session, latest.received_at) == (SCENARIO[2], "s-3", at(3000))
+        [other] = run(store.latest_samples("b")).values()
+        assert (other.gateway, other.session, other.received_at) == ("gw-02", "s-2", at(2000))
+        [window] = run(store.state_seconds("a", "m1", at(0), at(240)))
+        assert_window(window, "m1", 0, 240, 60, running=75, idle=15, down=20, unknown=10, setup=60)
 
     def test_a_rewrite_replaces_every_state_duration(self, store: Store, run: Run) -> None:
         first = make_sample("m1", 60, 60, {S.RUNNING: 60}, counters={"good": 5})

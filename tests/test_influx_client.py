@@ -28,7 +28,6 @@ from services import InfluxDB, free_port
 from kyoso.contract import Counter, MachineState, Sample, SignalStats
 from kyoso.influx.client import (
     InfluxAuthError,
-    InfluxBatcher,
     InfluxConfig,
     InfluxPermanentError,
     InfluxQueryError,
@@ -479,64 +478,6 @@ def test_query_errors_raise(influxdb: InfluxDB, influxdb_database: str) -> None:
         run(scenario("SELECT * FROM samples WHERE time > 'abc'"))
     with pytest.raises(InfluxQueryError, match="HTTP 400"):
         run(scenario("SELEKT 1"))
-
-
-# --- batching by size and time ----------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_batcher_coalesces_and_answers_each_caller(
-    influxdb: InfluxDB, influxdb_database: str
-) -> None:
-    cfg = config(influxdb.url, flush_interval_s=0.3)
-    calls = [sample_lines(3, start=10 * i) for i in range(5)]
-    calls[2][1] = "garbage"
-
-    async def scenario() -> tuple[list[WriteResult], float]:
-        async with InfluxWriter(cfg) as writer, InfluxBatcher(writer) as batcher:
-            started = time.monotonic()
-            results = await asyncio.gather(*(batcher.write(influxdb_database, c) for c in calls))
-            return list(results), time.monotonic() - started
-
-    results, elapsed = run(scenario())
-    assert [r.written for r in results] == [3, 3, 2, 3, 3]
-    assert all(r.requests == 1 for r in results)  # one request carried them all
-    assert [(r.index, r.line) for r in results[2].rejected] == [(1, "garbage")]
-    assert elapsed >= 0.3
-    assert count(influxdb, influxdb_database) == 14
-
-
-@pytest.mark.integration
-def test_batcher_flushes_when_full(influxdb: InfluxDB, influxdb_database: str) -> None:
-    cfg = config(influxdb.url, flush_interval_s=60, max_batch_lines=4)
-
-    async def scenario() -> float:
-        async with InfluxWriter(cfg) as writer, InfluxBatcher(writer) as batcher:
-            started = time.monotonic()
-            await asyncio.gather(
-                batcher.write(influxdb_database, sample_lines(2)),
-                batcher.write(influxdb_database, sample_lines(2, start=2)),
-            )
-            return time.monotonic() - started
-
-    assert run(scenario()) < 5
-    assert count(influxdb, influxdb_database) == 4
-
-
-def test_batcher_hands_errors_to_every_caller() -> None:
-    cfg = config(f"http://127.0.0.1:{free_port()}", max_retry_time_s=0, flush_interval_s=0.05)
-
-    async def scenario() -> list[BaseException | WriteResult]:
-        async with InfluxWriter(cfg) as writer, InfluxBatcher(writer) as batcher:
-            return list(
-                await asyncio.gather(
-                    batcher.write("db", sample_lines(1)),
-                    batcher.write("db", sample_lines(1, start=1)),
-                    return_exceptions=True,
-                )
-            )
-
-    assert [type(r) for r in run(scenario())] == [InfluxRetryableError] * 2
 
 
 # --- configuration ----------------------------------------------------------------------

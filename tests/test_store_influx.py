@@ -20,9 +20,9 @@ from kyoso.influx.lineprotocol import timestamp_ns
 from kyoso.store import (
     InfluxStore,
     Refusal,
+    SampleGroup,
     Store,
     StoreAuthError,
-    StoreRefusedError,
 )
 
 pytestmark = pytest.mark.integration
@@ -228,7 +228,7 @@ def test_a_line_that_cannot_be_built_is_refused(store: InfluxStore, run: Run) ->
     assert list(run(store.latest_samples("a"))) == ["m2"]
 
 
-def test_concurrent_writes_share_one_request_per_database(
+def test_a_batch_is_one_request_per_database(
     store: InfluxStore, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     requests: list[tuple[str, int]] = []
@@ -240,22 +240,18 @@ def test_concurrent_writes_share_one_request_per_database(
         return result
 
     monkeypatch.setattr(InfluxWriter, "write", counted)
-
-    async def batch() -> list[list[Refusal]]:
-        calls = [
-            store.write_samples(factory, gateway, SESSION, [make_sample(f"m{i}", 60, 60)])
-            for i, (factory, gateway) in enumerate(
-                [("a", "gw-01"), ("b", "gw-01"), ("a", "gw-02"), ("a", "gw-03"), ("b", "gw-04")]
-            )
-        ]
-        return await asyncio.gather(*calls)
-
-    assert run(batch()) == [[]] * 5
-    # One call per database; 'a' and 'b' are new, so each request found no database, which
-    # the writer created before sending the same lines again.
+    groups = [
+        SampleGroup(factory, gateway, SESSION, [make_sample(f"m{i}", 60, 60)])
+        for i, (factory, gateway) in enumerate(
+            [("a", "gw-01"), ("b", "gw-01"), ("a", "gw-02"), ("a", "gw-03"), ("b", "gw-04")]
+        )
+    ]
+    assert run(store.write_batch(groups)) == []
+    # One request per database; 'a' and 'b' are new, so each request found no database,
+    # which the writer created before sending the same lines again.
     assert sorted(requests) == [("a", 2), ("b", 2)]
     requests.clear()
-    assert run(batch()) == [[]] * 5
+    assert run(store.write_batch(groups)) == []
     assert sorted(requests) == [("a", 1), ("b", 1)]
     assert sorted(run(store.latest_samples("a"))) == ["m0", "m2", "m3"]
 
@@ -294,7 +290,8 @@ def test_the_reserved_factory_id_is_neither_written_nor_read(
 ) -> None:
     influxdb.create_database(f"{prefix}capacity")  # the shared capacity database
     influxdb.write(f"{prefix}capacity", "samples,gateway=g,machine=m seq=1i 0")
-    with pytest.raises(StoreRefusedError, match="reserved"):
-        run(store.write_samples("capacity", GW, SESSION, SCENARIO))
+    refusals = run(store.write_samples("capacity", GW, SESSION, SCENARIO))
+    assert [r.index for r in refusals] == list(range(len(SCENARIO)))
+    assert all("reserved" in r.reason for r in refusals)
     assert run(store.latest_samples("capacity")) == {}
     assert run(store.factories()) == []

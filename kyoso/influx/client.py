@@ -58,7 +58,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 __all__ = [
     "InfluxAuthError",
-    "InfluxBatcher",
     "InfluxConfig",
     "InfluxError",
     "InfluxPermanentError",
@@ -101,9 +100,6 @@ class InfluxConfig(BaseModel):
     max_batch_lines: int = Field(default=5000, ge=1, description="Lines per write request.")
     max_batch_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Uncompressed bytes per write request."
-    )
-    flush_interval_s: float = Field(
-        default=1.0, gt=0, description="InfluxBatcher: oldest line waits at most this long."
     )
     initial_backoff_s: float = Field(default=0.5, gt=0, description="First retry delay.")
     max_backoff_s: float = Field(default=30.0, gt=0, description="Longest retry delay.")
@@ -543,91 +539,3 @@ class InfluxWriter:
             with self._lock:
                 self._idle.append(connection)
         return _Response(response.status, data, response.getheader("Retry-After"))
-
-
-@dataclass(slots=True)
-class _Pending:
-    lines: list[str] = field(default_factory=list)
-    waiters: list[tuple[int, int, asyncio.Future[WriteResult]]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
-
-
-class InfluxBatcher:
-    """Coalesces many small writes (one per MQTT message) into few large requests.
-
-    :meth:`write` returns when the request that carried its lines is done, with the result
-    for those lines only, so the caller acknowledges or dead-letters exactly its own. A
-    database's pending lines go out when they reach ``max_batch_lines`` or when the oldest
-    has waited ``flush_interval_s`` (the config's unless given here; 0 sends them on the
-    event loop's next iteration, which still coalesces the calls started together, e.g. by
-    one ``asyncio.gather``). Back-pressure is the callers': each waits for its lines.
-    """
-
-    def __init__(self, writer: InfluxWriter, *, flush_interval_s: float | None = None) -> None:
-        if flush_interval_s is not None and not flush_interval_s >= 0:
-            raise ValueError(f"flush_interval_s must be >= 0, not {flush_interval_s!r}")
-        self._writer = writer
-        self._flush_interval_s = (
-            writer.config.flush_interval_s if flush_interval_s is None else flush_interval_s
-        )
-        self._pending: dict[str, _Pending] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def write(self, database: str, lines: Sequence[str]) -> WriteResult:
-        """Queue ``lines`` for ``database`` and wait until they are written or rejected."""
-        if not lines:
-            return WriteResult(0)
-        loop = asyncio.get_running_loop()
-        pending = self._pending.setdefault(database, _Pending())
-        future: asyncio.Future[WriteResult] = loop.create_future()
-        pending.waiters.append((len(pending.lines), len(lines), future))
-        pending.lines.extend(lines)
-        if len(pending.lines) >= self._writer.config.max_batch_lines:
-            self._flush(database)
-        elif pending.timer is None:
-            pending.timer = loop.call_later(self._flush_interval_s, self._flush, database)
-        return await future
-
-    async def aclose(self) -> None:
-        """Send everything pending now and wait for it."""
-        for database in list(self._pending):
-            self._flush(database)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _flush(self, database: str) -> None:
-        pending = self._pending.pop(database, None)
-        if pending is None:
-            return
-        if pending.timer is not None:
-            pending.timer.cancel()
-        task = asyncio.create_task(self._send(database, pending))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, database: str, pending: _Pending) -> None:
-        try:
-            result = await self._writer.write(database, pending.lines)
-        except Exception as exc:  # handed to every waiter, which decides
-            for _, _, future in pending.waiters:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for start, count, future in pending.waiters:
-            own = tuple(
-                RejectedLine(r.index - start, r.line, r.reason)
-                for r in result.rejected
-                if start <= r.index < start + count
-            )
-            if not future.done():
-                future.set_result(WriteResult(count - len(own), own, result.requests))

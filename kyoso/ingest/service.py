@@ -37,7 +37,7 @@ from typing import TypeVar
 from prometheus_client import Histogram
 
 from kyoso.contract import GatewayStatus, MachineDescription, Sample, SampleBatch
-from kyoso.store import StoreAuthError, StoreRefusedError, StoreWriter
+from kyoso.store import SampleGroup, StoreAuthError, StoreRefusedError, StoreWriter
 
 from .config import IngestSettings
 from .consumer import Incoming, MqttConsumer
@@ -214,8 +214,7 @@ class Ingest:
     async def _write(self, batch: _Batch) -> None:
         letters, groups, control = self._sort(batch.messages)
         await self._dead_letter(letters)
-        refused = await asyncio.gather(*(self._write_group(k, v) for k, v in groups.items()))
-        await self._dead_letter([letter for group in refused for letter in group])
+        await self._dead_letter(await self._write_samples(groups))
         assert batch.control_done is not None
         try:
             if batch.after is not None:
@@ -257,21 +256,27 @@ class Ingest:
                 control.append(incoming)
         return letters, groups, control
 
-    async def _write_group(
-        self, key: tuple[str, str, str], items: list[tuple[Incoming, Sample]]
-    ) -> list[_Letter]:
-        factory, gateway, session = key
-        received_at = datetime.fromtimestamp(max(m.received for m, _ in items), UTC)
-        samples = [sample for _, sample in items]
-        refusals = await self._persist(
-            f"samples of {factory}/{gateway}",
-            lambda: self.store.write_samples(
-                factory, gateway, session, samples, received_at=received_at
-            ),
-        )
-        self.stats.samples_written += len(samples) - len(refusals)
+    async def _write_samples(self, groups: _Groups) -> list[_Letter]:
+        """Every sample of the batch in one store call; the refused ones as letters."""
+        if not groups:
+            return []
+        items = list(groups.values())
+        batch = [
+            SampleGroup(
+                factory,
+                gateway,
+                session,
+                [sample for _, sample in pairs],
+                received_at=datetime.fromtimestamp(max(m.received for m, _ in pairs), UTC),
+            )
+            for (factory, gateway, session), pairs in groups.items()
+        ]
+        refusals = await self._persist("samples", lambda: self.store.write_batch(batch))
+        self.stats.samples_written += sum(len(g.samples) for g in batch) - len(refusals)
         return [
-            _letter(items[r.index][0], "store", _about(items[r.index][1], r.reason))
+            _letter(
+                items[r.group][r.index][0], "store", _about(items[r.group][r.index][1], r.reason)
+            )
             for r in refusals
         ]
 

@@ -63,6 +63,7 @@ __all__ = [
     "BucketGrid",
     "CounterWindow",
     "Refusal",
+    "SampleGroup",
     "StateWindow",
     "Store",
     "StoreAuthError",
@@ -101,8 +102,22 @@ class Refusal:
     """A sample the store could not keep, and why; the others of its call were kept."""
 
     index: int
-    """Position in the ``samples`` given to :meth:`StoreWriter.write_samples`."""
+    """Position in its group's ``samples``."""
     reason: str
+    group: int = 0
+    """Position of its group in the call's ``groups`` (0 for :meth:`write_samples`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SampleGroup:
+    """Samples sent by one gateway in one session (of one message, or of several)."""
+
+    factory: str
+    gateway: str
+    session: str
+    samples: Sequence[Sample]
+    received_at: datetime | None = None
+    """When the ingest received them (default: now), reported by ``latest_samples``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +163,12 @@ class CounterWindow:
 
 class StoreWriter(Protocol):
     """What the ingest needs: idempotent writes of decoded messages."""
+
+    async def write_batch(self, groups: Sequence[SampleGroup]) -> list[Refusal]:
+        """Store the samples of every group at once, as :meth:`write_samples` stores one
+        group: one request per database (InfluxDB), one transaction (SQLite). The refusals
+        name their group and their index in it, sorted by both."""
+        ...
 
     async def write_samples(
         self,

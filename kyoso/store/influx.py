@@ -2,13 +2,12 @@
 
 Design, and why:
 
-- **Writes** are the lines of :mod:`kyoso.influx.lineprotocol`, sent through one
-  :class:`~kyoso.influx.client.InfluxBatcher` that flushes on the event loop's next
-  iteration. The ingest starts a whole batch's :meth:`InfluxStore.write_samples` calls
-  (one per gateway and session) with one ``asyncio.gather``; each call hands its lines to
-  the batcher before it first awaits, so they leave as one request per factory database.
-  A line that cannot be built or that InfluxDB rejects comes back as a
-  :class:`~kyoso.store.base.Refusal`; its neighbours are kept.
+- **Writes** are the lines of :mod:`kyoso.influx.lineprotocol`. The ingest hands a whole
+  batch to :meth:`InfluxStore.write_batch` (its samples grouped by gateway and session),
+  which sends one request per factory database, concurrently (the writer cuts a request
+  above ``max_batch_lines`` and halves one InfluxDB finds too large). A line that cannot be
+  built or that InfluxDB rejects comes back as a :class:`~kyoso.store.base.Refusal`; its
+  neighbours are kept.
 - **Replacing at the same key** is InfluxDB's own rule (measurement, tags, time). What a
   rewrite must replace is always written, since InfluxDB merges the field sets.
 - **Descriptions** are points at ``updated_at``: the latest point per machine is current,
@@ -67,7 +66,6 @@ from kyoso.contract import (
 )
 from kyoso.influx.client import (
     InfluxAuthError,
-    InfluxBatcher,
     InfluxConfig,
     InfluxError,
     InfluxQueryError,
@@ -89,6 +87,7 @@ from .base import (
     BucketGrid,
     CounterWindow,
     Refusal,
+    SampleGroup,
     StateWindow,
     StoreAuthError,
     StoredSample,
@@ -171,27 +170,22 @@ class InfluxStore:
 
     def __init__(self, config: InfluxConfig) -> None:
         self.config = config
-        self._clients: tuple[InfluxWriter, InfluxBatcher] | None = None
+        self._writer: InfluxWriter | None = None
         self._status_ns = 0
 
     async def open(self) -> Self:
-        """Start the HTTP client and the write batcher."""
-        if self._clients is not None:
+        """Start the HTTP client."""
+        if self._writer is not None:
             raise StoreError("store is already open")
-        writer = InfluxWriter(self.config)
-        self._clients = writer, InfluxBatcher(writer, flush_interval_s=0)
+        self._writer = InfluxWriter(self.config)
         return self
 
     async def close(self) -> None:
-        """Send what is pending, then close the client; idempotent."""
-        if self._clients is None:
+        """Close the client; idempotent."""
+        if self._writer is None:
             return
-        writer, batcher = self._clients
-        self._clients = None
-        try:
-            await batcher.aclose()
-        finally:
-            await writer.aclose()
+        writer, self._writer = self._writer, None
+        await writer.aclose()
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -215,24 +209,40 @@ class InfluxStore:
         *,
         received_at: datetime | None = None,
     ) -> list[Refusal]:
-        received = timestamp_ns(
-            datetime.now(UTC) if received_at is None else check_aware(received_at, "received_at")
+        return await self.write_batch(
+            [SampleGroup(factory, gateway, session, samples, received_at)]
         )
-        database = self._database(factory)
+
+    async def write_batch(self, groups: Sequence[SampleGroup]) -> list[Refusal]:
+        now = datetime.now(UTC)
         refused: list[Refusal] = []
-        lines: list[str] = []
-        indexes: list[int] = []  # the sample of each line
-        for index, sample in enumerate(samples):
+        lines: dict[str, list[str]] = {}
+        sources: dict[str, list[tuple[int, int]]] = {}  # the (group, sample) of each line
+        for g, group in enumerate(groups):
+            at = now if group.received_at is None else check_aware(group.received_at, "received_at")
+            received = timestamp_ns(at)
             try:
-                lines.append(sample_point(factory, gateway, session, sample, received_at=received))
-            except LineProtocolError as exc:
-                refused.append(Refusal(index, str(exc)))
-            else:
-                indexes.append(index)
-        # No await before this one: the lines of concurrent calls share a request.
-        result = await self._write(database, lines)
-        refused += (Refusal(indexes[r.index], r.reason) for r in result.rejected)
-        return sorted(refused, key=lambda r: r.index)
+                database = self._database(group.factory)
+            except StoreRefusedError as exc:  # a reserved factory id: none of it can be kept
+                refused += (Refusal(i, str(exc), g) for i in range(len(group.samples)))
+                continue
+            for i, sample in enumerate(group.samples):
+                try:
+                    point = sample_point(
+                        group.factory, group.gateway, group.session, sample, received_at=received
+                    )
+                except LineProtocolError as exc:
+                    refused.append(Refusal(i, str(exc), g))
+                else:
+                    lines.setdefault(database, []).append(point)
+                    sources.setdefault(database, []).append((g, i))
+        databases = list(lines)
+        results = await asyncio.gather(*(self._write(d, lines[d]) for d in databases))
+        for database, result in zip(databases, results, strict=True):
+            for rejected in result.rejected:
+                g, i = sources[database][rejected.index]
+                refused.append(Refusal(i, rejected.reason, g))
+        return sorted(refused, key=lambda r: (r.group, r.index))
 
     async def write_description(self, desc: MachineDescription) -> None:
         await self._write_point(self._database(desc.factory), partial(description_point, desc))
@@ -404,10 +414,10 @@ class InfluxStore:
 
     # --- InfluxDB ---------------------------------------------------------------------
 
-    def _open_clients(self) -> tuple[InfluxWriter, InfluxBatcher]:
-        if self._clients is None:
+    def _client(self) -> InfluxWriter:
+        if self._writer is None:
             raise StoreError("store is not open")
-        return self._clients
+        return self._writer
 
     def _database(self, factory: str) -> str:
         """The factory's database, to write; a reserved factory id cannot be kept."""
@@ -424,9 +434,8 @@ class InfluxStore:
             return None
 
     async def _write(self, database: str, lines: Sequence[str]) -> WriteResult:
-        _, batcher = self._open_clients()
         with _translated():
-            return await batcher.write(database, lines)
+            return await self._client().write(database, lines)
 
     async def _write_point(self, database: str, build: Callable[[], str]) -> None:
         """Write one point, or raise :class:`StoreRefusedError` if it cannot be kept."""
@@ -446,10 +455,9 @@ class InfluxStore:
         self, database: str | None, influxql: str, params: Mapping[str, object] | None = None
     ) -> list[Row]:
         """Run InfluxQL; a missing database has no rows."""
-        writer, _ = self._open_clients()
         with _translated():
             try:
-                return await writer.query(database, influxql, params)
+                return await self._client().query(database, influxql, params)
             except InfluxQueryError as exc:
                 if database is not None and _MISSING_DATABASE in str(exc):
                     return []

@@ -45,6 +45,7 @@ from .base import (
     BucketGrid,
     CounterWindow,
     Refusal,
+    SampleGroup,
     StateWindow,
     StoredSample,
     StoreError,
@@ -202,12 +203,20 @@ class SqliteStore:
         *,
         received_at: datetime | None = None,
     ) -> list[Refusal]:
-        check_id(factory, "factory")
-        received = _us(
-            datetime.now(UTC) if received_at is None else check_aware(received_at, "received_at")
+        return await self.write_batch(
+            [SampleGroup(factory, gateway, session, samples, received_at)]
         )
-        if samples:
-            await self._call(self._write_samples, factory, gateway, session, samples, received)
+
+    async def write_batch(self, groups: Sequence[SampleGroup]) -> list[Refusal]:
+        now = datetime.now(UTC)
+        rows = []
+        for group in groups:
+            check_id(group.factory, "factory")
+            at = now if group.received_at is None else check_aware(group.received_at, "received_at")
+            if group.samples:
+                rows.append((group, _us(at)))
+        if rows:
+            await self._call(self._write_batch, rows)
         return []  # every contract sample fits a row
 
     async def write_description(self, desc: MachineDescription) -> None:
@@ -358,26 +367,28 @@ class SqliteStore:
             for b, (w0, w1) in enumerate(buckets)
         ]
 
-    def _write_samples(
-        self, factory: str, gateway: str, session: str, samples: Sequence[Sample], received: int
-    ) -> None:
+    def _write_batch(self, groups: Sequence[tuple[SampleGroup, int]]) -> None:
+        """Every group's samples (with when they were received) in one transaction."""
         db = self._conn()
         try:
             with _transaction(db):
-                source = _id(db, _SOURCE_ID, self._sources, (factory, gateway, session))
                 rows, keys, counters = [], [], []
-                for sample in samples:
-                    series = _id(db, _SERIES_ID, self._series, (factory, sample.machine))
-                    ts = _us(sample.ts)
-                    start = ts - max(1, round(sample.interval_s * 1e6))
-                    durations = (sample.durations_s.get(state) for state in _STATES)
-                    head = (series, ts, start, source, sample.seq, sample.interval_s)
-                    tail = (sample.alarm, _extra(sample), received)
-                    rows.append((*head, sample.state.value, *durations, *tail))
-                    keys.append((series, ts))
-                    counters += [
-                        (series, ts, n, start, c.delta) for n, c in sample.counters.items()
-                    ]
+                for group, received in groups:
+                    key = (group.factory, group.gateway, group.session)
+                    source = _id(db, _SOURCE_ID, self._sources, key)
+                    for sample in group.samples:
+                        machine = (group.factory, sample.machine)
+                        series = _id(db, _SERIES_ID, self._series, machine)
+                        ts = _us(sample.ts)
+                        start = ts - max(1, round(sample.interval_s * 1e6))
+                        durations = (sample.durations_s.get(state) for state in _STATES)
+                        head = (series, ts, start, source, sample.seq, sample.interval_s)
+                        tail = (sample.alarm, _extra(sample), received)
+                        rows.append((*head, sample.state.value, *durations, *tail))
+                        keys.append((series, ts))
+                        counters += [
+                            (series, ts, n, start, c.delta) for n, c in sample.counters.items()
+                        ]
                 db.executemany("DELETE FROM counters WHERE series = ? AND ts = ?", keys)
                 db.executemany(_INSERT_SAMPLE, rows)
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)", counters)
