@@ -9,7 +9,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from kyoso.influx.client import InfluxWriter
-from kyoso.store import SqliteStore
+from kyoso.store.choice import store_for
 from kyoso.store.influx import InfluxStore
 
 from .app import create_app
@@ -42,8 +42,7 @@ def serve(settings: ApiSettings, keys: ApiKeyStore) -> None:
 
 def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
     """The API app; its lifespan opens the store and the bookings and runs snapshots."""
-    store = InfluxStore(settings.influx) if settings.store == "influxdb" else None
-    reader: InfluxStore | SqliteStore = store or SqliteStore(settings.sqlite_path)
+    reader = store_for(settings)
     bookings = BookingStore(settings.bookings_path)
     service = CapacityService(reader, bookings, settings.capacity)
 
@@ -53,7 +52,7 @@ def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
             stack.callback(bookings.close)
             await reader.open()
             stack.push_async_callback(reader.close)
-            if settings.snapshots and store is not None:
+            if settings.snapshots and isinstance(reader, InfluxStore):
                 writer = await stack.enter_async_context(InfluxWriter(settings.influx))
                 snapshots = CapacitySnapshots(
                     service, writer, settings.capacity.snapshot_interval_s

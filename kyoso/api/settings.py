@@ -8,12 +8,11 @@ option is ``kyoso/api/api.example.yaml``.
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from kyoso.influx.client import InfluxConfig
+from kyoso.store.choice import StoreChoice
 from kyoso.validation import FileSettings, load_yaml_settings
 
 __all__ = ["ENV_PREFIX", "ApiSettings", "CapacityRules", "load_settings"]
@@ -52,8 +51,8 @@ class CapacityRules(BaseModel):
         return timedelta(days=self.lookback_days)
 
 
-class ApiSettings(FileSettings):
-    """Everything ``kyoso api`` needs."""
+class ApiSettings(StoreChoice, FileSettings):
+    """Everything ``kyoso api`` needs (the store options: :class:`StoreChoice`)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -61,15 +60,6 @@ class ApiSettings(FileSettings):
 
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Port; 0 picks a free one.")
-    store: Literal["influxdb", "sqlite"] = Field(
-        "sqlite", description="influxdb (regional stack) or sqlite (one shop, the demo)."
-    )
-    influx: InfluxConfig = Field(
-        default_factory=InfluxConfig, description="Used when store is influxdb."
-    )
-    sqlite_path: Path = Field(
-        Path("kyoso-store.sqlite3"), description="Used when store is sqlite (the ingest's file)."
-    )
     keys: Path = Field(
         Path("var/api-keys.sqlite3"),
         description="API key store; `kyoso api --config FILE keys ...` manages this one.",

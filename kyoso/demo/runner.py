@@ -56,6 +56,7 @@ from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.history import history_descriptions
 from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
 from kyoso.store import SqliteStore, Store
+from kyoso.store.choice import StoreChoice, store_for
 from kyoso.store.influx import InfluxStore
 
 from .backfill import Backfill, BackfillProgress
@@ -134,14 +135,12 @@ def _locked(data_dir: Path) -> Iterator[None]:
         yield
 
 
-@contextlib.asynccontextmanager
-async def _store(options: DemoOptions) -> AsyncIterator[Store]:
+def _store(options: DemoOptions) -> InfluxStore | SqliteStore:
+    """The embedded store in the data directory, or the external InfluxDB."""
     if options.influx is not None:
-        async with InfluxStore(options.influx) as influx:
-            yield influx
-    else:
-        async with SqliteStore(options.data_dir / "store.sqlite3", synchronous="normal") as lite:
-            yield lite
+        return store_for(StoreChoice(store="influxdb", influx=options.influx))
+    choice = StoreChoice(store="sqlite", sqlite_path=options.data_dir / "store.sqlite3")
+    return store_for(choice, synchronous="normal")  # a demo: a crash, not a power cut
 
 
 @contextlib.asynccontextmanager
@@ -228,7 +227,7 @@ async def _start(
         host, port = await stack.enter_async_context(_broker(options))
     except EmbeddedBrokerError as exc:
         raise DemoError(f"{exc} (--mqtt-port 0 picks a free port)") from exc
-    store = await stack.enter_async_context(_store(options))
+    store: Store = await stack.enter_async_context(_store(options))
     clock = SimClock()
     window = (clock.start - options.backfill.total_seconds(), clock.start)
     sim_options = SimulationOptions(

@@ -2,17 +2,14 @@
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kyoso.store import SqliteStore, StoreWriter
-from kyoso.store.influx import InfluxStore
+from kyoso.store.choice import store_for
 
 from .config import ENV_PREFIX, IngestConfigError, IngestSettings, load_settings
 from .deadletter import DeadLetter, DeadLetterStore
@@ -84,17 +81,6 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
-@contextlib.asynccontextmanager
-async def open_store(settings: IngestSettings) -> AsyncIterator[StoreWriter]:
-    """The store the settings name, opened, closed on exit."""
-    if settings.store == "influxdb":
-        async with InfluxStore(settings.influx) as influx:
-            yield influx
-    else:
-        async with SqliteStore(settings.sqlite_path) as sqlite:
-            yield sqlite
-
-
 async def _serve(settings: IngestSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +88,7 @@ async def _serve(settings: IngestSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     dead_letters = DeadLetterStore(settings.dead_letter_path)
     try:
-        async with open_store(settings) as store:
+        async with store_for(settings) as store:
             ingest = Ingest(settings, store, dead_letters)
             endpoint = health_server(ingest, settings.http)
             await endpoint.start()

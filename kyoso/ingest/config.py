@@ -8,15 +8,15 @@ example with every option is ``kyoso/ingest/ingest.example.yaml``.
 """
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kyoso.contract import Id
-from kyoso.influx.client import InfluxConfig
 from kyoso.mqtt import BrokerConnection
 from kyoso.ops import HttpConfig
+from kyoso.store.choice import StoreChoice
 from kyoso.validation import ConfigError, FileSettings, load_yaml_settings
 
 __all__ = [
@@ -98,21 +98,14 @@ class PlausibilityConfig(_Config):
     )
 
 
-class IngestSettings(FileSettings):
-    """Everything ``kyoso ingest`` needs."""
+class IngestSettings(StoreChoice, FileSettings):
+    """Everything ``kyoso ingest`` needs (the store options: :class:`StoreChoice`)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    store: Literal["influxdb", "sqlite"] = Field(
-        "sqlite", description="influxdb (regional stack) or sqlite (one shop, the demo)."
-    )
-    influx: InfluxConfig = Field(
-        default_factory=InfluxConfig, description="Used when store is influxdb."
-    )
-    sqlite_path: Path = Field(Path("kyoso-store.sqlite3"), description="Used when store is sqlite.")
     dead_letter_path: Path = Field(
         Path("kyoso-dead-letters.sqlite3"), description="Where refused messages are kept."
     )
