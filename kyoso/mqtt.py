@@ -12,16 +12,14 @@ from typing import Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
+
+from kyoso.validation import ConfigModel
 
 __all__ = ["BrokerConnection", "TlsConfig", "new_client"]
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsConfig(_Config):
+class TlsConfig(ConfigModel):
     """TLS to the broker: CA-only (server authenticated) or mutual (client certificate too)."""
 
     ca_file: Path | None = Field(None, description="CA file (PEM); None: the system's CAs.")
@@ -36,7 +34,7 @@ class TlsConfig(_Config):
         return self
 
 
-class BrokerConnection(_Config):
+class BrokerConnection(ConfigModel):
     """Where the regional broker is and how to log in; a persistent MQTT 5 session."""
 
     host: str = Field("localhost", description="Broker host name or address.")

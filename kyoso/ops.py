@@ -12,17 +12,17 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from kyoso.validation import ConfigModel
 
 __all__ = ["HttpConfig", "OpsServer"]
 
 _MAX_REQUEST_LINE = 4096
 
 
-class HttpConfig(BaseModel):
+class HttpConfig(ConfigModel):
     """The local endpoint with /healthz, /readyz and Prometheus /metrics."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = Field(default="127.0.0.1", description="Bind address.")
     port: int = Field(default=9105, ge=0, le=65535, description="Port; 0 picks a free one.")

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 from pydantic_settings.exceptions import SettingsError
 from yaml.reader import ReaderError
 
 __all__ = [
     "ConfigError",
+    "ConfigModel",
     "FileSettings",
     "Loc",
     "YamlDocument",
@@ -32,6 +33,13 @@ __all__ = [
 
 Loc = Sequence[str | int]
 """Where a value is in a document: keys and list indices, as pydantic's ``loc``."""
+
+
+class ConfigModel(BaseModel):
+    """The base of every configuration section: unknown options are errors (a typo is never
+    silently ignored), values are frozen once read, and NaN or infinite numbers refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FileSettings(BaseSettings):

@@ -9,21 +9,19 @@ option is ``kyoso/api/api.example.yaml``.
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from kyoso.store.choice import StoreChoice
-from kyoso.validation import FileSettings, load_yaml_settings
+from kyoso.validation import ConfigModel, FileSettings, load_yaml_settings
 
 __all__ = ["ENV_PREFIX", "ApiSettings", "CapacityRules", "load_settings"]
 
 ENV_PREFIX = "KYOSO_API_"
 
 
-class CapacityRules(BaseModel):
+class CapacityRules(ConfigModel):
     """How capacity is derived (docs/capacity.md explains each)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     lookback_days: int = Field(
         28, ge=1, le=365, description="History the expected load is learnt from."

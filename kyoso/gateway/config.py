@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -21,9 +19,10 @@ from pydantic import (
     model_validator,
 )
 
+from kyoso import validation
 from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
 from kyoso.ops import HttpConfig
-from kyoso.validation import Loc, dotted, read_yaml
+from kyoso.validation import ConfigModel, Loc, dotted, read_yaml
 
 from .errors import GatewayError
 from .modbus_decode import ModbusDeviceConfig
@@ -31,11 +30,7 @@ from .outbox import OutboxConfig
 from .publisher import PublisherConfig
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class MqttSensorConfig(_Config):
+class MqttSensorConfig(ConfigModel):
     """A sensor publishing JSON on a local broker (e.g. a current clamp on a legacy machine)."""
 
     topic: str = Field(min_length=1, description="Topic the sensor publishes on.")
@@ -48,7 +43,7 @@ class MqttSensorConfig(_Config):
     )
 
 
-class SourceConfig(_Config):
+class SourceConfig(ConfigModel):
     """Where a machine's fields come from: exactly one of ``modbus`` and ``mqtt``."""
 
     modbus: ModbusDeviceConfig | None = None
@@ -69,14 +64,14 @@ class SourceConfig(_Config):
         return set(self.mqtt.values)
 
 
-class Level(_Config):
+class Level(ConfigModel):
     """A state entered when a numeric field reaches ``above``."""
 
     state: MachineState
     above: float
 
 
-class StateFromCode(_Config):
+class StateFromCode(ConfigModel):
     """The state is a code in a register, mapped value by value."""
 
     field: Name = Field(description="Field holding the state code.")
@@ -86,7 +81,7 @@ class StateFromCode(_Config):
     )
 
 
-class StateFromThreshold(_Config):
+class StateFromThreshold(ConfigModel):
     """The state follows a numeric field (e.g. current draw) through thresholds."""
 
     field: Name = Field(description="Numeric field, e.g. current_a.")
@@ -111,13 +106,13 @@ class StateFromThreshold(_Config):
         return self
 
 
-class AlarmRule(_Config):
+class AlarmRule(ConfigModel):
     """A field that forces ``down`` while it is non-zero (an alarm code or an alarm bit)."""
 
     field: Name
 
 
-class StateConfig(_Config):
+class StateConfig(ConfigModel):
     """How the machine state is derived."""
 
     from_code: StateFromCode | None = None
@@ -134,14 +129,14 @@ class StateConfig(_Config):
         return self
 
 
-class CounterConfig(_Config):
+class CounterConfig(ConfigModel):
     """A part counter read from the device, as a raw value that rolls over or resets."""
 
     field: Name
     width_bits: Literal[16, 32, 64] = Field(default=32, description="Register width.")
 
 
-class MachineConfig(_Config):
+class MachineConfig(ConfigModel):
     """One machine behind this gateway."""
 
     id: Id
@@ -174,7 +169,7 @@ class MachineConfig(_Config):
         return self
 
 
-class SensorBrokerConfig(_Config):
+class SensorBrokerConfig(ConfigModel):
     """The shop's local broker that MQTT sensors publish to."""
 
     host: str = Field(default="localhost")
@@ -187,7 +182,7 @@ _STAND_IN = "invalid"
 """A valid id given to the broker in place of an identity that is itself an error."""
 
 
-class GatewayConfig(_Config):
+class GatewayConfig(ConfigModel):
     """A whole gateway."""
 
     factory: Id = Field(description="Factory id: first topic level, confined by the broker ACL.")
@@ -234,8 +229,9 @@ class GatewayConfig(_Config):
         return self
 
 
-class ConfigError(GatewayError, ValueError):
-    """A configuration that cannot be used; one line per problem, with its location."""
+class ConfigError(GatewayError, validation.ConfigError):
+    """A configuration that cannot be used; one line per problem, with its location. A
+    gateway error, and the configuration error every component raises."""
 
 
 _ENV = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -21,9 +21,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kyoso.contract import Name
+from kyoso.validation import ConfigModel
 
 Table = Literal["holding", "input", "coil", "discrete_input"]
 """Holding registers (FC 3), input registers (FC 4), coils (FC 1), discrete inputs (FC 2)."""
@@ -86,11 +87,7 @@ class DecodeError(ValueError):
     """Registers that hold no publishable value: NaN, infinity, non-ASCII text."""
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class ModbusFieldConfig(_Config):
+class ModbusFieldConfig(ConfigModel):
     """One value read from a device: where it lives and how its registers become a value."""
 
     name: Name = Field(description="Signal or counter name, snake_case with the unit in it.")
@@ -164,7 +161,7 @@ class ModbusFieldConfig(_Config):
         return self
 
 
-class ModbusDeviceConfig(_Config):
+class ModbusDeviceConfig(ConfigModel):
     """One Modbus device (a unit id behind an endpoint) and the fields read from it.
 
     Units behind the same endpoint (host and port, or serial port) share one connection,

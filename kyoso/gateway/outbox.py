@@ -40,9 +40,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kyoso.contract import Sample, check_id
+from kyoso.validation import ConfigModel
 
 from .errors import GatewayError
 
@@ -84,10 +85,8 @@ class FullPolicy(StrEnum):
     REJECT_NEW = "reject_new"
 
 
-class OutboxConfig(BaseModel):
+class OutboxConfig(ConfigModel):
     """Where the outbox lives, how big it may grow, and what happens when it is full."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path = Field(
         Path("/var/lib/kyoso/outbox.sqlite3"), description="SQLite file; its directory exists."

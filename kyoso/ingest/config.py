@@ -10,14 +10,14 @@ example with every option is ``kyoso/ingest/ingest.example.yaml``.
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kyoso.contract import Id
 from kyoso.mqtt import BrokerConnection
 from kyoso.ops import HttpConfig
 from kyoso.store.choice import StoreChoice
-from kyoso.validation import ConfigError, FileSettings, load_yaml_settings
+from kyoso.validation import ConfigError, ConfigModel, FileSettings, load_yaml_settings
 
 __all__ = [
     "BatchConfig",
@@ -29,10 +29,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "KYOSO_INGEST_"
-
-
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class MqttConfig(BrokerConnection):
@@ -65,7 +61,7 @@ class MqttConfig(BrokerConnection):
     )
 
 
-class BatchConfig(_Config):
+class BatchConfig(ConfigModel):
     """How messages are grouped into store writes, and acknowledged together."""
 
     max_samples: int = Field(5000, ge=1, description="A batch closes at this many samples...")
@@ -85,7 +81,7 @@ class BatchConfig(_Config):
         return self
 
 
-class PlausibilityConfig(_Config):
+class PlausibilityConfig(ConfigModel):
     """Timestamps the ingest refuses (dead-letters), whatever the contract allows."""
 
     max_future_s: float = Field(

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated, Self
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
@@ -20,7 +18,7 @@ from pydantic import (
 
 from kyoso.contract import Id
 from kyoso.influx.lineprotocol import RESERVED_FACTORY_IDS
-from kyoso.validation import load_yaml_model
+from kyoso.validation import ConfigModel, load_yaml_model
 
 __all__ = [
     "GRAFANA_UID_MAX",
@@ -40,11 +38,7 @@ Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServiceAccount(_Config):
+class ServiceAccount(ConfigModel):
     """A service's user, the same name on the broker and in InfluxDB where it needs both."""
 
     username: Username
@@ -55,7 +49,7 @@ class ServiceAccount(_Config):
     )
 
 
-class Gateway(_Config):
+class Gateway(ConfigModel):
     """One gateway the broker admits: it publishes only under its own factory."""
 
     factory: Id
@@ -70,7 +64,7 @@ class Gateway(_Config):
         return self.username or f"{self.factory}-{self.gateway}"
 
 
-class Registry(_Config):
+class Registry(ConfigModel):
     """A region's gateways and the accounts of its services."""
 
     ingest: ServiceAccount = Field(

@@ -3,10 +3,10 @@
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kyoso.contract import Capability, Id, ShiftCalendar
-from kyoso.validation import load_yaml_model
+from kyoso.validation import ConfigModel, load_yaml_model
 
 WordOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 """Order of the bytes of a 32/64-bit value across registers: A is the most significant byte.
@@ -19,11 +19,7 @@ way (ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA).
 FACTORIES_DIR = Path(__file__).parent / "factories"
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class BehaviourConfig(_Config):
+class BehaviourConfig(ConfigModel):
     """The seeded behaviour model of one machine; all times count planned time only."""
 
     cycle_time_s: float = Field(gt=0, le=86_400, description="Mean actual cycle time per part.")
@@ -57,7 +53,7 @@ class BehaviourConfig(_Config):
         return self
 
 
-class ModbusSourceConfig(_Config):
+class ModbusSourceConfig(ConfigModel):
     """A machine read over Modbus TCP, with the register map of docs/simulators.md."""
 
     kind: Literal["modbus"] = "modbus"
@@ -82,7 +78,7 @@ class ModbusSourceConfig(_Config):
     )
 
 
-class ClampSourceConfig(_Config):
+class ClampSourceConfig(ConfigModel):
     """A legacy machine seen through a current clamp that publishes vendor JSON over MQTT."""
 
     kind: Literal["clamp"] = "clamp"
@@ -101,7 +97,7 @@ class ClampSourceConfig(_Config):
     noise_a: float = Field(default=0.2, ge=0, description="Peak noise added to the current.")
 
 
-class MachineConfig(_Config):
+class MachineConfig(ConfigModel):
     """One simulated machine."""
 
     id: Id
@@ -113,13 +109,13 @@ class MachineConfig(_Config):
     source: ModbusSourceConfig | ClampSourceConfig = Field(discriminator="kind")
 
 
-class ModbusServerConfig(_Config):
+class ModbusServerConfig(ConfigModel):
     """A Modbus TCP server: one port, one or several machines behind unit ids."""
 
     port: int = Field(ge=0, le=65535, description="TCP port; 0 picks a free one.")
 
 
-class FactoryConfig(_Config):
+class FactoryConfig(ConfigModel):
     """A whole demo factory."""
 
     factory: Id
