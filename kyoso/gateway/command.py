@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .agent import Gateway
-from .config import ConfigError, load_config
+from .config import ConfigError, GatewayConfig, load_config
 from .http import health_server
 from .modbus import ModbusError
 from .modbus_decode import format_plan, plan_device
@@ -58,15 +58,22 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     outbox_parser.set_defaults(run=run_outbox)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Execute ``kyoso gateway``."""
+def _config(args: argparse.Namespace, command: str) -> GatewayConfig | None:
+    """The configuration ``--config`` names; None (said on stderr) if there is none."""
     if args.config is None:
-        print("kyoso gateway: --config GATEWAY.yaml is required", file=sys.stderr)
-        return 2
+        print(f"{command}: --config GATEWAY.yaml is required", file=sys.stderr)
+        return None
     try:
-        config = load_config(args.config)
+        return load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``kyoso gateway``."""
+    config = _config(args, "kyoso gateway")
+    if config is None:
         return 2
     if args.check:
         print(f"{args.config}: factory {config.factory}, gateway {config.gateway}, ok")
@@ -97,15 +104,11 @@ async def _serve(gateway: Gateway) -> None:
 
 def run_outbox(args: argparse.Namespace) -> int:
     """Execute ``kyoso gateway --config G outbox [show | requeue [SEQ...]]``."""
-    if args.config is None:
-        print("kyoso gateway outbox: --config GATEWAY.yaml is required", file=sys.stderr)
+    config = _config(args, "kyoso gateway outbox")
+    if config is None:
         return 2
     try:
-        config = load_config(args.config)
         outbox = SqliteOutbox(config.outbox)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
     except OutboxLockedError:
         print(
             f"kyoso gateway outbox: {config.outbox.path} is in use by a running gateway: "
