@@ -7,6 +7,8 @@ for a value the schema refuses (the line of the value's key, or of its list item
 ``<file>: <dotted.path>`` where the file has no line for it (a problem of the whole file).
 """
 
+import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "load_yaml_model",
     "load_yaml_settings",
     "read_yaml",
+    "substitute_env",
 ]
 
 Loc = Sequence[str | int]
@@ -208,12 +211,73 @@ def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> YamlDocument
     return YamlDocument(path, data, root)
 
 
-def load_yaml_model(model: type[_M], path: Path, error: type[ValueError]) -> _M:
-    """``model`` validated from the YAML file at ``path``; ``error`` names the file and
-    every problem (one line each, with its line in the file) if it cannot be used."""
+_ENV = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute(data: Any, env: Mapping[str, str]) -> tuple[Any, list[tuple[Loc, str]]]:
+    """``data`` with ``${NAME}`` replaced in every string (mapping keys are left alone),
+    and each unknown name with the location of its string."""
+    unknown: list[tuple[Loc, str]] = []
+
+    def replace(match: re.Match[str]) -> str:
+        return "${" + match[2] + "}" if match[1] else env.get(match[2], "")
+
+    def walk(node: Any, loc: tuple[str | int, ...]) -> Any:
+        if isinstance(node, str):
+            unknown.extend((loc, m[2]) for m in _ENV.finditer(node) if not m[1] and m[2] not in env)
+            return _ENV.sub(replace, node)
+        if isinstance(node, dict):
+            return {key: walk(value, (*loc, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value, (*loc, i)) for i, value in enumerate(node)]
+        return node
+
+    return walk(data, ()), unknown
+
+
+def _unknown(unknown: list[tuple[Loc, str]], where: Callable[[Loc], str]) -> str:
+    return "\n".join(
+        f"{where(loc)}{dotted(loc)}: unknown environment variable {name}" for loc, name in unknown
+    )
+
+
+def substitute_env(data: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${NAME}`` in every string of a parsed file by the environment variable.
+
+    ``$${NAME}`` stays literal as ``${NAME}``. Substituting after parsing keeps comments out
+    of it and keeps a secret's characters from changing the YAML structure. Unknown names
+    are a :class:`ConfigError`, one line per use: ``<location>: unknown environment ...``.
+    """
+    result, unknown = _substitute(data, os.environ if environ is None else environ)
+    if unknown:
+        raise ConfigError(_unknown(unknown, lambda _: ""))
+    return result
+
+
+def _substituted(
+    document: YamlDocument, error: type[ValueError], environ: Mapping[str, str] | None
+) -> Any:
+    """The document's data with ``${NAME}`` substituted; ``error`` names each unknown name
+    at its line."""
+    data, unknown = _substitute(document.data, os.environ if environ is None else environ)
+    if unknown:
+        raise error(_unknown(unknown, lambda loc: f"{document.where(loc)}: "))
+    return data
+
+
+def load_yaml_model(
+    model: type[_M],
+    path: Path,
+    error: type[ValueError],
+    environ: Mapping[str, str] | None = None,
+) -> _M:
+    """``model`` validated from the YAML file at ``path``, ``${NAME}`` substituted from
+    ``environ`` (default: the process's); ``error`` names the file and every problem (one
+    line each, with its line in the file) if it cannot be used."""
     document = read_yaml(path, error)
+    data = _substituted(document, error, environ)
     try:
-        return model.model_validate(document.data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise error(document.error_lines(exc)) from exc
 
@@ -231,9 +295,10 @@ def _from_environment(environment: Mapping[str, Any], loc: Loc) -> bool:
 
 
 def load_yaml_settings(cls: type[_S], path: Path | None, env_prefix: str) -> _S:
-    """``cls`` from the YAML file at ``path`` (if given) and the environment, which the
-    settings class lets override the file; :class:`ConfigError` lists every problem, at its
-    line in the file, or as ``environment (<prefix>*)`` for a value the environment set."""
+    """``cls`` from the YAML file at ``path`` (if given, ``${NAME}`` substituted) and the
+    environment, which the settings class lets override the file; :class:`ConfigError`
+    lists every problem, at its line in the file, or as ``environment (<prefix>*)`` for a
+    value the environment set."""
     document = None if path is None else read_yaml(path)
     data: Mapping[str, Any] = {}
     if document is not None and document.data is not None:
@@ -241,7 +306,7 @@ def load_yaml_settings(cls: type[_S], path: Path | None, env_prefix: str) -> _S:
             isinstance(k, str) for k in document.data
         ):
             raise ConfigError(f"{path}: the top level must be a mapping of options")
-        data = document.data
+        data = _substituted(document, ConfigError, None)
     environment = f"environment ({env_prefix}*)"
     try:
         return cls(**data)

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from kyoso.ingest.config import load_settings
 from kyoso.simulators.config import FactoryConfigError, load_factory
-from kyoso.validation import ConfigError, load_yaml_model
+from kyoso.validation import ConfigError, load_yaml_model, substitute_env
 
 FACTORIES = Path(__file__).resolve().parent.parent / "kyoso" / "simulators" / "factories"
 
@@ -175,3 +176,38 @@ def test_a_shipped_factory_with_a_broken_anchor(tmp_path: Path) -> None:
         f"{path}:{unit}: machines.2.source.modbus.unit: Input should be greater than or equal to 1",
         f"{path}:{anchor}: machines.3.behaviour.mtbf_h: Input should be greater than 0",
     ]
+
+
+def test_environment_substitution() -> None:
+    data = {"a": "${X}", "b": ["x-${X}-${Y}"], "c": "$${X}", "d": 5}
+    assert substitute_env(data, {"X": "1", "Y": "2"}) == {
+        "a": "1",
+        "b": ["x-1-2"],
+        "c": "${X}",
+        "d": 5,
+    }
+    with pytest.raises(ConfigError) as caught:
+        substitute_env(data, {})
+    assert str(caught.value).splitlines() == [
+        "a: unknown environment variable X",
+        "b.0: unknown environment variable X",
+        "b.0: unknown environment variable Y",
+    ]
+
+
+def test_every_settings_file_takes_secrets_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest's and the API's files substitute ``${NAME}`` as the gateway's does."""
+    path = tmp_path / "ingest.yaml"
+    path.write_text("influx:\n  username: ingest\n  password: ${KYOSO_TEST_SECRET}\n")
+    monkeypatch.setenv("KYOSO_TEST_SECRET", "s3cret: {not yaml}")
+    settings = load_settings(path)
+    assert settings.influx.password is not None
+    assert settings.influx.password.get_secret_value() == "s3cret: {not yaml}"
+    monkeypatch.delenv("KYOSO_TEST_SECRET")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == (
+        f"{path}:3: influx.password: unknown environment variable KYOSO_TEST_SECRET"
+    )

@@ -10,7 +10,7 @@ import yaml
 from examples import documented_defaults, uncommented_lines
 from pydantic import BaseModel
 
-from kyoso.gateway.config import ConfigError, load_config, substitute_env
+from kyoso.gateway.config import ConfigError, load_config
 from kyoso.gateway.outbox import OutboxConfig
 from kyoso.gateway.publisher import PublisherConfig
 from kyoso.ops import HttpConfig
@@ -33,23 +33,6 @@ def test_every_example_option_has_a_comment() -> None:
     """Up to the first machine every option is explained; later machines only show sources."""
     text = EXAMPLE.read_text()
     assert uncommented_lines(text[: text.index("  - id: manual-lathe")]) == []
-
-
-def test_environment_substitution() -> None:
-    data = {"a": "${X}", "b": ["x-${X}-${Y}"], "c": "$${X}", "d": 5}
-    assert substitute_env(data, {"X": "1", "Y": "2"}) == {
-        "a": "1",
-        "b": ["x-1-2"],
-        "c": "${X}",
-        "d": 5,
-    }
-    with pytest.raises(ConfigError) as caught:
-        substitute_env(data, {})
-    assert str(caught.value).splitlines() == [
-        "a: unknown environment variable X",
-        "b.0: unknown environment variable X",
-        "b.0: unknown environment variable Y",
-    ]
 
 
 def _edited(tmp_path: Path, old: str, new: str) -> Path:

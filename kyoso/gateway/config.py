@@ -5,15 +5,12 @@ environment variable ``NAME``, and an unknown name is an error (``$${`` writes a
 ``${``). :func:`load_config` reports every problem with its location in the file.
 """
 
-import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -22,7 +19,7 @@ from pydantic import (
 from kyoso import validation
 from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
 from kyoso.ops import HttpConfig
-from kyoso.validation import ConfigModel, Loc, dotted, read_yaml
+from kyoso.validation import ConfigModel, load_yaml_model
 
 from .errors import GatewayError
 from .modbus_decode import ModbusDeviceConfig
@@ -234,60 +231,7 @@ class ConfigError(GatewayError, validation.ConfigError):
     gateway error, and the configuration error every component raises."""
 
 
-_ENV = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _substitute(data: Any, env: Mapping[str, str]) -> tuple[Any, list[tuple[Loc, str]]]:
-    """``data`` with ``${NAME}`` replaced in every string (mapping keys are left alone),
-    and each unknown name with the location of its string."""
-    unknown: list[tuple[Loc, str]] = []
-
-    def replace(match: re.Match[str]) -> str:
-        return "${" + match[2] + "}" if match[1] else env.get(match[2], "")
-
-    def walk(node: Any, loc: tuple[str | int, ...]) -> Any:
-        if isinstance(node, str):
-            unknown.extend((loc, m[2]) for m in _ENV.finditer(node) if not m[1] and m[2] not in env)
-            return _ENV.sub(replace, node)
-        if isinstance(node, dict):
-            return {key: walk(value, (*loc, key)) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(value, (*loc, i)) for i, value in enumerate(node)]
-        return node
-
-    return walk(data, ()), unknown
-
-
-def _unknown_error(unknown: list[tuple[Loc, str]], where: Callable[[Loc], str]) -> ConfigError:
-    return ConfigError(
-        "\n".join(
-            f"{where(loc)}{dotted(loc)}: unknown environment variable {name}"
-            for loc, name in unknown
-        )
-    )
-
-
-def substitute_env(data: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """Replace ``${NAME}`` in every string of a parsed file by the environment variable.
-
-    ``$${NAME}`` stays literal as ``${NAME}``. Substituting after parsing keeps comments out
-    of it and keeps a secret's characters from changing the YAML structure. Unknown names
-    are a :class:`ConfigError`, one line per use: ``<location>: unknown environment ...``.
-    """
-    result, unknown = _substitute(data, os.environ if environ is None else environ)
-    if unknown:
-        raise _unknown_error(unknown, lambda _: "")
-    return result
-
-
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, substitute and validate a gateway file; :class:`ConfigError` lists every error
-    with its line in the file."""
-    document = read_yaml(path, ConfigError)
-    data, unknown = _substitute(document.data, os.environ if environ is None else environ)
-    if unknown:
-        raise _unknown_error(unknown, lambda loc: f"{document.where(loc)}: ")
-    try:
-        return GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(document.error_lines(exc)) from exc
+    """Read, substitute (``${NAME}``) and validate a gateway file; :class:`ConfigError`
+    lists every error with its line in the file."""
+    return load_yaml_model(GatewayConfig, path, ConfigError, environ)
