@@ -22,11 +22,11 @@ from kyoso.contract import (
     encode,
     samples_topic,
 )
+from kyoso.ingest.command import ingest_store
 from kyoso.ingest.config import IngestSettings, MqttConfig
 from kyoso.ingest.deadletter import DeadLetterStore
 from kyoso.ingest.service import Ingest
 from kyoso.store import StoreWriter
-from kyoso.store.choice import store_for
 
 __all__ = ["IngestThread", "Publisher", "gateway_messages", "settings_for", "wait_until"]
 
@@ -157,7 +157,7 @@ class IngestThread:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with store_for(self.settings) as store:
+        async with ingest_store(self.settings) as store:
             self.store = store
             self.ingest = Ingest(self.settings, store, self.dead_letters)
             self._started.set()

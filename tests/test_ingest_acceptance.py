@@ -1,6 +1,7 @@
 """Acceptance of the ingest into a real InfluxDB: exactly once through crashes and an outage,
 one bad line in a batch, and hostile input that never crashes it nor leaves the schema."""
 
+import http.client
 import json
 import os
 import re
@@ -9,9 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -186,6 +189,88 @@ def influx_config(influxdb: InfluxDB) -> Iterator[InfluxConfig]:
     yield InfluxConfig(url=influxdb.url, database_prefix=prefix)
     for name in _databases(influxdb, prefix):
         influxdb.drop_database(name)
+
+
+class _Overloaded(ThreadingHTTPServer):
+    """InfluxDB behind a proxy that answers the first write 503 with ``Retry-After``."""
+
+    def __init__(self, upstream: str, retry_after_s: int) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.retry_after_s = retry_after_s
+        self.writes: list[tuple[float, int]] = []  # (monotonic time, status answered)
+        super().__init__(("127.0.0.1", 0), _Forward)
+
+
+class _Forward(BaseHTTPRequestHandler):
+    server: _Overloaded
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.startswith("/write") and not self.server.writes:
+            self.server.writes.append((time.monotonic(), 503))
+            self.send_response(503)
+            self.send_header("Retry-After", str(self.server.retry_after_s))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        upstream = http.client.HTTPConnection(self.server.upstream.netloc, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        upstream.request(self.command, self.path, body, headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        if self.path.startswith("/write"):
+            self.server.writes.append((time.monotonic(), answer.status))
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in {"transfer-encoding", "connection", "content-length"}:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self._forward()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_ingest_waits_as_long_as_influxdb_asks_and_counts_the_retry(
+    mosquitto_factory: Callable[..., Mosquitto],
+    influx_config: InfluxConfig,
+    tmp_path: Path,
+) -> None:
+    """One place times the retries: the writer makes one attempt, the ingest waits at least
+    the Retry-After InfluxDB names (a lower bound: a loaded machine only waits longer)."""
+    broker = mosquitto_factory()
+    proxy = _Overloaded(influx_config.url, retry_after_s=2)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        influx = influx_config.model_copy(update={"url": url})
+        settings = settings_for(broker, tmp_path, store="influxdb", influx=influx)
+        messages = gateway_messages("okada", "gw-1", ["m1", "m2"], 5, START)
+        publisher = Publisher(broker)
+        with running_ingest(settings) as worker:
+            ingest = worker.ingest
+            assert ingest is not None
+            publisher.publish_all(messages)
+            wait_until(lambda: ingest.stats.acked == len(messages), what="every acknowledgement")
+            assert ingest.stats.samples_written == 10
+            assert ingest.stats.store_retries == 1
+            assert ingest.stats.store_errors == {"StoreUnavailableError": 1}
+        publisher.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    (first, refused), *after = proxy.writes
+    assert refused == 503
+    assert after
+    assert after[0][0] - first >= 2.0  # not before the time InfluxDB named
 
 
 def test_one_line_influxdb_refuses_is_dead_lettered_and_the_rest_written(

@@ -18,7 +18,9 @@ What :meth:`InfluxWriter.write` promises, for the lines it is given:
 - **Transient failures are retried** (connection errors, 408, 429, 5xx): exponential
   backoff with jitter from ``initial_backoff_s`` to ``max_backoff_s``, or exactly the
   ``Retry-After`` the server asks for (seconds or an HTTP date), for at most
-  ``max_retry_time_s``; then :class:`InfluxRetryableError`: acknowledge nothing, retry later.
+  ``max_retry_time_s``; then :class:`InfluxRetryableError` (with the ``Retry-After``, if
+  any): acknowledge nothing, retry later. With ``max_retry_time_s`` 0 the writer makes one
+  attempt and leaves the retries to its caller (the ingest does: it owns their timing).
 - ``401``/``403`` raise :class:`InfluxAuthError` at once: alarm, acknowledge nothing, do
   not dead-letter (the data is fine, the credentials are not).
 - A missing database (``404``) is created with ``CREATE DATABASE`` when

@@ -9,7 +9,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kyoso.store import SqliteStore
 from kyoso.store.choice import store_for
+from kyoso.store.influx import InfluxStore
 
 from .config import ENV_PREFIX, IngestConfigError, IngestSettings, load_settings
 from .deadletter import DeadLetter, DeadLetterStore
@@ -81,6 +83,15 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+def ingest_store(settings: IngestSettings) -> InfluxStore | SqliteStore:
+    """The store the settings name, not yet opened, whose InfluxDB writer makes one attempt
+    per request: the ingest owns the retries (``batch.retry_min_s`` … ``retry_max_s``,
+    never before a ``Retry-After``), so its ``store_failing_seconds`` counts from the first
+    failure and no timer below it doubles the wait."""
+    influx = settings.influx.model_copy(update={"max_retry_time_s": 0.0})
+    return store_for(settings.model_copy(update={"influx": influx}))
+
+
 async def _serve(settings: IngestSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,7 +99,7 @@ async def _serve(settings: IngestSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     dead_letters = DeadLetterStore(settings.dead_letter_path)
     try:
-        async with store_for(settings) as store:
+        async with ingest_store(settings) as store:
             ingest = Ingest(settings, store, dead_letters)
             endpoint = health_server(ingest, settings.http)
             await endpoint.start()

@@ -37,7 +37,13 @@ from typing import TypeVar
 from prometheus_client import Histogram
 
 from kyoso.contract import GatewayStatus, MachineDescription, Sample, SampleBatch
-from kyoso.store import SampleGroup, StoreAuthError, StoreRefusedError, StoreWriter
+from kyoso.store import (
+    SampleGroup,
+    StoreAuthError,
+    StoreRefusedError,
+    StoreUnavailableError,
+    StoreWriter,
+)
 
 from .config import IngestSettings
 from .consumer import Incoming, MqttConsumer
@@ -312,9 +318,12 @@ class Ingest:
                 self.stats.store_errors[type(exc).__name__] += 1
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
+                wait = delay
+                if isinstance(exc, StoreUnavailableError) and exc.retry_after_s is not None:
+                    wait = max(wait, exc.retry_after_s)  # never before the time the store named
                 level = logging.ERROR if isinstance(exc, StoreAuthError) else logging.WARNING
-                log.log(level, "writing %s failed (%s); retrying in %.1f s", what, exc, delay)
-                await asyncio.sleep(delay)
+                log.log(level, "writing %s failed (%s); retrying in %.1f s", what, exc, wait)
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, self.settings.batch.retry_max_s)
             else:
                 self._failing_since = None

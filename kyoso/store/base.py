@@ -86,7 +86,12 @@ class StoreError(Exception):
 
 
 class StoreUnavailableError(StoreError):
-    """Retryable: the store is busy or unreachable. Writes are idempotent, so repeat them."""
+    """Retryable: the store is busy or unreachable. Writes are idempotent, so repeat them,
+    not before ``retry_after_s`` when the store named a time (an HTTP ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StoreAuthError(StoreError):

@@ -470,7 +470,7 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except InfluxRetryableError as exc:
-        raise StoreUnavailableError(f"InfluxDB: {exc}") from exc
+        raise StoreUnavailableError(f"InfluxDB: {exc}", retry_after_s=exc.retry_after_s) from exc
     except InfluxAuthError as exc:
         raise StoreAuthError(f"InfluxDB: {exc}") from exc
     except InfluxError as exc:
