@@ -294,24 +294,31 @@ def _from_environment(environment: Mapping[str, Any], loc: Loc) -> bool:
     return not isinstance(node, Mapping)
 
 
-def load_yaml_settings(cls: type[_S], path: Path | None, env_prefix: str) -> _S:
-    """``cls`` from the YAML file at ``path`` (if given, ``${NAME}`` substituted) and the
-    environment, which the settings class lets override the file; :class:`ConfigError`
-    lists every problem, at its line in the file, or as ``environment (<prefix>*)`` for a
-    value the environment set."""
-    document = None if path is None else read_yaml(path)
+def load_yaml_settings(
+    cls: type[_S],
+    path: Path | None,
+    env_prefix: str,
+    *,
+    error: type[ConfigError] = ConfigError,
+    environ: Mapping[str, str] | None = None,
+) -> _S:
+    """``cls`` from the YAML file at ``path`` (if given, ``${NAME}`` substituted from
+    ``environ``, default the process's) and the process's environment, whose
+    ``<env_prefix>*`` variables override single options; ``error`` lists every problem, at
+    its line in the file, or as ``environment (<prefix>*)`` for a value a variable set."""
+    document = None if path is None else read_yaml(path, error)
     data: Mapping[str, Any] = {}
     if document is not None and document.data is not None:
         if not isinstance(document.data, dict) or not all(
             isinstance(k, str) for k in document.data
         ):
-            raise ConfigError(f"{path}: the top level must be a mapping of options")
-        data = _substituted(document, ConfigError, None)
+            raise error(f"{path}: the top level must be a mapping of options")
+        data = _substituted(document, error, environ)
     environment = f"environment ({env_prefix}*)"
     try:
         return cls(**data)
     except SettingsError as exc:  # a variable that is not the JSON its option needs
-        raise ConfigError(f"{environment}: {exc}") from exc
+        raise error(f"{environment}: {exc}") from exc
     except ValidationError as exc:
         from_env = EnvSettingsSource(cls)()
 
@@ -320,4 +327,4 @@ def load_yaml_settings(cls: type[_S], path: Path | None, env_prefix: str) -> _S:
                 return environment
             return document.where(loc)
 
-        raise ConfigError(_lines(where, exc)) from exc
+        raise error(_lines(where, exc)) from exc

@@ -170,3 +170,19 @@ def test_documented_defaults_are_the_real_ones(section: str, model: type[BaseMod
         if key == "max_bytes":
             default //= 1024 * 1024  # documented as "512 MiB"
         assert value == default, (section, key, value, default)
+
+
+def test_single_options_are_overridden_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the ingest's and the API's: KYOSO_GATEWAY_ plus the option's path."""
+    monkeypatch.setenv("KYOSO_GATEWAY_POLL_INTERVAL_S", "2.5")
+    monkeypatch.setenv("KYOSO_GATEWAY_BROKER__HOST", "broker.other.example")
+    config = load_config(EXAMPLE, ENV)
+    assert config.poll_interval_s == 2.5
+    assert config.broker.host == "broker.other.example"
+    assert config.broker.factory == "okada-machining"  # the file's identity still applies
+    monkeypatch.setenv("KYOSO_GATEWAY_POLL_INTERVAL_S", "often")
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE, ENV)
+    assert str(caught.value).startswith("environment (KYOSO_GATEWAY_*): poll_interval_s: ")

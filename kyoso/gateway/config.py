@@ -15,11 +15,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_settings import SettingsConfigDict
 
 from kyoso import validation
 from kyoso.contract import Capability, Id, MachineState, Name, Sharing, ShiftCalendar
 from kyoso.ops import HttpConfig
-from kyoso.validation import ConfigModel, load_yaml_model
+from kyoso.validation import ConfigModel, FileSettings, load_yaml_settings
 
 from .errors import GatewayError
 from .modbus_decode import ModbusDeviceConfig
@@ -231,7 +232,25 @@ class ConfigError(GatewayError, validation.ConfigError):
     gateway error, and the configuration error every component raises."""
 
 
+ENV_PREFIX = "KYOSO_GATEWAY_"
+
+
+class GatewaySettings(GatewayConfig, FileSettings):
+    """A gateway's file, whose single options ``KYOSO_GATEWAY_<PATH>`` variables override
+    (levels joined by ``__``: ``KYOSO_GATEWAY_BROKER__HOST``), as the ingest's and the
+    API's."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+    )
+
+
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, substitute (``${NAME}``) and validate a gateway file; :class:`ConfigError`
-    lists every error with its line in the file."""
-    return load_yaml_model(GatewayConfig, path, ConfigError, environ)
+    """Read, substitute (``${NAME}`` from ``environ``, default the process's), override
+    (``KYOSO_GATEWAY_*``) and validate a gateway file; :class:`ConfigError` lists every
+    error with its line in the file, or the variable's prefix."""
+    return load_yaml_settings(GatewaySettings, path, ENV_PREFIX, error=ConfigError, environ=environ)
