@@ -16,7 +16,7 @@ from kyoso.api.app import create_app
 from kyoso.api.bookings import BookingStore
 from kyoso.api.keys import ApiKeyStore, parse_scope
 from kyoso.api.service import CapacityService
-from kyoso.api.settings import CapacityRules
+from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import GatewayStatus
 from kyoso.simulators.config import FactoryConfig, load_factory, shipped_factories
 from kyoso.simulators.history import history_descriptions, history_samples

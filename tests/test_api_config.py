@@ -8,7 +8,8 @@ import pytest
 from examples import documented_defaults, uncommented_lines
 from pydantic import BaseModel
 
-from kyoso.api.settings import ApiSettings, CapacityRules, load_settings
+from kyoso.api.settings import ApiSettings, load_settings
+from kyoso.capacity.rules import CapacityRules
 from kyoso.cli import main
 from kyoso.influx.client import InfluxConfig
 from kyoso.validation import ConfigError

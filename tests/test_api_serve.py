@@ -17,8 +17,8 @@ from services import InfluxDB, free_port
 
 from kyoso.api.bookings import BookingStore
 from kyoso.api.service import CapacityService
-from kyoso.api.settings import CapacityRules
 from kyoso.api.snapshots import CapacitySnapshots
+from kyoso.capacity.rules import CapacityRules
 from kyoso.influx.client import InfluxConfig, InfluxWriter
 from kyoso.simulators.config import load_factory, shipped_factories
 from kyoso.store import SqliteStore

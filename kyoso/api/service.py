@@ -24,11 +24,11 @@ from typing import TypeVar, cast
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
 from kyoso.capacity.forecast import LoadProfile, forecast
 from kyoso.capacity.kpi import Performance, TimeElements
+from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState
 from kyoso.store import StateWindow, StoredSample, StoreReader
 
 from .bookings import BookingStore
-from .settings import CapacityRules
 
 __all__ = ["CapacityService", "FactoryView", "MachineKpis", "MachineView"]
 

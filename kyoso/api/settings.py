@@ -6,47 +6,18 @@ levels joined by ``__``, e.g. ``KYOSO_API_INFLUX__URL``. The commented example w
 option is ``kyoso/api/api.example.yaml``.
 """
 
-from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from kyoso.capacity.rules import CapacityRules
 from kyoso.store.choice import StoreChoice
-from kyoso.validation import ConfigModel, FileSettings, load_yaml_settings
+from kyoso.validation import FileSettings, load_yaml_settings
 
-__all__ = ["ENV_PREFIX", "ApiSettings", "CapacityRules", "load_settings"]
+__all__ = ["ENV_PREFIX", "ApiSettings", "load_settings"]
 
 ENV_PREFIX = "KYOSO_API_"
-
-
-class CapacityRules(ConfigModel):
-    """How capacity is derived (docs/capacity.md explains each)."""
-
-    lookback_days: int = Field(
-        28, ge=1, le=365, description="History the expected load is learnt from."
-    )
-    stale_after_s: float = Field(
-        300.0,
-        gt=0,
-        description="Data older than this withdraws a machine's capacity (reason offline).",
-    )
-    repair_estimate_s: float = Field(
-        7200.0, ge=0, description="A machine down now is expected back after this long."
-    )
-    cache_ttl_s: float = Field(
-        15.0, ge=0, description="How long computed figures are served before recomputing."
-    )
-    profile_ttl_s: float = Field(
-        600.0, ge=0, description="How long a machine's learnt load profile is reused."
-    )
-    snapshot_interval_s: float = Field(
-        60.0, gt=0, description="Capacity snapshots for the dashboards, every this long."
-    )
-
-    @property
-    def lookback(self) -> timedelta:
-        return timedelta(days=self.lookback_days)
 
 
 class ApiSettings(StoreChoice, FileSettings):

@@ -44,7 +44,7 @@ from kyoso.api.app import create_app
 from kyoso.api.bookings import BookingStore
 from kyoso.api.keys import ApiKeyStore, parse_scope
 from kyoso.api.service import CapacityService
-from kyoso.api.settings import CapacityRules
+from kyoso.capacity.rules import CapacityRules
 from kyoso.gateway.agent import Gateway
 from kyoso.gateway.config import GatewayConfig
 from kyoso.influx.client import InfluxConfig

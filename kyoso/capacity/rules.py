@@ -1,0 +1,41 @@
+"""The rules capacity is derived by: how much history teaches the expected load, when data
+is too old to sell, how long a repair is expected to take, and how long figures are kept
+before they are computed again."""
+
+from datetime import timedelta
+
+from pydantic import Field
+
+from kyoso.validation import ConfigModel
+
+__all__ = ["CapacityRules"]
+
+
+class CapacityRules(ConfigModel):
+    """How capacity is derived and how long its figures are kept (docs/api.md explains each):
+    the ``capacity`` section of the API's settings."""
+
+    lookback_days: int = Field(
+        28, ge=1, le=365, description="History the expected load is learnt from."
+    )
+    stale_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="Data older than this withdraws a machine's capacity (reason offline).",
+    )
+    repair_estimate_s: float = Field(
+        7200.0, ge=0, description="A machine down now is expected back after this long."
+    )
+    cache_ttl_s: float = Field(
+        15.0, ge=0, description="How long computed figures are served before recomputing."
+    )
+    profile_ttl_s: float = Field(
+        600.0, ge=0, description="How long a machine's learnt load profile is reused."
+    )
+    snapshot_interval_s: float = Field(
+        60.0, gt=0, description="Capacity snapshots for the dashboards, every this long."
+    )
+
+    @property
+    def lookback(self) -> timedelta:
+        return timedelta(days=self.lookback_days)
