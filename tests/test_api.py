@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from apikit import GATEWAY, Api, Region, build_region, online, running_api
 
+from kyoso.api.bookings import BookingStore
+from kyoso.api.service import CapacityService
+from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import MachineState
 from kyoso.simulators.behaviour import MachineModel
 from kyoso.store import SqliteStore
@@ -164,6 +167,47 @@ def test_an_offline_gateway_withdraws_its_factorys_capacity(region: Region, tmp_
         )
         search = _get(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=2)
         assert all(c["available"] == 0 for c in search["candidates"])
+
+
+def test_figures_older_than_the_time_to_live_are_computed_again_before_they_are_served(
+    region: Region, tmp_path: Path
+) -> None:
+    """No answer carries figures older than cache_ttl_s: the request that finds them older
+    waits for them to be computed again (the store changed meanwhile: the gateway went
+    offline), rather than getting the old ones while a refresh runs behind it."""
+    copy = tmp_path / "store.sqlite3"
+    copy.write_bytes(region.path.read_bytes())
+    ticks = [0.0]  # the caches' clock, in seconds
+    wall = [region.end + timedelta(seconds=30)]
+
+    def clock() -> float:
+        return wall[0].timestamp()
+
+    async def scenario() -> None:
+        async with SqliteStore(copy) as store:
+            bookings = BookingStore(tmp_path / "bookings.sqlite3")
+            service = CapacityService(
+                store,
+                bookings,
+                CapacityRules(cache_ttl_s=5),
+                clock=clock,
+                monotonic=lambda: ticks[0],
+            )
+            horizon = timedelta(hours=24)
+            first = await service.capacity("okada-machining", horizon)
+            assert not first.offline
+            await store.write_status(online("okada-machining", wall[0], "offline"))
+            ticks[0] = 4.9
+            assert await service.capacity("okada-machining", horizon) is first  # 4.9 s old
+            ticks[0], wall[0] = 5.0, wall[0] + timedelta(seconds=5)
+            second = await service.capacity("okada-machining", horizon)
+            assert second is not first
+            assert second.offline
+            assert second.as_of == wall[0]
+            assert service.cache_counts()["capacity"]["expired"] == 1
+            bookings.close()
+
+    asyncio.run(scenario())
 
 
 def test_stale_data_withdraws_capacity_with_reason_offline(region: Region, tmp_path: Path) -> None:

@@ -69,27 +69,48 @@ class MachineKpis:
 
 
 class _Cache:
-    """Values by key for a time to live, refreshed behind the callers' backs.
+    """Values by key for a time to live.
 
     A key asked for the first time is computed while the caller waits (concurrent callers
-    share that one computation). Once its time to live is over, callers keep getting the
-    value they had while one refresh runs in the background, so no request waits for a
-    recomputation after the first. At most ``max_entries`` keys are kept: the ones read
-    longest ago go first (a client cycling through horizons cannot fill the memory).
+    share that one computation). What happens once its time to live is over depends on what
+    is cached. Figures served to a client (``serve_stale`` false) are never older than the
+    time to live: the next caller waits for them to be computed again, and so do the
+    callers arriving meanwhile; a failure reaches them all, never an old value. What only
+    shapes figures (learnt load profiles, ``serve_stale`` true) is served while one refresh
+    runs in the background, so no request waits for it after the first. At most
+    ``max_entries`` keys are kept: the ones read longest ago go first (a client cycling
+    through horizons cannot fill the memory).
     """
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float], max_entries: int = 256) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        clock: Callable[[], float],
+        *,
+        serve_stale: bool,
+        max_entries: int = 256,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.serve_stale = serve_stale
         self._clock = clock
         self._entries: dict[Hashable, _Entry] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
-        self.counts = {"hit": 0, "miss": 0, "refresh": 0, "refresh_failed": 0}
-        """Lookups answered from the cache or computed, refreshes started and failed."""
+        self.counts = {"hit": 0, "miss": 0, "expired": 0, "refresh": 0, "refresh_failed": 0}
+        """Lookups answered from the cache, computed (new, or too old to serve), and
+        background refreshes started and failed."""
 
     async def get(self, key: Hashable, compute: Callable[[], Awaitable[_T]]) -> _T:
         entry = self._entries.pop(key, None)
-        self.counts["miss" if entry is None else "hit"] += 1
+        outcome = "miss" if entry is None else "hit"
+        if (
+            entry is not None
+            and not self.serve_stale
+            and entry.value.done()
+            and entry.expires <= self._clock()
+        ):
+            entry, outcome = None, "expired"  # too old to serve: computed while callers wait
+        self.counts[outcome] += 1
         if entry is None:
             entry = _Entry(asyncio.get_running_loop().create_future(), 0.0)
             self._store(key, entry)
@@ -160,6 +181,7 @@ class CapacityService:
         rules: CapacityRules,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         backfilling: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
@@ -167,9 +189,9 @@ class CapacityService:
         self.rules = rules
         self._clock = clock
         self._backfilling = backfilling
-        self._views = _Cache(rules.cache_ttl_s, time.monotonic)
-        self._capacity = _Cache(rules.cache_ttl_s, time.monotonic)
-        self._profiles = _Cache(rules.profile_ttl_s, time.monotonic)
+        self._views = _Cache(rules.cache_ttl_s, monotonic, serve_stale=False)
+        self._capacity = _Cache(rules.cache_ttl_s, monotonic, serve_stale=False)
+        self._profiles = _Cache(rules.profile_ttl_s, monotonic, serve_stale=True)
 
     def forget(self, factory: str, *, history: bool = False) -> None:
         """Recompute the factory's capacity on the next request (its bookings changed), and
