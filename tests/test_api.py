@@ -15,7 +15,7 @@ from apikit import GATEWAY, Api, Region, build_region, online, running_api
 from kyoso.api.bookings import BookingStore
 from kyoso.api.service import CapacityService
 from kyoso.capacity.rules import CapacityRules
-from kyoso.contract import MachineState
+from kyoso.contract import MachineState, Sample
 from kyoso.simulators.behaviour import MachineModel
 from kyoso.store import SqliteStore
 
@@ -208,6 +208,84 @@ def test_figures_older_than_the_time_to_live_are_computed_again_before_they_are_
             bookings.close()
 
     asyncio.run(scenario())
+
+
+def _copy(region: Region, tmp_path: Path) -> Region:
+    copy = tmp_path / "store.sqlite3"
+    copy.write_bytes(region.path.read_bytes())
+    return Region(copy, region.origin, region.end, region.simulations)
+
+
+def test_a_machine_whose_device_does_not_answer_is_withdrawn_as_unreadable(
+    region: Region, tmp_path: Path
+) -> None:
+    """The gateway keeps publishing, but every read of cnc-02 failed for the last 10 min:
+    its state is unknown, and its capacity is withdrawn (reason unreadable), not offered."""
+    copied = _copy(region, tmp_path)
+
+    async def device_dead() -> None:
+        async with SqliteStore(copied.path) as store:
+            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
+            unknown = [
+                latest.model_copy(
+                    update={
+                        "ts": latest.ts - timedelta(seconds=300 * k),
+                        "seq": latest.seq - k,
+                        "state": MachineState.UNKNOWN,
+                        "durations_s": {MachineState.UNKNOWN: 300.0},
+                        "counters": {},
+                        "signals": {},
+                        "alarm": None,
+                    }
+                )
+                for k in range(2)
+            ]
+            await store.write_samples("okada-machining", GATEWAY, "history", unknown)
+
+    asyncio.run(device_dead())
+    with running_api(copied, tmp_path) as api:
+        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=168)
+        rows = {r["machine"]: r for r in body["machines"]}
+        assert rows["cnc-02"]["available"] == 0
+        assert rows["cnc-02"]["confidence"] == 0
+        assert "unreadable" in rows["cnc-02"]["reasons"]
+        assert rows["cnc-03"]["available"] > 0  # its neighbour is read as before
+        assert "unreadable" not in rows["cnc-03"]["reasons"]
+
+
+def test_a_machine_without_enough_history_offers_nothing(region: Region, tmp_path: Path) -> None:
+    """Commissioned an hour ago: an hour of history shows nothing of its load, so it offers
+    nothing (insufficient_history), and a search never says it covers."""
+    copied = _copy(region, tmp_path)
+
+    async def commission() -> None:
+        async with SqliteStore(copied.path) as store:
+            [described] = [
+                d for d in await store.machines("okada-machining") if d.machine == "cnc-02"
+            ]
+            await store.write_description(described.model_copy(update={"machine": "new-01"}))
+            hour = [
+                Sample(
+                    machine="new-01",
+                    seq=k,
+                    ts=region.end - timedelta(seconds=300 * k),
+                    interval_s=300.0,
+                    state=MachineState.IDLE,
+                    durations_s={MachineState.IDLE: 300.0},
+                )
+                for k in range(12)
+            ]
+            await store.write_samples("okada-machining", GATEWAY, "new", hour)
+
+    asyncio.run(commission())
+    with running_api(copied, tmp_path) as api:
+        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=168)
+        rows = {r["machine"]: r for r in body["machines"]}
+        assert rows["new-01"]["total"] > 0
+        assert rows["new-01"]["available"] == 0
+        assert rows["new-01"]["confidence"] == 0
+        assert "insufficient_history" in rows["new-01"]["reasons"]
+        assert rows["cnc-02"]["available"] > 0
 
 
 def test_stale_data_withdraws_capacity_with_reason_offline(region: Region, tmp_path: Path) -> None:

@@ -111,3 +111,10 @@ def test_offers_keep_only_suitable_machines() -> None:
     ranked = offers(region, LASER, hours=6, suits=lambda _f, m: m.machine == "alu")
     assert [(o.machines, o.available_s, o.covers) for o in ranked] == [(1, 5 * H, False)]
     assert offers(region, LASER, hours=6, suits=lambda _f, _m: False) == []
+
+
+def test_hours_without_confidence_never_cover() -> None:
+    region = [factory("unproven", machine("m", LASER, total_h=40, available_h=40, confidence=0))]
+    [offer] = offers(region, LASER, hours=1)
+    assert offer.available_s == 40 * H
+    assert not offer.covers

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
+from kyoso.capacity.evidence import withdrawal
 from kyoso.capacity.forecast import LoadProfile, forecast
 from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.rules import CapacityRules
@@ -45,6 +46,8 @@ class MachineView:
     data_age_s: float | None
     """Age of its latest sample's end (None: no sample yet)."""
     stale: bool
+    unreadable: bool = False
+    """Heard, but its state unknown for ``unreadable_after_s`` (see capacity/evidence.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,16 +229,35 @@ class CapacityService:
             self.store.latest_samples(factory),
         )
         stale_after = self.rules.stale_after_s
+        unreadable = await self._unreadable(factory, as_of, latest)
         machines: dict[str, MachineView] = {}
         for description in descriptions:
-            stored = latest.get(description.machine)
+            name = description.machine
+            stored = latest.get(name)
             age = None if stored is None else (as_of - stored.sample.ts).total_seconds()
             stale = age is None or age > stale_after
-            machines[description.machine] = MachineView(description, stored, age, stale)
+            machines[name] = MachineView(description, stored, age, stale, name in unreadable)
         ages = [v.data_age_s for v in machines.values() if v.data_age_s is not None]
         all_offline = bool(statuses) and all(s.status == "offline" for s in statuses)
         offline = all_offline or all(v.stale for v in machines.values())
         return FactoryView(factory, as_of, machines, statuses, offline, min(ages) if ages else None)
+
+    async def _unreadable(
+        self, factory: str, as_of: datetime, latest: dict[str, StoredSample]
+    ) -> set[str]:
+        """The machines whose state is unknown now and was through the last
+        ``unreadable_after_s``: none of that time was read (asked of the store only when
+        some machine is unknown now)."""
+        unknown = {m for m, s in latest.items() if s.sample.state is MachineState.UNKNOWN}
+        if not unknown:
+            return set()
+        start = as_of - timedelta(seconds=self.rules.unreadable_after_s)
+        windows = await self.store.state_seconds(factory, None, start, as_of)
+        read = {  # seconds of the window in a known state
+            w.machine: sum(s for state, s in w.seconds.items() if state is not MachineState.UNKNOWN)
+            for w in windows
+        }
+        return {m for m in unknown if read.get(m, 0.0) <= 0.0}
 
     async def _profiles_of(self, factory: str, view: FactoryView) -> dict[str, LoadProfile]:
         async def compute() -> dict[str, LoadProfile]:
@@ -285,9 +307,14 @@ class CapacityService:
                     repair_estimate=repair,
                     bookings=declared.get(name),
                 )
-                fresh = not (machine.stale or view.offline)
-                if not fresh:
-                    figures = figures.withdrawn("offline")
+                reason = withdrawal(
+                    offline=machine.stale or view.offline,
+                    unreadable=machine.unreadable,
+                    observed_s=profile.observed_s,
+                    rules=self.rules,
+                )
+                if reason is not None:
+                    figures = figures.withdrawn(reason)
                 if backfilling:
                     figures = figures.noted("history:backfilling")
                 machines.append(
@@ -295,7 +322,7 @@ class CapacityService:
                         machine=name,
                         processes=tuple(dict.fromkeys(c.process for c in description.capabilities)),
                         figures=figures,
-                        confidence=profile.coverage if fresh else 0.0,
+                        confidence=profile.coverage if reason is None else 0.0,
                         data_age_s=machine.data_age_s,
                         shared=description.sharing.capacity,
                     )

@@ -9,7 +9,8 @@ Rules:
 - A machine with two capabilities counts in both; the region counts only machines whose
   factory shares their capacity.
 - A search **ranks** the factories that cover the hours asked first, then by available
-  hours weighted by confidence, then by factory id (a stable order).
+  hours weighted by confidence, then by factory id (a stable order). Hours with no
+  confidence never cover a request.
 """
 
 from collections.abc import Callable, Sequence
@@ -157,7 +158,7 @@ def offers(
                 available_s=available,
                 confidence=total.confidence,
                 machines=len(machines),
-                covers=available / 3600 >= hours,
+                covers=available / 3600 >= hours and total.confidence > 0,
                 data_age_s=capacity.data_age_s,
             )
         )

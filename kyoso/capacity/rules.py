@@ -23,6 +23,18 @@ class CapacityRules(ConfigModel):
         gt=0,
         description="Data older than this withdraws a machine's capacity (reason offline).",
     )
+    unreadable_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="A machine whose state has been unknown this long (its device does not "
+        "answer) offers nothing (reason unreadable).",
+    )
+    min_history_h: float = Field(
+        8.0,
+        ge=0,
+        description="A machine with less of its planned time observed in the lookback offers "
+        "nothing (reason insufficient_history): one shift by default.",
+    )
     repair_estimate_s: float = Field(
         7200.0, ge=0, description="A machine down now is expected back after this long."
     )

@@ -1,0 +1,25 @@
+"""When a machine offers no capacity at all, and why: a figure without evidence is worse
+than no figure, so when in doubt the machine is withdrawn and the reason said.
+
+In order: its gateway is silent or its data stale (``offline``); it is heard but its state
+has been unknown for ``unreadable_after_s`` (``unreadable``: a dead or silent device); or
+less than ``min_history_h`` of its planned time has been observed in the lookback
+(``insufficient_history``: a machine commissioned an hour ago has not shown its load).
+"""
+
+from .rules import CapacityRules
+
+__all__ = ["withdrawal"]
+
+
+def withdrawal(
+    *, offline: bool, unreadable: bool, observed_s: float, rules: CapacityRules
+) -> str | None:
+    """The reason the machine's capacity is withdrawn, or None when it may be offered."""
+    if offline:
+        return "offline"
+    if unreadable:
+        return "unreadable"
+    if observed_s < rules.min_history_h * 3600:
+        return "insufficient_history"
+    return None
