@@ -13,6 +13,7 @@ import pytest
 from apikit import GATEWAY, Api, Region, build_region, online, running_api
 
 from kyoso.api.bookings import BookingStore
+from kyoso.api.deps import figures_tag
 from kyoso.api.service import CapacityService
 from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import MachineState, Sample
@@ -366,16 +367,62 @@ def test_search_ranks_factories_that_cover_the_hours_first(api: Api) -> None:
     assert cover[0]["hours"] > 0
 
 
-def test_events_push_the_regional_capacity(api: Api) -> None:
-    with api.client.stream("GET", "/v1/events", headers=api.headers("platform")) as stream:
+def _first_event(api: Api, **params: Any) -> tuple[str, dict[str, Any]]:
+    """The id and body of the stream's first event."""
+    headers = api.headers("platform")
+    if "last_event_id" in params:
+        headers["Last-Event-ID"] = params.pop("last_event_id")
+    with api.client.stream("GET", "/v1/events", params=params, headers=headers) as stream:
         lines = stream.iter_lines()
         assert next(lines) == "event: capacity"
+        event_id = next(lines)
         data = next(lines)
+    assert event_id.startswith("id: ")
     assert data.startswith("data: ")
-    body = json.loads(data.removeprefix("data: "))
+    return event_id.removeprefix("id: "), json.loads(data.removeprefix("data: "))
+
+
+def test_events_push_the_regional_capacity_tagged_and_filtered(api: Api) -> None:
+    tag, body = _first_event(api)
     assert body["by_process"]
     assert body["factories"]
     assert all(math.isfinite(r["available"]) for r in body["by_process"])
+    # The id tags the figures, as the ETag of the same answer does.
+    response = api.client.get("/v1/capacity", headers=api.headers("platform"))
+    assert response.headers["etag"] == f'"{tag}"'
+    _, only = _first_event(api, process="cnc_turning", factory="okada-machining")
+    assert [f["factory"] for f in only["factories"]] == ["okada-machining"]
+    assert [p["process"] for p in only["by_process"]] == ["cnc_turning"]
+
+
+def test_a_client_resuming_with_the_current_id_is_not_sent_the_same_figures(api: Api) -> None:
+    tag, _ = _first_event(api)
+    headers = {**api.headers("platform"), "Last-Event-ID": tag}
+    with api.client.stream("GET", "/v1/events", headers=headers) as stream:
+        first = next(line for line in stream.iter_lines() if line)
+    assert first == ": keep-alive"  # nothing new to send: only the proxies' comment comes
+    other, _ = _first_event(api, last_event_id="0" * 32)  # figures the client no longer has
+    assert other == tag
+
+
+def test_etags_tag_the_figures_not_when_they_were_computed() -> None:
+    t0, t1 = "2026-12-05T10:00:00Z", "2026-12-05T10:00:15Z"
+    body = {
+        "as_of": t0,
+        "data_age_s": 3.2,
+        "available": 4.5,
+        "factories": [{"as_of": t0, "data_age_s": 1.0, "total": 8}],
+    }
+    later = {
+        **body,
+        "as_of": t1,
+        "data_age_s": 18.2,
+        "factories": [{"as_of": t1, "data_age_s": 16.0, "total": 8}],
+    }
+    changed = {**body, "available": 4.25}
+    tag = figures_tag(json.dumps(body).encode())
+    assert figures_tag(json.dumps(later).encode()) == tag
+    assert figures_tag(json.dumps(changed).encode()) != tag
 
 
 def test_calendar_endpoint_lists_planned_intervals(api: Api, region: Region) -> None:

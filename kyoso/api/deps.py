@@ -8,6 +8,7 @@ sees aggregated capacity of every factory and search, never per-machine data or 
 
 import asyncio
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -40,6 +41,7 @@ __all__ = [
     "cached",
     "check_window",
     "figures_out",
+    "figures_tag",
     "in_hours",
     "invalid",
     "machine_of",
@@ -81,16 +83,42 @@ def figures_out(figures: CapacityFigures, confidence: float) -> dict[str, Any]:
     }
 
 
-def cached(request: Request, body: BaseModel | list[Any] | bytes, max_age_s: float) -> Response:
-    """``body`` (a model, a list of models, or JSON) as JSON with an ETag; 304 when the
-    client has it already."""
+_WHEN: Final = frozenset({"as_of", "data_age_s"})
+"""When figures were computed and how old their data was: not figures themselves."""
+
+
+def figures_tag(data: bytes) -> str:
+    """A digest of a JSON answer's figures: everything but ``as_of`` and ``data_age_s``, at
+    any depth, so that it changes when a figure does and only then."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in _WHEN}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    canonical = json.dumps(strip(json.loads(data)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def cached(
+    request: Request,
+    body: BaseModel | list[Any] | bytes,
+    max_age_s: float,
+    *,
+    tag: str | None = None,
+) -> Response:
+    """``body`` (a model, a list of models, or JSON) as JSON with an ETag over its figures
+    (:func:`figures_tag`, or ``tag`` when the caller has it already); 304 when the client
+    has those figures already."""
     if isinstance(body, bytes):
         data = body
     elif isinstance(body, list):
         data = b"[" + b",".join(item.model_dump_json().encode() for item in body) + b"]"
     else:
         data = body.model_dump_json().encode()
-    etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+    etag = f'"{tag or figures_tag(data)}"'
     headers = {"ETag": etag, "Cache-Control": f"private, max-age={int(max_age_s)}"}
     wanted = request.headers.get("if-none-match", "")
     if etag in {tag.strip().removeprefix("W/") for tag in wanted.split(",")} or wanted == "*":

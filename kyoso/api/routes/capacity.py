@@ -3,9 +3,9 @@
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from kyoso.capacity import aggregate
@@ -21,6 +21,7 @@ from ..deps import (
     any_factory,
     cached,
     figures_out,
+    figures_tag,
     in_hours,
     machine_of,
     regional,
@@ -69,8 +70,8 @@ async def get_region_capacity(
     horizon = timedelta(hours=horizon_h)
     factories = await service.region(horizon)
     # The region's answer is the same for every caller until the figures are recomputed:
-    # serialize it once per computation, not per request.
-    bodies: dict[Any, tuple[list[FactoryCapacity], bytes]] = request.app.state.region_bodies
+    # serialize it (and tag its figures) once per computation, not per request.
+    bodies: dict[Any, tuple[list[FactoryCapacity], bytes, str]] = request.app.state.region_bodies
     key = (horizon, process)
     known = bodies.get(key)
     if (
@@ -80,10 +81,10 @@ async def get_region_capacity(
     ):
         data = _region(service, horizon, process, factories).model_dump_json().encode()
         bodies.pop(key, None)
-        bodies[key] = known = (factories, data)
+        bodies[key] = known = (factories, data, figures_tag(data))
         while len(bodies) > _MAX_REGION_BODIES:
             del bodies[next(iter(bodies))]
-    return cached(request, known[1], service.rules.cache_ttl_s)
+    return cached(request, known[1], service.rules.cache_ttl_s, tag=known[2])
 
 
 def _region(
@@ -211,29 +212,53 @@ async def cover(
 # --- push -------------------------------------------------------------------------------
 
 
+EVENT_MIN_CHANGE_H: Final = 0.25
+"""Default of ``min_change_h``: a quarter of an hour of any figure."""
+
+
 @router.get(
     "/events",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream."}},
 )
 async def events(
-    *, request: Request, horizon_h: Horizon = 24, service: Service, caller: Caller
+    *,
+    request: Request,
+    horizon_h: Horizon = 24,
+    process: Annotated[Process | None, Query(description="Only this capability.")] = None,
+    factory: Annotated[Id | None, Query(description="Only this factory.")] = None,
+    min_change_h: Annotated[
+        float, Query(ge=0, le=1000, description="Send when a figure moves by this many hours.")
+    ] = EVENT_MIN_CHANGE_H,
+    last_event_id: Annotated[str | None, Header(description="Resume: the last id seen.")] = None,
+    service: Service,
+    caller: Caller,
 ) -> StreamingResponse:
-    """Server-sent events: ``capacity`` with the regional capacity (as ``/v1/capacity``)
-    at once and whenever it changes; a comment line every 15 s keeps proxies open."""
+    """Server-sent events: ``capacity`` with the regional capacity (as ``/v1/capacity``, only
+    ``process`` and ``factory`` if given), at once and whenever a figure changes: an hours
+    figure by ``min_change_h`` or more, or a confidence by 0.05, a reason, an offline flag,
+    the factories or capabilities listed. Each event's ``id`` tags its figures: a client
+    reconnecting with ``Last-Event-ID`` gets the first event only if the figures are no
+    longer those. A comment line every 15 s keeps proxies open."""
     regional(caller)
     horizon = timedelta(hours=horizon_h)
     step = max(1.0, min(service.rules.cache_ttl_s, 15.0))
 
     async def stream() -> AsyncIterator[bytes]:
-        last = None
+        sent: dict[tuple[str, str], tuple[Any, ...]] | None = None
         quiet = 0.0
         while not await request.is_disconnected():
-            body = _region(service, horizon, None, await service.region(horizon))
-            figures = body.model_dump_json(include={"by_process", "factories"})
-            if figures != last:
-                last, quiet = figures, 0.0
-                yield f"event: capacity\ndata: {body.model_dump_json()}\n\n".encode()
+            found = await service.region(horizon)
+            chosen = [c for c in found if factory is None or c.factory == factory]
+            body = _region(service, horizon, process, chosen)
+            data = body.model_dump_json().encode()
+            tag = figures_tag(data)
+            now = _figures(body)
+            if sent is None and tag == last_event_id:
+                sent = now  # the client has these figures already
+            if sent is None or _moved(sent, now, min_change_h):
+                sent, quiet = now, 0.0
+                yield b"event: capacity\nid: " + tag.encode() + b"\ndata: " + data + b"\n\n"
             elif quiet >= 15:
                 quiet = 0.0
                 yield b": keep-alive\n\n"
@@ -241,6 +266,38 @@ async def events(
             quiet += step
 
     return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def _figures(body: RegionCapacityOut) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """The figures of a regional answer by (factory or "" for the region, process)."""
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for p in body.by_process:
+        rows["", p.process] = (p.total, p.committed, p.unattainable, p.available,
+                               p.confidence, tuple(p.reasons), p.offline_factories)  # fmt: skip
+    for f in body.factories:
+        for q in f.by_process:
+            rows[f.factory, q.process] = (q.total, q.committed, q.unattainable, q.available,
+                                          q.confidence, tuple(q.reasons), f.offline)  # fmt: skip
+    return rows
+
+
+def _moved(
+    before: dict[tuple[str, str], tuple[Any, ...]],
+    now: dict[tuple[str, str], tuple[Any, ...]],
+    min_change_h: float,
+) -> bool:
+    """Whether a figure moved enough to tell (see :func:`events`)."""
+    if before.keys() != now.keys():
+        return True
+    for key, figures in now.items():
+        old = before[key]
+        if any(
+            abs(a - b) >= min_change_h and a != b for a, b in zip(old[:4], figures[:4], strict=True)
+        ):
+            return True
+        if abs(old[4] - figures[4]) >= 0.05 or old[5:] != figures[5:]:
+            return True
+    return False
 
 
 def _factory_capacity(capacity: FactoryCapacity, *, own: bool) -> FactoryCapacityOut:
