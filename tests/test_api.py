@@ -300,26 +300,54 @@ def test_stale_data_withdraws_capacity_with_reason_offline(region: Region, tmp_p
         assert all(f["offline"] for f in factories)
 
 
-def test_declared_bookings_replace_the_forecast(api: Api) -> None:
+def test_bookings_add_to_the_expected_load_and_are_checked(api: Api) -> None:
     path = "/v1/factories/sato-sheetmetal/machines/laser-01/bookings"
+    capacity_path = "/v1/factories/sato-sheetmetal/capacity"
     scope = "factory:sato-sheetmetal"
+    headers = api.headers(scope)
+
+    def laser() -> dict[str, Any]:
+        capacity = _get(api, capacity_path, scope, horizon_h=48)
+        return dict(next(r for r in capacity["machines"] if r["machine"] == "laser-01"))
+
+    before = laser()
     as_of = api.service.now()
-    booking = {"start": as_of.isoformat(), "end": (as_of + timedelta(days=2)).isoformat()}
-    put = api.client.put(
-        path, json={"bookings": [{**booking, "hours": 6}]}, headers=api.headers(scope)
-    )
+    window = {"start": as_of.isoformat(), "end": (as_of + timedelta(days=2)).isoformat()}
+    six = {"bookings": [{**window, "hours": 6}]}
+    # Two writers never overwrite each other unseen: If-Match with the current ETag.
+    assert api.client.put(path, json=six, headers=headers).status_code == 428
+    stale = {**headers, "If-Match": '"0000"'}
+    assert api.client.put(path, json=six, headers=stale).status_code == 412
+    etag = api.client.get(path, headers=headers).headers["etag"]
+    put = api.client.put(path, json=six, headers={**headers, "If-Match": etag})
     assert put.status_code == 200, put.text
-    capacity = _get(api, "/v1/factories/sato-sheetmetal/capacity", scope, horizon_h=48)
-    laser = next(r for r in capacity["machines"] if r["machine"] == "laser-01")
-    assert laser["reasons"][0] == "booked"
-    # Six hours spread over the planned time of the two days, all inside the horizon,
-    # less what expected losses leave no room for.
-    assert laser["committed"] == pytest.approx(6.0, abs=0.05)
+    after = laser()
+    # Six booked hours add to the load history expects of the rest, never lower it.
+    assert after["reasons"][:2] == ["booked", "forecast:hour_of_week"]
+    assert before["committed"] < after["committed"] <= before["committed"] + 6.0 + 0.05
+    assert after["available"] <= before["available"]
     assert _get(api, path, scope)["declared"] is True
-    assert api.client.delete(path, headers=api.headers(scope)).status_code == 204
-    capacity = _get(api, "/v1/factories/sato-sheetmetal/capacity", scope, horizon_h=48)
-    laser = next(r for r in capacity["machines"] if r["machine"] == "laser-01")
-    assert laser["reasons"][0] == "forecast:hour_of_week"
+    # The old ETag is spent: the bookings changed.
+    assert api.client.put(path, json=six, headers={**headers, "If-Match": etag}).status_code == 412
+    anyway = {**headers, "If-Match": "*"}
+    saturday = as_of + timedelta(days=(5 - as_of.weekday()) % 7 or 7)
+    weekend = {"start": saturday.isoformat(), "end": (saturday + timedelta(hours=40)).isoformat()}
+    past = {
+        "start": (as_of - timedelta(days=3)).isoformat(),
+        "end": (as_of - timedelta(days=2)).isoformat(),
+    }
+    for refused, code in [
+        ({"bookings": [{**past, "hours": 1}]}, 422),  # over before it is booked
+        ({"bookings": [{**weekend, "hours": 5}]}, 422),  # no planned time (a day shift)
+        ({"bookings": [{**window, "hours": 500}]}, 409),  # more than two days can give
+    ]:
+        answer = api.client.put(path, json=refused, headers=anyway)
+        assert answer.status_code == code, answer.text
+    conflict = api.client.put(path, json={"bookings": [{**window, "hours": 500}]}, headers=anyway)
+    assert "h planned and" in conflict.json()["detail"]
+    assert laser()["committed"] == after["committed"]  # nothing refused was kept
+    assert api.client.delete(path, headers=headers).status_code == 204
+    assert laser()["reasons"][0] == "forecast:hour_of_week"
 
 
 def test_a_machine_down_now_is_unattainable_until_its_expected_repair(

@@ -334,6 +334,29 @@ class CapacityService:
             factory, view.as_of, horizon, view.offline, view.data_age_s, machines
         )
 
+    async def attainable(
+        self, factory: str, machine: str, start: datetime, end: datetime
+    ) -> tuple[float, float]:
+        """Planned and attainable seconds of ``machine`` within ``[start, end)`` from now
+        on: its planned time less expected losses and, if it is down now, the time until
+        its expected repair (no load counted: what bookings could fill at most)."""
+        view = await self.view(factory)
+        found = view.machines[machine]
+        begin = max(start, view.as_of)
+        if end <= begin:
+            return 0.0, 0.0
+        profile = (await self._profiles_of(factory, view))[machine]
+        latest = found.latest
+        figures = forecast(
+            found.description.calendar,
+            profile,
+            begin,
+            end - begin,
+            down_now=latest is not None and latest.sample.state is MachineState.DOWN,
+            repair_estimate=timedelta(seconds=self.rules.repair_estimate_s),
+        )
+        return figures.total_s, figures.total_s - figures.unattainable_s
+
     async def region(self, horizon: timedelta) -> list[FactoryCapacity]:
         """The capacity of every factory over the horizon."""
         factories = await self.factories()

@@ -179,9 +179,12 @@ def forecast(
     repair_estimate: timedelta = timedelta(hours=2),
     bookings: Iterable[Booking] | None = None,
 ) -> CapacityFigures:
-    """The capacity figures of one machine over ``[as_of, as_of + horizon)``; with
-    ``bookings`` (even an empty list: the factory declares its load) committed is the
-    booked load, else the profile's expected load."""
+    """The capacity figures of one machine over ``[as_of, as_of + horizon)``.
+
+    Committed is the expected load (the profile's busy share of each hour); with
+    ``bookings`` it is the booked load plus the expected load of the hour's unbooked time,
+    so a booking adds to what history expects and never lowers it (booked seconds b of s:
+    b + busy * (s - b) >= busy * s)."""
     end = as_of + horizon
     zone = ZoneInfo(calendar.timezone)
     planned = calendar.planned_intervals(as_of, end)
@@ -199,11 +202,13 @@ def forecast(
             seconds = (hi - lo).total_seconds()
             hour = _hour_of_week(lo, zone)
             loss = profile.lost[hour] * seconds
-            load = profile.busy[hour] * seconds if booked is None else booked(lo, hi)
+            taken = 0.0 if booked is None else min(seconds, booked(lo, hi))
+            load = taken + profile.busy[hour] * (seconds - taken)
             unattainable += loss
             committed += min(load, seconds - loss)
     reasons = [
-        "booked" if booked is not None else f"forecast:{profile.method}",
+        *(["booked"] if booked is not None else []),
+        f"forecast:{profile.method}",
         *(["down"] if down_now else []),
         *(["no_planned_time"] if total == 0 else []),
     ]
