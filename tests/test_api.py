@@ -355,12 +355,60 @@ def test_a_machine_down_now_is_unattainable_until_its_expected_repair(
 ) -> None:
     for factory, sim in region.simulations.items():
         for machine, model in sim.models.items():
-            if model.segment_at(region.end.timestamp() - 1).state is MachineState.DOWN:
+            segment = model.segment_at(region.end.timestamp() - 1)
+            if segment.state is MachineState.DOWN:
                 body = _get(api, f"/v1/factories/{factory}/capacity", horizon_h=24)
                 row = next(r for r in body["machines"] if r["machine"] == machine)
-                assert "down" in row["reasons"]
+                # Down for 5 min or more by the end: a breakdown; less: a minor stop.
+                lasted = region.end.timestamp() - segment.start
+                assert ("down" if lasted >= 300 else "minor_stop") in row["reasons"], lasted
                 return
     pytest.fail("no machine of the region is down at the end of its history")
+
+
+def _stopped(region: Region, tmp_path: Path, down_s: list[float]) -> dict[str, Any]:
+    """cnc-02's capacity over 24 h after its last samples (5 min each, oldest first) ended
+    with these down seconds (the rest of each running)."""
+    tmp_path.mkdir(parents=True)
+    copied = _copy(region, tmp_path)
+
+    async def write() -> None:
+        async with SqliteStore(copied.path) as store:
+            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
+            n = len(down_s)
+            samples = [
+                latest.model_copy(
+                    update={
+                        "ts": latest.ts - timedelta(seconds=300 * (n - 1 - k)),
+                        "state": MachineState.DOWN,
+                        "durations_s": {
+                            MachineState.RUNNING: 300.0 - seconds,
+                            MachineState.DOWN: seconds,
+                        },
+                        "alarm": 1021,
+                    }
+                )
+                for k, seconds in enumerate(down_s)
+            ]
+            await store.write_samples("okada-machining", GATEWAY, "history", samples)
+
+    asyncio.run(write())
+    with running_api(copied, tmp_path / "api") as api:
+        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=24)
+    return dict(next(r for r in body["machines"] if r["machine"] == "cnc-02"))
+
+
+def test_a_minor_stop_is_not_a_breakdown(region: Region, tmp_path: Path) -> None:
+    """Down for the last 90 s: a minor stop, unattainable only for the rest of the 5 min
+    allowance. Down for the last 10 min: a breakdown, unattainable until the repair."""
+    minor = _stopped(region, tmp_path / "minor", [90.0])
+    broken = _stopped(region, tmp_path / "broken", [300.0, 300.0])
+    assert "minor_stop" in minor["reasons"]
+    assert "down" not in minor["reasons"]
+    assert "down" in broken["reasons"]
+    # The breakdown loses up to the 2 h repair more than the minor stop's few minutes.
+    assert broken["unattainable"] - minor["unattainable"] > 1.0
+    assert minor["available"] > broken["available"]
 
 
 def test_answers_carry_etags_and_a_matching_one_gets_304(api: Api) -> None:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
-from kyoso.capacity.evidence import withdrawal
+from kyoso.capacity.evidence import stop, withdrawal
 from kyoso.capacity.forecast import LoadProfile, forecast
 from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.rules import CapacityRules
@@ -48,6 +48,8 @@ class MachineView:
     stale: bool
     unreadable: bool = False
     """Heard, but its state unknown for ``unreadable_after_s`` (see capacity/evidence.py)."""
+    down_s: float | None = None
+    """Down now: seconds of the last ``minor_stop_max_s`` it was down (None: not down)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,13 +232,16 @@ class CapacityService:
         )
         stale_after = self.rules.stale_after_s
         unreadable = await self._unreadable(factory, as_of, latest)
+        down = await self._recently_down(factory, latest)
         machines: dict[str, MachineView] = {}
         for description in descriptions:
             name = description.machine
             stored = latest.get(name)
             age = None if stored is None else (as_of - stored.sample.ts).total_seconds()
             stale = age is None or age > stale_after
-            machines[name] = MachineView(description, stored, age, stale, name in unreadable)
+            machines[name] = MachineView(
+                description, stored, age, stale, name in unreadable, down.get(name)
+            )
         ages = [v.data_age_s for v in machines.values() if v.data_age_s is not None]
         all_offline = bool(statuses) and all(s.status == "offline" for s in statuses)
         offline = all_offline or all(v.stale for v in machines.values())
@@ -258,6 +263,20 @@ class CapacityService:
             for w in windows
         }
         return {m for m in unknown if read.get(m, 0.0) <= 0.0}
+
+    async def _recently_down(
+        self, factory: str, latest: dict[str, StoredSample]
+    ) -> dict[str, float]:
+        """For each machine down now, its down seconds in the ``minor_stop_max_s`` before its
+        latest sample (one small query per machine down now; none when none is)."""
+        span = timedelta(seconds=self.rules.minor_stop_max_s)
+        found: dict[str, float] = {}
+        for machine, stored in latest.items():
+            if stored.sample.state is MachineState.DOWN:
+                end = stored.sample.ts
+                [window] = await self.store.state_seconds(factory, machine, end - span, end)
+                found[machine] = window.seconds.get(MachineState.DOWN, 0.0)
+        return found
 
     async def _profiles_of(self, factory: str, view: FactoryView) -> dict[str, LoadProfile]:
         async def compute() -> dict[str, LoadProfile]:
@@ -287,7 +306,6 @@ class CapacityService:
         view = await self.view(factory)
         profiles = await self._profiles_of(factory, view)
         declared = await asyncio.to_thread(self.bookings.declared, factory)
-        repair = timedelta(seconds=self.rules.repair_estimate_s)
         backfilling = self._backfilling()
 
         def compute() -> list[MachineCapacity]:
@@ -296,15 +314,16 @@ class CapacityService:
             for name, machine in view.machines.items():
                 description = machine.description
                 profile = profiles[name]
-                latest = machine.latest
-                down = latest is not None and latest.sample.state is MachineState.DOWN
+                stopped = stop(machine.down_s, self.rules)
+                kind, rest_s = stopped if stopped is not None else ("down", 0.0)
                 figures = forecast(
                     description.calendar,
                     profile,
                     view.as_of,
                     horizon,
-                    down_now=down and not machine.stale,
-                    repair_estimate=repair,
+                    down_now=stopped is not None and not machine.stale,
+                    repair_estimate=timedelta(seconds=rest_s),
+                    down_reason=kind,
                     bookings=declared.get(name),
                 )
                 reason = withdrawal(
@@ -346,14 +365,14 @@ class CapacityService:
         if end <= begin:
             return 0.0, 0.0
         profile = (await self._profiles_of(factory, view))[machine]
-        latest = found.latest
+        stopped = stop(found.down_s, self.rules)
         figures = forecast(
             found.description.calendar,
             profile,
             begin,
             end - begin,
-            down_now=latest is not None and latest.sample.state is MachineState.DOWN,
-            repair_estimate=timedelta(seconds=self.rules.repair_estimate_s),
+            down_now=stopped is not None,
+            repair_estimate=timedelta(seconds=0.0 if stopped is None else stopped[1]),
         )
         return figures.total_s, figures.total_s - figures.unattainable_s
 

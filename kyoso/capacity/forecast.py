@@ -177,6 +177,7 @@ def forecast(
     *,
     down_now: bool = False,
     repair_estimate: timedelta = timedelta(hours=2),
+    down_reason: str = "down",
     bookings: Iterable[Booking] | None = None,
 ) -> CapacityFigures:
     """The capacity figures of one machine over ``[as_of, as_of + horizon)``.
@@ -209,7 +210,7 @@ def forecast(
     reasons = [
         *(["booked"] if booked is not None else []),
         f"forecast:{profile.method}",
-        *(["down"] if down_now else []),
+        *([down_reason] if down_now else []),
         *(["no_planned_time"] if total == 0 else []),
     ]
     available = max(0.0, total - committed - unattainable)

@@ -35,6 +35,12 @@ class CapacityRules(ConfigModel):
         description="A machine with less of its planned time observed in the lookback offers "
         "nothing (reason insufficient_history): one shift by default.",
     )
+    minor_stop_max_s: float = Field(
+        300.0,
+        ge=0,
+        description="A machine down for less than this is in a minor stop: only the rest of "
+        "it is unattainable, not a repair (reason minor_stop).",
+    )
     repair_estimate_s: float = Field(
         7200.0, ge=0, description="A machine down now is expected back after this long."
     )
