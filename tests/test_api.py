@@ -411,6 +411,60 @@ def test_a_minor_stop_is_not_a_breakdown(region: Region, tmp_path: Path) -> None
     assert minor["available"] > broken["available"]
 
 
+def test_cover_asks_for_the_work_a_machine_will_miss(region: Region, tmp_path: Path) -> None:
+    """Only for a machine that cannot work: broken down, its expected work until the
+    repair; a working one, 409 unless the caller names how long it will be out."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    copied = _copy(region, broken)
+
+    async def break_down() -> None:
+        async with SqliteStore(copied.path) as store:
+            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
+            down = [
+                latest.model_copy(
+                    update={
+                        "ts": latest.ts - timedelta(seconds=300 * k),
+                        "state": MachineState.DOWN,
+                        "durations_s": {MachineState.DOWN: 300.0},
+                        "alarm": 1021,
+                    }
+                )
+                for k in range(2)
+            ]
+            await store.write_samples("okada-machining", GATEWAY, "history", down)
+
+    asyncio.run(break_down())
+    with running_api(copied, broken) as api:
+        path = "/v1/search/cover"
+        working = {"factory": "okada-machining", "machine": "cnc-03"}
+        refused = api.client.get(path, params=working, headers=api.headers("platform"))
+        assert refused.status_code == 409
+        week = _get(api, path, "platform", **working, for_h=168)
+        day = _get(api, path, "platform", **working, for_h=24)
+        assert day[0]["hours"] < week[0]["hours"]
+        [lost] = _get(api, path, "platform", factory="okada-machining", machine="cnc-02")
+        # Its expected work over the 2 h repair: at most the two hours themselves.
+        assert 0 < lost["hours"] <= 2.0
+        assert lost["process"] == "cnc_milling_3axis"
+        assert all(c["factory"] != "okada-machining" for c in lost["candidates"])
+
+
+def test_search_can_require_one_machine_and_filters_by_process(api: Api) -> None:
+    summed = _get(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=7)
+    single = _get(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=7,
+                  one_machine="true")  # fmt: skip
+    okada = next(c for c in summed["candidates"] if c["factory"] == "okada-machining")
+    alone = next(c for c in single["candidates"] if c["factory"] == "okada-machining")
+    assert okada["machines"] == 3
+    assert alone["machines"] == 1
+    assert alone["available"] < okada["available"]
+    region = _get(api, "/v1/capacity", "platform", process="cnc_turning")
+    assert [p["process"] for p in region["by_process"]] == ["cnc_turning"]
+    for factory in region["factories"]:
+        assert {p["process"] for p in factory["by_process"]} <= {"cnc_turning"}
+
+
 def test_answers_carry_etags_and_a_matching_one_gets_304(api: Api) -> None:
     headers = api.headers("platform")
     first = api.client.get("/v1/capacity", headers=headers)
@@ -437,6 +491,7 @@ def test_search_ranks_factories_that_cover_the_hours_first(api: Api) -> None:
         "factory:okada-machining",
         factory="okada-machining",
         machine="cnc-01",
+        for_h=48,  # a planned outage: cnc-01 is working
     )
     assert cover[0]["process"] == "cnc_milling_5axis"
     assert all(c["factory"] != "okada-machining" for c in cover[0]["candidates"])

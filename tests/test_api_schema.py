@@ -171,7 +171,7 @@ CONDITIONAL = [
     ("/v1/factories/{factory}/capacity", OWN, {"horizon_h": 24}),
     ("/v1/capacity", {}, {"horizon_h": 24}),
     ("/v1/search", {}, {"process": "cnc_turning", "hours": 8, "within_days": 7}),
-    ("/v1/search/cover", {}, MACHINE),
+    ("/v1/search/cover", {}, {**MACHINE, "for_h": 24}),
 ]
 """A well-formed request to each operation that answers with an ETag."""
 

@@ -117,7 +117,10 @@ CAPACITY = Endpoint("GET", "/v1/factories/{factory}/capacity", AGGREGATED, {"hor
 REGION = Endpoint("GET", "/v1/capacity", REGIONAL, {"horizon_h": "24"})
 SEARCH = Endpoint("GET", "/v1/search", REGIONAL, _SEARCH)
 COVER = Endpoint(
-    "GET", "/v1/search/cover", AGGREGATED, {"factory": "{factory}", "machine": "{machine}"}
+    "GET",
+    "/v1/search/cover",
+    AGGREGATED,
+    {"factory": "{factory}", "machine": "{machine}", "for_h": "24"},
 )
 BOOKINGS_GET = Endpoint("GET", _MACHINE + "/bookings", FACTORY_ONLY)
 BOOKINGS_PUT = Endpoint("PUT", _MACHINE + "/bookings", WRITE_BOOKINGS, body=BOOKINGS)

@@ -163,7 +163,8 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
         assert "injection_moulding" in {p["process"] for p in now["by_process"] if p["total"] > 0}
         # Factories share capabilities: a mill down at Okada finds cover at Mori.
         status, cover = _get(
-            f"{base}/v1/search/cover?factory=okada-machining&machine=cnc-02", keys["platform"]
+            f"{base}/v1/search/cover?factory=okada-machining&machine=cnc-02&for_h=24",
+            keys["platform"],
         )
         assert status == 200
         assert [c["process"] for c in cover] == ["cnc_milling_3axis"]

@@ -376,6 +376,18 @@ class CapacityService:
         )
         return figures.total_s, figures.total_s - figures.unattainable_s
 
+    async def expected_work(self, factory: str, machine: str, span: timedelta) -> float:
+        """Seconds of work ``machine`` was expected to do in ``span`` from now, as if it
+        worked (its bookings and expected load): what a neighbour must take if it cannot."""
+        view = await self.view(factory)
+        found = view.machines[machine]
+        profile = (await self._profiles_of(factory, view))[machine]
+        declared = await asyncio.to_thread(self.bookings.declared, factory)
+        figures = forecast(
+            found.description.calendar, profile, view.as_of, span, bookings=declared.get(machine)
+        )
+        return figures.committed_s
+
     async def region(self, horizon: timedelta) -> list[FactoryCapacity]:
         """The capacity of every factory over the horizon."""
         factories = await self.factories()

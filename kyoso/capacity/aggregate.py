@@ -140,9 +140,13 @@ def offers(
     process: Process,
     hours: float,
     suits: Callable[[FactoryCapacity, MachineCapacity], bool] = lambda _f, _m: True,
+    *,
+    one_machine: bool = False,
 ) -> list[Offer]:
     """The factories whose shared machines of ``process`` (those that ``suits`` keeps) can
-    take some of ``hours``, ranked (see the module docstring)."""
+    take some of ``hours``, ranked (see the module docstring). With ``one_machine`` a
+    factory offers its one machine with the most trusted available hours, never a sum: the
+    work cannot be split between machines."""
     found = []
     for capacity in factories:
         machines = [
@@ -150,6 +154,8 @@ def offers(
         ]
         if not machines:
             continue
+        if one_machine:
+            machines = [max(machines, key=_trusted)]
         total = summed(machines)
         available = total.figures.available_s
         found.append(
@@ -163,3 +169,8 @@ def offers(
             )
         )
     return sorted(found, key=lambda o: (not o.covers, -o.available_s * o.confidence, o.factory))
+
+
+def _trusted(machine: MachineCapacity) -> tuple[float, str]:
+    """A machine's available seconds times its confidence (its id breaks ties)."""
+    return machine.figures.available_s * machine.confidence, machine.machine

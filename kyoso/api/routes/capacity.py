@@ -32,6 +32,7 @@ from ..schemas import (
     CoverOut,
     FactoryCapacityOut,
     MachineCapacityOut,
+    Problem,
     ProcessCapacityOut,
     RegionCapacityOut,
     RegionProcessOut,
@@ -105,7 +106,7 @@ def _region(
             )
             for p in aggregate.by_process(factories, shared_only=True, process=process)
         ],
-        factories=[_factory_capacity(c, own=False) for c in factories],
+        factories=[_factory_capacity(c, own=False, process=process) for c in factories],
     )
 
 
@@ -118,6 +119,8 @@ async def _candidates(
     hours: float,
     within_days: float,
     material: Material | None,
+    *,
+    one_machine: bool = False,
 ) -> tuple[datetime, list[Candidate]]:
     """The ranked candidates, and when their figures were computed."""
     factories = await service.region(timedelta(days=within_days))
@@ -147,7 +150,7 @@ async def _candidates(
             covers=o.covers,
             data_age_s=o.data_age_s,
         )
-        for o in aggregate.offers(factories, process, hours, suits)
+        for o in aggregate.offers(factories, process, hours, suits, one_machine=one_machine)
     ]
     return aggregate.as_of(factories, service.now()), ranked
 
@@ -160,38 +163,66 @@ async def search(
     hours: Annotated[float, Query(gt=0, le=100_000, description="Machine-hours needed.")],
     within_days: Annotated[float, Query(gt=0, le=31, description="Within the next days.")],
     material: Annotated[Material | None, Query(description="A material to process.")] = None,
+    one_machine: Annotated[
+        bool, Query(description="The hours must fit on one machine, not a factory's sum.")
+    ] = False,
     service: Service,
     caller: Caller,
 ) -> Response:
     """Who can take ``hours`` of ``process`` within ``within_days``: factories whose
     available hours cover it first, then by available hours times confidence."""
     regional(caller)
-    as_of, ranked = await _candidates(service, process, hours, within_days, material)
+    as_of, ranked = await _candidates(
+        service, process, hours, within_days, material, one_machine=one_machine
+    )
     body = SearchOut(
         process=process, hours=hours, within_days=within_days, as_of=as_of, candidates=ranked
     )
     return cached(request, body, service.rules.cache_ttl_s)
 
 
-@router.get("/search/cover", response_model=list[CoverOut], responses=CACHED)
+@router.get(
+    "/search/cover",
+    response_model=list[CoverOut],
+    responses={
+        **CACHED,
+        409: {"model": Problem, "description": "The machine is working: give for_h."},
+    },
+)
 async def cover(
     *,
     request: Request,
     factory: Annotated[Id, Query(description="The machine's factory.")],
-    machine: Annotated[Id, Query(description="The machine that is down.")],
-    within_days: Annotated[float, Query(gt=0, le=31)] = 7,
+    machine: Annotated[Id, Query(description="The machine that cannot work.")],
+    within_days: Annotated[float, Query(gt=0, le=31, description="Neighbours' window.")] = 7,
+    for_h: Annotated[
+        float | None,
+        Query(gt=0, le=24 * 31, description="Hours it is out (default: until repair)."),
+    ] = None,
     service: Service,
     caller: Caller,
 ) -> Response:
-    """Machine M is down: who can take its expected work (its committed hours over the
-    horizon), per capability it has. Its own factory is left out: it is asking for help."""
+    """Machine M cannot work: who can take the work it would have done, per capability it
+    has. That work is its expected load (bookings and history) until its expected repair,
+    or over ``for_h`` hours when the caller says how long it is out (a planned outage);
+    without ``for_h`` the machine must be broken down or withdrawn now (409 otherwise). Its
+    own factory is left out: it is asking for help."""
     await any_factory(service, caller, factory)
     found = await machine_of(service, factory, machine)
     if caller.scope.kind is ScopeKind.PLATFORM and not found.description.sharing.capacity:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r}")
-    capacity = await service.capacity(factory, timedelta(days=within_days))
-    own = next(m for m in capacity.machines if m.machine == machine)
-    hours = round(max(own.figures.committed_s / 3600, 0.0001), 4)
+    if for_h is None:
+        capacity = await service.capacity(factory, timedelta(hours=1))
+        own = next(m for m in capacity.machines if m.machine == machine)
+        if not {"down", "offline", "unreadable"} & set(own.figures.reasons):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"machine {machine!r} is working: nothing to cover (for_h names an outage)",
+            )
+        span = timedelta(seconds=service.rules.repair_estimate_s)
+    else:
+        span = timedelta(hours=for_h)
+    hours = round(max(await service.expected_work(factory, machine, span) / 3600, 0.0001), 4)
     body = []
     for process in dict.fromkeys(c.process for c in found.description.capabilities):
         as_of, ranked = await _candidates(service, process, hours, within_days, None)
@@ -300,14 +331,16 @@ def _moved(
     return False
 
 
-def _factory_capacity(capacity: FactoryCapacity, *, own: bool) -> FactoryCapacityOut:
+def _factory_capacity(
+    capacity: FactoryCapacity, *, own: bool, process: Process | None = None
+) -> FactoryCapacityOut:
     by_process = [
         ProcessCapacityOut(
             process=p.process,
             machines=p.total.machines,
             **figures_out(p.total.figures, p.total.confidence),
         )
-        for p in aggregate.by_process([capacity], shared_only=not own)
+        for p in aggregate.by_process([capacity], shared_only=not own, process=process)
     ]
     return FactoryCapacityOut(
         factory=capacity.factory,
