@@ -217,33 +217,46 @@ def _copy(region: Region, tmp_path: Path) -> Region:
     return Region(copy, region.origin, region.end, region.simulations)
 
 
+def _ending_with(
+    region: Region,
+    tmp_path: Path,
+    state: MachineState,
+    durations: list[dict[MachineState, float]],
+) -> Region:
+    """A copy of the region whose cnc-02 (okada-machining) ends with samples of ``state``
+    and these durations (5 min each, oldest first) in place of its last ones."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    copied = _copy(region, tmp_path)
+
+    async def write() -> None:
+        async with SqliteStore(copied.path) as store:
+            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
+            last = len(durations) - 1
+            samples = [
+                latest.model_copy(
+                    update={
+                        "ts": latest.ts - timedelta(seconds=300 * (last - k)),
+                        "seq": latest.seq - (last - k),
+                        "state": state,
+                        "durations_s": spent,
+                        "alarm": 1021 if state is MachineState.DOWN else None,
+                    }
+                )
+                for k, spent in enumerate(durations)
+            ]
+            await store.write_samples("okada-machining", GATEWAY, "history", samples)
+
+    asyncio.run(write())
+    return copied
+
+
 def test_a_machine_whose_device_does_not_answer_is_withdrawn_as_unreadable(
     region: Region, tmp_path: Path
 ) -> None:
     """The gateway keeps publishing, but every read of cnc-02 failed for the last 10 min:
     its state is unknown, and its capacity is withdrawn (reason unreadable), not offered."""
-    copied = _copy(region, tmp_path)
-
-    async def device_dead() -> None:
-        async with SqliteStore(copied.path) as store:
-            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
-            unknown = [
-                latest.model_copy(
-                    update={
-                        "ts": latest.ts - timedelta(seconds=300 * k),
-                        "seq": latest.seq - k,
-                        "state": MachineState.UNKNOWN,
-                        "durations_s": {MachineState.UNKNOWN: 300.0},
-                        "counters": {},
-                        "signals": {},
-                        "alarm": None,
-                    }
-                )
-                for k in range(2)
-            ]
-            await store.write_samples("okada-machining", GATEWAY, "history", unknown)
-
-    asyncio.run(device_dead())
+    unknown = {MachineState.UNKNOWN: 300.0}
+    copied = _ending_with(region, tmp_path / "region", MachineState.UNKNOWN, [unknown] * 2)
     with running_api(copied, tmp_path) as api:
         body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=168)
         rows = {r["machine"]: r for r in body["machines"]}
@@ -369,30 +382,8 @@ def test_a_machine_down_now_is_unattainable_until_its_expected_repair(
 def _stopped(region: Region, tmp_path: Path, down_s: list[float]) -> dict[str, Any]:
     """cnc-02's capacity over 24 h after its last samples (5 min each, oldest first) ended
     with these down seconds (the rest of each running)."""
-    tmp_path.mkdir(parents=True)
-    copied = _copy(region, tmp_path)
-
-    async def write() -> None:
-        async with SqliteStore(copied.path) as store:
-            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
-            n = len(down_s)
-            samples = [
-                latest.model_copy(
-                    update={
-                        "ts": latest.ts - timedelta(seconds=300 * (n - 1 - k)),
-                        "state": MachineState.DOWN,
-                        "durations_s": {
-                            MachineState.RUNNING: 300.0 - seconds,
-                            MachineState.DOWN: seconds,
-                        },
-                        "alarm": 1021,
-                    }
-                )
-                for k, seconds in enumerate(down_s)
-            ]
-            await store.write_samples("okada-machining", GATEWAY, "history", samples)
-
-    asyncio.run(write())
+    spans = [{MachineState.RUNNING: 300.0 - d, MachineState.DOWN: d} for d in down_s]
+    copied = _ending_with(region, tmp_path, MachineState.DOWN, spans)
     with running_api(copied, tmp_path / "api") as api:
         body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=24)
     return dict(next(r for r in body["machines"] if r["machine"] == "cnc-02"))
@@ -415,26 +406,8 @@ def test_cover_asks_for_the_work_a_machine_will_miss(region: Region, tmp_path: P
     """Only for a machine that cannot work: broken down, its expected work until the
     repair; a working one, 409 unless the caller names how long it will be out."""
     broken = tmp_path / "broken"
-    broken.mkdir()
-    copied = _copy(region, broken)
-
-    async def break_down() -> None:
-        async with SqliteStore(copied.path) as store:
-            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
-            down = [
-                latest.model_copy(
-                    update={
-                        "ts": latest.ts - timedelta(seconds=300 * k),
-                        "state": MachineState.DOWN,
-                        "durations_s": {MachineState.DOWN: 300.0},
-                        "alarm": 1021,
-                    }
-                )
-                for k in range(2)
-            ]
-            await store.write_samples("okada-machining", GATEWAY, "history", down)
-
-    asyncio.run(break_down())
+    down = {MachineState.DOWN: 300.0}
+    copied = _ending_with(region, broken, MachineState.DOWN, [down] * 2)
     with running_api(copied, broken) as api:
         path = "/v1/search/cover"
         working = {"factory": "okada-machining", "machine": "cnc-03"}
