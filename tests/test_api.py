@@ -205,7 +205,48 @@ def test_figures_older_than_the_time_to_live_are_computed_again_before_they_are_
             assert second is not first
             assert second.offline
             assert second.as_of == wall[0]
-            assert service.cache_counts()["capacity"]["expired"] == 1
+            assert service.cache_counts()["views"]["expired"] == 1
+            bookings.close()
+
+    asyncio.run(scenario())
+
+
+def test_capacity_and_the_factory_list_tell_of_the_same_moment(
+    region: Region, tmp_path: Path
+) -> None:
+    """The factory list said offline while the capacity still offered hours computed from
+    an older view: capacity is now computed from the view the factory list shows."""
+    copy = tmp_path / "store.sqlite3"
+    copy.write_bytes(region.path.read_bytes())
+    ticks = [0.0]
+    wall = [region.end + timedelta(seconds=30)]
+
+    def clock() -> float:
+        return wall[0].timestamp()
+
+    async def scenario() -> None:
+        async with SqliteStore(copy) as store:
+            bookings = BookingStore(tmp_path / "bookings.sqlite3")
+            service = CapacityService(
+                store,
+                bookings,
+                CapacityRules(cache_ttl_s=5),
+                clock=clock,
+                monotonic=lambda: ticks[0],
+            )
+            horizon = timedelta(hours=24)
+            first_view = await service.view("okada-machining")  # t = 0
+            ticks[0] = 3.0
+            first = await service.capacity("okada-machining", horizon)  # from that view
+            await store.write_status(online("okada-machining", wall[0], "offline"))
+            ticks[0], wall[0] = 5.5, wall[0] + timedelta(seconds=5.5)
+            view = await service.view("okada-machining")  # the list's view: offline now
+            assert view.offline
+            assert view is not first_view
+            now = await service.capacity("okada-machining", horizon)  # its entry is 2.5 s old
+            assert now is not first
+            assert now.offline
+            assert now.as_of == view.as_of
             bookings.close()
 
     asyncio.run(scenario())

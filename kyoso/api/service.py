@@ -297,13 +297,16 @@ class CapacityService:
         return await self._profiles.get((factory, tuple(view.machines)), compute)
 
     async def capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
-        """Every described machine's capacity over the horizon from now (cached briefly)."""
+        """Every described machine's capacity over the horizon from now (cached briefly),
+        computed from the factory's current view: the capacity and ``/v1/factories`` (its
+        offline flags, its machines) always tell of the same moment of the store."""
+        view = await self.view(factory)
         return await self._capacity.get(
-            (factory, horizon), lambda: self._compute_capacity(factory, horizon)
+            (factory, horizon, view.as_of), lambda: self._compute_capacity(view, horizon)
         )
 
-    async def _compute_capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
-        view = await self.view(factory)
+    async def _compute_capacity(self, view: FactoryView, horizon: timedelta) -> FactoryCapacity:
+        factory = view.factory
         profiles = await self._profiles_of(factory, view)
         declared = await asyncio.to_thread(self.bookings.declared, factory)
         backfilling = self._backfilling()
