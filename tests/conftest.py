@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from executables import PACKAGES, install_hook, unlisted
+from executables import install_hook, unlisted
 from services import InfluxDB, Mosquitto
 
 # --- programs the tests start ---------------------------------------------------------------
@@ -24,9 +24,9 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     missing = unlisted()
     if missing:
         pytest.fail(
-            f"{item.nodeid} started {', '.join(missing)}, which {PACKAGES.name} in .ci/ does "
-            "not list: add each with the Debian package that brings it, so that CI installs "
-            "it on a fresh machine"
+            f"{item.nodeid} started {', '.join(missing)}, which the PROGRAMS table of .ci/run "
+            "does not list: add each with the Debian package that brings it, so that CI "
+            "installs it on a fresh machine"
         )
 
 

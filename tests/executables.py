@@ -4,34 +4,32 @@ A machine that happens to have a program (installed by hand, or by an earlier se
 hides a missing install step until CI runs on a fresh one: that is how ``mosquitto_sub``
 once went missing. An audit hook (PEP 578) sees every process the test session starts,
 whatever starts it (``subprocess``, asyncio, a library); after each test, the programs it
-started are looked up in ``.ci/packages``, and a program not listed there fails the test.
+started are looked up in the ``PROGRAMS`` table ``.ci/run`` installs from, and a program not
+listed there fails the test.
 Python itself (this interpreter, and what a virtual environment holds) is exempt: pip
 installs it.
 """
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ROOT / ".ci" / "packages"
+CI_RUN = ROOT / ".ci" / "run"
 
-__all__ = ["PACKAGES", "install_hook", "packages", "unlisted"]
+__all__ = ["CI_RUN", "install_hook", "packages", "unlisted"]
 
 _started: list[Path] = []
 
 
 def packages() -> dict[str, str]:
-    """Program name -> Debian package, from ``.ci/packages``."""
-    table = {}
-    for line in PACKAGES.read_text().splitlines():
-        fields = line.split("#", 1)[0].split()
-        if fields:
-            program, package = fields
-            table[program] = package
-    return table
+    """Program name -> Debian package, from the ``PROGRAMS`` table of ``.ci/run``."""
+    found = re.search(r"^PROGRAMS='\n(.*?)^'$", CI_RUN.read_text(), re.MULTILINE | re.DOTALL)
+    assert found is not None, f"{CI_RUN} lost its PROGRAMS table"
+    return dict(line.split() for line in found.group(1).splitlines() if line.strip())
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
@@ -59,7 +57,7 @@ def _exempt(program: Path) -> bool:
 
 
 def unlisted() -> list[str]:
-    """The programs started since the last call that ``.ci/packages`` does not list."""
+    """The programs started since the last call that the ``PROGRAMS`` table does not list."""
     started, _started[:] = list(_started), []
     table = packages()
     return sorted({p.name for p in started if not _exempt(p) and p.name not in table})

@@ -2,9 +2,11 @@
 capacity, staleness, bookings, caching and the push channel."""
 
 import asyncio
+import contextlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -170,43 +172,63 @@ def test_an_offline_gateway_withdraws_its_factorys_capacity(region: Region, tmp_
         assert all(c["available"] == 0 for c in search["candidates"])
 
 
+@dataclass
+class _Clocks:
+    """The service's wall clock and its caches' clock, moved by the test."""
+
+    wall: datetime
+    ticks: float = 0.0
+
+    def now(self) -> float:
+        return self.wall.timestamp()
+
+
+@contextlib.asynccontextmanager
+async def _service(
+    region: Region, tmp_path: Path, cache_ttl_s: float
+) -> AsyncIterator[tuple[CapacityService, SqliteStore, _Clocks]]:
+    """A capacity service over a copy of the region, 30 s after its end, on clocks the test
+    moves."""
+    clocks = _Clocks(region.end + timedelta(seconds=30))
+    async with SqliteStore(_copy(region, tmp_path).path) as store:
+        bookings = BookingStore(tmp_path / "bookings.sqlite3")
+        try:
+            yield (
+                CapacityService(
+                    store,
+                    bookings,
+                    CapacityRules(cache_ttl_s=cache_ttl_s),
+                    clock=clocks.now,
+                    monotonic=lambda: clocks.ticks,
+                ),
+                store,
+                clocks,
+            )
+        finally:
+            bookings.close()
+
+
 def test_figures_older_than_the_time_to_live_are_computed_again_before_they_are_served(
     region: Region, tmp_path: Path
 ) -> None:
     """No answer carries figures older than cache_ttl_s: the request that finds them older
     waits for them to be computed again (the store changed meanwhile: the gateway went
     offline), rather than getting the old ones while a refresh runs behind it."""
-    copy = tmp_path / "store.sqlite3"
-    copy.write_bytes(region.path.read_bytes())
-    ticks = [0.0]  # the caches' clock, in seconds
-    wall = [region.end + timedelta(seconds=30)]
-
-    def clock() -> float:
-        return wall[0].timestamp()
+    horizon = timedelta(hours=24)
 
     async def scenario() -> None:
-        async with SqliteStore(copy) as store:
-            bookings = BookingStore(tmp_path / "bookings.sqlite3")
-            service = CapacityService(
-                store,
-                bookings,
-                CapacityRules(cache_ttl_s=5),
-                clock=clock,
-                monotonic=lambda: ticks[0],
-            )
-            horizon = timedelta(hours=24)
+        async with _service(region, tmp_path, cache_ttl_s=5) as (service, store, clocks):
             first = await service.capacity("okada-machining", horizon)
             assert not first.offline
-            await store.write_status(online("okada-machining", wall[0], "offline"))
-            ticks[0] = 4.9
+            await store.write_status(online("okada-machining", clocks.wall, "offline"))
+            clocks.ticks = 4.9
             assert await service.capacity("okada-machining", horizon) is first  # 4.9 s old
-            ticks[0], wall[0] = 5.0, wall[0] + timedelta(seconds=5)
+            clocks.ticks, clocks.wall = 5.0, clocks.wall + timedelta(seconds=5)
             second = await service.capacity("okada-machining", horizon)
             assert second is not first
             assert second.offline
-            assert second.as_of == wall[0]
+            assert second.as_of == clocks.wall
             assert service.cache_counts()["views"]["expired"] == 1
-            bookings.close()
 
     asyncio.run(scenario())
 
@@ -216,30 +238,15 @@ def test_capacity_and_the_factory_list_tell_of_the_same_moment(
 ) -> None:
     """The factory list said offline while the capacity still offered hours computed from
     an older view: capacity is now computed from the view the factory list shows."""
-    copy = tmp_path / "store.sqlite3"
-    copy.write_bytes(region.path.read_bytes())
-    ticks = [0.0]
-    wall = [region.end + timedelta(seconds=30)]
-
-    def clock() -> float:
-        return wall[0].timestamp()
+    horizon = timedelta(hours=24)
 
     async def scenario() -> None:
-        async with SqliteStore(copy) as store:
-            bookings = BookingStore(tmp_path / "bookings.sqlite3")
-            service = CapacityService(
-                store,
-                bookings,
-                CapacityRules(cache_ttl_s=5),
-                clock=clock,
-                monotonic=lambda: ticks[0],
-            )
-            horizon = timedelta(hours=24)
+        async with _service(region, tmp_path, cache_ttl_s=5) as (service, store, clocks):
             first_view = await service.view("okada-machining")  # t = 0
-            ticks[0] = 3.0
+            clocks.ticks = 3.0
             first = await service.capacity("okada-machining", horizon)  # from that view
-            await store.write_status(online("okada-machining", wall[0], "offline"))
-            ticks[0], wall[0] = 5.5, wall[0] + timedelta(seconds=5.5)
+            await store.write_status(online("okada-machining", clocks.wall, "offline"))
+            clocks.ticks, clocks.wall = 5.5, clocks.wall + timedelta(seconds=5.5)
             view = await service.view("okada-machining")  # the list's view: offline now
             assert view.offline
             assert view is not first_view
@@ -247,7 +254,6 @@ def test_capacity_and_the_factory_list_tell_of_the_same_moment(
             assert now is not first
             assert now.offline
             assert now.as_of == view.as_of
-            bookings.close()
 
     asyncio.run(scenario())
 

@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from executables import PACKAGES, packages, unlisted
+from executables import CI_RUN, packages, unlisted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,10 +29,12 @@ def test_a_program_missing_from_the_table_is_caught() -> None:
 
 
 def test_ci_installs_every_package_of_the_table() -> None:
-    script = (ROOT / ".ci" / "run").read_text()
+    script = CI_RUN.read_text()
+    table = re.search(r"^PROGRAMS='.*?^'$", script, re.MULTILINE | re.DOTALL)
+    assert table is not None
     line = next(x for x in script.splitlines() if x.startswith("mapfile -t packages"))
     listed = subprocess.run(
-        ["bash", "-c", f"{line}; printf '%s\\n' \"${{packages[@]}}\""],
+        ["bash", "-c", f"{table.group(0)}\n{line}; printf '%s\\n' \"${{packages[@]}}\""],
         capture_output=True,
         text=True,
         check=True,
@@ -46,4 +48,4 @@ def test_the_readme_installs_every_package_the_tests_need() -> None:
     found = re.search(r"sudo apt-get install -y ([a-z0-9 .+-]+?) && python3 -m venv", readme)
     assert found is not None, "the README lost its set-up line"
     needed = {p for p in packages().values() if not _essential(p)}
-    assert set(found.group(1).split()) == needed, PACKAGES
+    assert set(found.group(1).split()) == needed, CI_RUN

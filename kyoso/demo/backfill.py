@@ -106,7 +106,8 @@ class Backfill:
 
     :meth:`plan` reads the ledger and the store (call it before live data flows),
     :meth:`run` fills the gaps; cancelling :meth:`run` kills the worker at once.
-    ``written`` is called with a factory's id each time some of its history was written.
+    :attr:`written`, if set, is called with a factory's id each time some of its history
+    was written.
     """
 
     def __init__(
@@ -117,10 +118,9 @@ class Backfill:
         *,
         ledger: Path,
         gateway: str,
-        written: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._store = store
-        self.written = written
+        self.written: Callable[[str], None] = lambda _: None
         self._factories = [str(p) for p in factories]
         self._window = window
         self._ledger = ledger
