@@ -130,6 +130,7 @@ class Backfill:
         self._done_s = 0.0
         self._samples = 0
         self._running = False
+        self._filled: set[str] = set()
 
     @property
     def progress(self) -> BackfillProgress:
@@ -185,6 +186,7 @@ class Backfill:
                 self._done_s += day[1] - day[0]
                 self._save(live_since=self._window[1])
             await worker.wait()
+            self._finish()  # before saying so: figures no longer marked from here on
             log.info(
                 "history: %d samples backfilled in %.1f s",
                 self._samples,
@@ -195,7 +197,8 @@ class Backfill:
                 "history: the backfill worker ended early (exit code %s)", await worker.wait()
             )
         finally:
-            self._running = False
+            if self._running:
+                self._finish()
             if worker.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.kill()
@@ -206,7 +209,15 @@ class Backfill:
         session = f"backfill-{int(day[0] // _DAY_S)}"
         await self._store.write_samples(factory, self._gateway, session, samples)
         self._samples += len(samples)
+        self._filled.add(factory)
         self.written(factory)
+
+    def _finish(self) -> None:
+        """Not running any more; told to whoever keeps figures of the factories written (they
+        were computed while it ran, and carry its mark)."""
+        self._running = False
+        for factory in sorted(self._filled):
+            self.written(factory)
 
     async def _newest_sample(self, names: Sequence[str]) -> float | None:
         newest = [
