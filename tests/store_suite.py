@@ -46,7 +46,7 @@ from kyoso.contract import (
     ShiftCalendar,
     SignalStats,
 )
-from kyoso.store import CounterWindow, SampleGroup, StateWindow, Store
+from kyoso.store import CounterWindow, SampleGroup, StateRun, StateWindow, Store
 
 __all__ = ["T0", "Run", "StoreContract", "at", "make_sample"]
 
@@ -153,6 +153,18 @@ def assert_window(
     assert got.end.utcoffset() == timedelta(0)
     assert dict(got.seconds) == pytest.approx(seconds(**by_state), abs=1e-6)
     assert got.no_data_s == pytest.approx(no_data_s, abs=1e-6)
+
+
+def ending_in(state: MachineState, sample: Sample) -> Sample:
+    """The sample with its ``state`` field (the state at its ``ts``) set to ``state``."""
+    return sample.model_copy(update={"state": state})
+
+
+def runs(found: list[StateRun]) -> list[tuple[str, datetime, datetime, object, bool]]:
+    """The runs as tuples, their datetimes checked to be in UTC."""
+    for run in found:
+        assert run.start.utcoffset() == run.end.utcoffset() == timedelta(0)
+    return [(r.machine, r.start, r.end, pytest.approx(r.seconds), r.ongoing) for r in found]
 
 
 def totals(windows: list[CounterWindow]) -> list[tuple[str, datetime, datetime, dict[str, float]]]:
@@ -340,6 +352,109 @@ class StoreContract:
         ]
         [gap] = run(store.counter_totals("a", "m1", at(125), at(175)))
         assert gap.totals == {}
+
+    # --- runs of a state ----------------------------------------------------------------
+
+    def test_a_run_spans_adjoining_samples(self, store: Store, run: Run) -> None:
+        samples = [
+            ending_in(S.DOWN, make_sample("m1", 60, 60, {S.RUNNING: 40, S.DOWN: 20}, seq=1)),
+            make_sample("m1", 120, 60, {S.DOWN: 60}, seq=2),
+            make_sample("m1", 180, 60, {S.DOWN: 50, S.IDLE: 10}, seq=3),  # ends down
+            make_sample("m2", 150, 30, {S.RUNNING: 20, S.DOWN: 10}, seq=4),  # ends running
+        ]
+        run(store.write_samples("a", GW, SESSION, samples))
+        # m1 went down 20 s before its first sample ended and is still down at its last.
+        found = run(store.state_runs("a", S.DOWN, at(0).astimezone(JST), at(180)))
+        assert runs(found) == [
+            ("m1", at(40), at(180), 130, True),
+            ("m2", at(120), at(130), 10, False),  # down first, then running
+        ]
+        assert isinstance(found[0], StateRun)
+
+    def test_a_sample_ending_in_another_state_closes_the_run(self, store: Store, run: Run) -> None:
+        samples = [
+            make_sample("m1", 60, 60, {S.DOWN: 60}, seq=1),
+            make_sample("m1", 120, 60, {S.DOWN: 20, S.RUNNING: 40}, seq=2),  # ends running
+            ending_in(S.DOWN, make_sample("m1", 180, 60, {S.RUNNING: 30, S.DOWN: 30}, seq=3)),
+            make_sample("m1", 240, 60, {S.RUNNING: 60}, seq=4),
+            ending_in(S.DOWN, make_sample("m1", 300, 60, {S.RUNNING: 55, S.DOWN: 5}, seq=5)),
+        ]
+        run(store.write_samples("a", GW, SESSION, samples))
+        assert runs(run(store.state_runs("a", S.DOWN, at(0), at(300)))) == [
+            ("m1", at(0), at(80), 80, False),
+            ("m1", at(150), at(180), 30, True),  # ended down; the next sample has no down
+            ("m1", at(295), at(300), 5, True),
+        ]
+
+    def test_a_gap_of_no_data_ends_a_run(self, store: Store, run: Run) -> None:
+        samples = [
+            make_sample("m1", 60, 60, {S.DOWN: 60}, seq=1),
+            make_sample("m1", 180, 60, {S.DOWN: 60}, seq=2),  # after 60 s without data
+            make_sample("m1", 240.5, 60, {S.DOWN: 60}, seq=3),  # 0.5 s apart: adjoins
+            make_sample("m1", 302.5, 60, {S.DOWN: 60}, seq=4),  # 2 s apart: a gap
+        ]
+        run(store.write_samples("a", GW, SESSION, samples))
+        assert runs(run(store.state_runs("a", S.DOWN, at(0), at(400)))) == [
+            ("m1", at(0), at(60), 60, True),
+            ("m1", at(120), at(240.5), 120, True),
+            ("m1", at(242.5), at(302.5), 60, True),
+        ]
+
+    def test_runs_are_of_the_state_asked_for_only(self, store: Store, run: Run) -> None:
+        run(store.write_samples("a", GW, SESSION, [make_sample("m1", 60, 60, {S.RUNNING: 60})]))
+        for state in S:
+            expected = [("m1", at(0), at(60), 60, True)] if state is S.RUNNING else []
+            assert runs(run(store.state_runs("a", state, at(0), at(60)))) == expected
+        run(store.write_samples("a", GW, SESSION, SCENARIO))
+        assert runs(run(store.state_runs("a", S.PLANNED_STOP, at(0), at(240)))) == []
+        assert runs(run(store.state_runs("a", S.IDLE, at(0), at(240)))) == [
+            ("m1", at(0), at(15), 15, False)  # s1 ended running: idle placed at its start
+        ]
+        assert runs(run(store.state_runs("a", S.SETUP, at(0), at(240)))) == [
+            ("m1", at(180), at(240), 60, True)
+        ]
+
+    def test_runs_take_the_samples_ending_in_the_window(self, store: Store, run: Run) -> None:
+        samples = [make_sample("m1", t, 60, {S.DOWN: 60}, seq=t) for t in (60, 120, 180)]
+        run(store.write_samples("a", GW, SESSION, samples))
+        one = [("m1", at(60), at(120), 60, True)]
+        assert runs(run(store.state_runs("a", S.DOWN, at(60), at(120)))) == one
+        assert runs(run(store.state_runs("a", S.DOWN, at(61), at(150)))) == one
+        assert runs(run(store.state_runs("a", S.DOWN, at(59), at(180)))) == [
+            ("m1", at(0), at(180), 180, True)
+        ]
+        assert run(store.state_runs("a", S.DOWN, at(120), at(120))) == []
+        assert run(store.state_runs("a", S.DOWN, at(180), at(1000))) == []
+
+    def test_runs_are_confined_to_the_factory(self, store: Store, run: Run) -> None:
+        run(store.write_samples("a", GW, SESSION, [make_sample("m1", 60, 60, {S.DOWN: 60})]))
+        b_samples = [
+            make_sample("m2", 60, 60, {S.DOWN: 60}, seq=1),
+            ending_in(S.IDLE, make_sample("m1", 120, 60, {S.DOWN: 30, S.IDLE: 30}, seq=2)),
+        ]
+        run(store.write_samples("b", GW, SESSION, b_samples))
+        assert runs(run(store.state_runs("b", S.DOWN, at(0), at(240)))) == [
+            ("m1", at(60), at(90), 30, False),
+            ("m2", at(0), at(60), 60, True),
+        ]
+        assert runs(run(store.state_runs("a", S.DOWN, at(0), at(240)))) == [
+            ("m1", at(0), at(60), 60, True)
+        ]
+        assert run(store.state_runs("z", S.DOWN, at(0), at(240))) == []
+
+    @pytest.mark.parametrize(
+        ("start", "end"),
+        [
+            (datetime(2026, 1, 12), at(60)),  # naive
+            (at(0), datetime(2026, 1, 12, 0, 1)),
+            (at(60), at(0)),  # end before start
+        ],
+    )
+    def test_bad_run_windows_are_refused(
+        self, store: Store, run: Run, start: datetime, end: datetime
+    ) -> None:
+        with pytest.raises(ValueError, match=r"aware|before"):
+            run(store.state_runs("a", S.DOWN, start, end))
 
     # --- isolation, empty results, time zones ---------------------------------------------
 

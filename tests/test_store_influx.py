@@ -4,6 +4,7 @@ status point's time, refusals by InfluxDB, its credentials, and one request per 
 for concurrent writes."""
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -295,3 +296,33 @@ def test_the_reserved_factory_id_is_neither_written_nor_read(
     assert all("reserved" in r.reason for r in refusals)
     assert run(store.latest_samples("capacity")) == {}
     assert run(store.factories()) == []
+
+
+def test_a_partly_written_latest_point_reads_as_no_sample(
+    store: InfluxStore, run: Run, influxdb: InfluxDB, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A point InfluxDB holds only part of (fields of a write still to come, or lost): the
+    # newest point of m2 has nothing but its seq, m3's lacks its durations and received_ns.
+    # The latest point is read per machine (LIMIT 1): such a machine has no latest sample,
+    # not its previous one, and the others are answered.
+    complete = [make_sample(m, 60, 60, seq=1) for m in ("m1", "m2", "m3")]
+    run(store.write_samples("a", GW, SESSION, complete))
+    ns = timestamp_ns(at(120))
+    influxdb.write(
+        f"{prefix}a",
+        [
+            f"samples,gateway={GW},machine=m2 seq=2i {ns}",
+            f'samples,gateway={GW},machine=m3 seq=2i,session="{SESSION}",interval_s=60.0,'
+            f'start_ns={ns - 60 * 10**9}i,state="running" {ns}',
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="kyoso.store.influx"):
+        latest = run(store.latest_samples("a"))
+    assert list(latest) == ["m1"]
+    assert latest["m1"].sample == complete[0]
+    warned = sorted(r.getMessage() for r in caplog.records)
+    assert len(warned) == 2
+    assert "'m2'" in warned[0]
+    assert "session, interval_s, state, received_ns, running_s" in warned[0]
+    assert "'m3'" in warned[1]
+    assert "lacks received_ns, running_s" in warned[1]

@@ -48,10 +48,31 @@ factory that has a description now or a sample overlapping ``[start, end)``, eac
 result per bucket, buckets without samples included (all ``no_data_s``). For a given
 machine: that machine's buckets, whatever is stored. Results are sorted by machine, then
 start. Buckets are aligned to ``start``; the last one ends at ``end`` and may be shorter.
+
+**Runs of a state** (:meth:`StoreReader.state_runs`) are not prorated: they are made of the
+factory's samples whose ``ts`` lies in ``(start, end]`` (a sample ending exactly at ``start``
+is out, one ending exactly at ``end`` in) and that carry more than 0 s of the state. A run is
+a maximal chain of such samples of one machine in which each sample **adjoins** the one
+before (its interval start ``ts - interval_s`` lies within 1 s of that sample's ``ts``:
+gateways tile time, so a gap of no data ends a run) and the one before **ended in the
+state** (its ``state`` field, the state at its ``ts``, is the state): a sample that ended in
+another state closes its run, so down, running, down within consecutive samples are two
+runs. A run's ``seconds`` are the sum of its samples' seconds of the state. A run's edges
+inside a sample are placed assuming the state held one contiguous part of it, at the end
+for the first sample and at the start for the last: ``start`` is the first sample's ``ts``
+less its seconds of the state if that sample ended in the state, else its interval start;
+``end`` is the last sample's ``ts`` if it ended in the state, else its interval start plus
+its seconds of the state; neither leaves the sample's interval (durations may sum a little
+over ``interval_s``). ``ongoing`` is whether the last sample ended in the state: the state
+went on past ``end``, for as long as no later sample tells. A run ending at a gap of no data
+or at the window's ``end`` may thus be ongoing; it is going on now only if its last sample
+is the machine's latest. Only samples inside the window count, so a run that began before
+``start`` is reported from its first sample ending after ``start``. Runs are sorted by
+machine, then start; ``end < start`` raises ``ValueError``.
 """
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
@@ -59,11 +80,14 @@ from typing import Final, Protocol
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample
 
 __all__ = [
+    "ADJOIN",
     "MAX_BUCKETS",
     "BucketGrid",
     "CounterWindow",
     "Refusal",
+    "RunRow",
     "SampleGroup",
+    "StateRun",
     "StateWindow",
     "Store",
     "StoreAuthError",
@@ -73,12 +97,18 @@ __all__ = [
     "StoreUnavailableError",
     "StoreWriter",
     "StoredSample",
+    "chain_runs",
     "check_aware",
+    "check_window",
     "window_buckets",
 ]
 
 MAX_BUCKETS: Final = 100_000
 """Most buckets one window query may ask for (a year of 6-minute buckets)."""
+
+ADJOIN: Final = timedelta(seconds=1)
+"""How far a sample's interval start may lie from the previous sample's ``ts`` for the two
+to adjoin in a run of a state (module docstring)."""
 
 
 class StoreError(Exception):
@@ -164,6 +194,27 @@ class CounterWindow:
     start: datetime
     end: datetime
     totals: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class StateRun:
+    """A stretch of time one machine spent in one state, from its samples (the rules are
+    in the module docstring)."""
+
+    machine: str
+    start: datetime
+    """When the run began (UTC)."""
+    end: datetime
+    """When it ended, or the end of its last sample if it goes on (UTC)."""
+    seconds: float
+    """The state's seconds in the run: the sum of its samples' durations of the state."""
+    ongoing: bool
+    """The run's last sample ended in the state (its ``state`` field)."""
+
+
+RunRow = tuple[str, datetime, datetime, float, bool]
+"""A sample considered for runs: ``(machine, interval start, ts, seconds of the state,
+whether it ended in the state)``, times aware."""
 
 
 class StoreWriter(Protocol):
@@ -252,6 +303,20 @@ class StoreReader(Protocol):
         :meth:`state_seconds` would report."""
         ...
 
+    async def state_runs(
+        self, factory: str, state: MachineState, start: datetime, end: datetime
+    ) -> list[StateRun]:
+        """The runs of ``state`` made of the samples whose ``ts`` lies in ``(start, end]``
+        and that carry more than 0 s of it, per machine, sorted by machine and start.
+
+        A run chains the samples of one machine that adjoin (within 1 s) while each but
+        the last ended in the state; its edges inside a sample assume the state held one
+        contiguous part of it, at the end of the first sample and at the start of the
+        last; ``ongoing`` is whether the last ended in the state (module docstring).
+        ``ValueError`` for a naive datetime or ``end < start``.
+        """
+        ...
+
 
 class Store(StoreWriter, StoreReader, Protocol):
     """A store both written and read (one embedded process, or the test suite)."""
@@ -264,6 +329,14 @@ def check_aware(moment: datetime, what: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+def check_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """``start`` and ``end`` in UTC; ``ValueError`` if either is naive or ``end < start``."""
+    start, end = check_aware(start, "start"), check_aware(end, "end")
+    if end < start:
+        raise ValueError(f"window end {end.isoformat()} is before its start {start.isoformat()}")
+    return start, end
+
+
 def window_buckets(
     start: datetime, end: datetime, bucket_s: float | None
 ) -> list[tuple[datetime, datetime]]:
@@ -273,9 +346,7 @@ def window_buckets(
     An empty window gives no bucket; ``end < start``, a non-positive or sub-microsecond
     ``bucket_s``, or more than :data:`MAX_BUCKETS` buckets raise ``ValueError``.
     """
-    start, end = check_aware(start, "start"), check_aware(end, "end")
-    if end < start:
-        raise ValueError(f"window end {end.isoformat()} is before its start {start.isoformat()}")
+    start, end = check_window(start, end)
     if bucket_s is not None and not (math.isfinite(bucket_s) and bucket_s >= 1e-6):
         raise ValueError(f"bucket_s must be at least one microsecond, not {bucket_s!r}")
     if end == start:
@@ -314,3 +385,31 @@ class BucketGrid:
             overlap = min(last, begin + self.step, self.end) - max(first, begin)
             if overlap > 0:
                 yield index, overlap / (last - first), overlap
+
+
+def chain_runs(rows: Iterable[RunRow]) -> list[StateRun]:
+    """The runs of a state, by the rules of the module docstring, from the samples the
+    store considered (in any order; each machine's ``ts`` distinct), sorted by machine and
+    start. The one place those rules are coded: every store calls it."""
+    chains: list[list[RunRow]] = []
+    for row in sorted(rows, key=lambda r: (r[0], r[2])):
+        before = chains[-1][-1] if chains else None
+        if (
+            before is not None
+            and before[0] == row[0]  # the same machine
+            and before[4]  # which ended in the state
+            and abs(row[1] - before[2]) <= ADJOIN
+        ):
+            chains[-1].append(row)
+        else:
+            chains.append([row])
+    return sorted((_run(chain) for chain in chains), key=lambda r: (r.machine, r.start))
+
+
+def _run(chain: list[RunRow]) -> StateRun:
+    machine, first_begin, first_ts, first_s, first_ended = chain[0]
+    _, last_begin, last_ts, last_s, last_ended = chain[-1]
+    start = max(first_ts - timedelta(seconds=first_s), first_begin) if first_ended else first_begin
+    end = last_ts if last_ended else min(last_begin + timedelta(seconds=last_s), last_ts)
+    seconds = math.fsum(row[3] for row in chain)
+    return StateRun(machine, start.astimezone(UTC), end.astimezone(UTC), seconds, last_ended)

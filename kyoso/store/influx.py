@@ -49,6 +49,7 @@ SQLite store prorates each sample on its own and needs no such assumption.
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,17 +89,22 @@ from .base import (
     CounterWindow,
     Refusal,
     SampleGroup,
+    StateRun,
     StateWindow,
     StoreAuthError,
     StoredSample,
     StoreError,
     StoreRefusedError,
     StoreUnavailableError,
+    chain_runs,
     check_aware,
+    check_window,
     window_buckets,
 )
 
 __all__ = ["InfluxStore"]
+
+log = logging.getLogger(__name__)
 
 Bucket = tuple[datetime, datetime]
 Row = dict[str, Any]
@@ -131,6 +137,9 @@ GROUP BY time({step}ns, {offset}ns), machine fill(none)"""
 _FOLLOWING: Final = """
 SELECT "start_ns", "interval_s", {fields} FROM samples
 WHERE time > $end AND time <= $after{only} GROUP BY machine LIMIT 1"""
+_RUNS: Final = """SELECT "{field}", "start_ns", "state" FROM samples
+WHERE "{field}" > 0 AND time > $start AND time <= $end GROUP BY machine"""
+"""The samples a run of a state is made of (base.py), by the state's field."""
 _EXACT: Final = (
     "SELECT {fields} FROM samples WHERE machine = $m{i} AND time = $t{i} GROUP BY machine"
 )
@@ -277,7 +286,8 @@ class InfluxStore:
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         rows = await self._read(factory, _LATEST.format("samples", "machine"))
-        return {row["machine"]: _stored_sample(row) for row in rows}
+        found = ((row["machine"], _stored_sample(row)) for row in rows)
+        return {machine: sample for machine, sample in found if sample is not None}
 
     async def state_seconds(
         self,
@@ -309,6 +319,23 @@ class InfluxStore:
             CounterWindow(name, w0, w1, {field[: -len("_delta")]: v for field, v in cell.items()})
             for name, (w0, w1), cell in windows
         ]
+
+    async def state_runs(
+        self, factory: str, state: MachineState, start: datetime, end: datetime
+    ) -> list[StateRun]:
+        start, end = check_window(start, end)
+        field, bounds = f"{state.value}_s", {"start": timestamp_ns(start), "end": timestamp_ns(end)}
+        rows = await self._read(factory, _RUNS.format(field=field), bounds)
+        return chain_runs(
+            (
+                r["machine"],
+                _datetime(r["start_ns"]),
+                _datetime(r["time"]),
+                float(r[field]),
+                r["state"] == state.value,
+            )
+            for r in rows
+        )
 
     # --- window queries ---------------------------------------------------------------
 
@@ -447,9 +474,11 @@ class InfluxStore:
         if result.rejected:
             raise StoreRefusedError(result.rejected[0].reason)
 
-    async def _read(self, factory: str, influxql: str) -> list[Row]:
+    async def _read(
+        self, factory: str, influxql: str, params: Mapping[str, object] | None = None
+    ) -> list[Row]:
         database = self._readable(factory)
-        return [] if database is None else await self._query(database, influxql)
+        return [] if database is None else await self._query(database, influxql, params)
 
     async def _query(
         self, database: str | None, influxql: str, params: Mapping[str, object] | None = None
@@ -527,9 +556,22 @@ def _status(factory: str, row: Row) -> GatewayStatus:
     )
 
 
-def _stored_sample(row: Row) -> StoredSample:
+def _stored_sample(row: Row) -> StoredSample | None:
     """A ``samples`` point read back: fixed fields by name, the others by their suffix.
-    InfluxDB's JSON writes whole floats as integers, hence the ``float()``."""
+    InfluxDB's JSON writes whole floats as integers, hence the ``float()``.
+
+    None for a point without a field every sample is written with (one InfluxDB holds only
+    part of): it is no sample, and the machine has none, rather than the read failing."""
+    required = ("gateway", "seq", "session", "interval_s", "state", "received_ns")
+    lacking = [key for key in (*required, *_STATE_FIELDS) if row.get(key) is None]
+    if lacking:
+        log.warning(
+            "the latest samples point of machine %r at %s lacks %s: read as no sample",
+            row.get("machine"),
+            _datetime(row["time"]).isoformat(),
+            ", ".join(lacking),
+        )
+        return None
     durations = {
         state: float(row[field])
         for state, field in zip(_STATES, _STATE_FIELDS, strict=True)

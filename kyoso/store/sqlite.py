@@ -46,11 +46,14 @@ from .base import (
     CounterWindow,
     Refusal,
     SampleGroup,
+    StateRun,
     StateWindow,
     StoredSample,
     StoreError,
     StoreUnavailableError,
+    chain_runs,
     check_aware,
+    check_window,
     window_buckets,
 )
 
@@ -122,6 +125,12 @@ JOIN samples x ON x.series = m.id AND x.ts = (SELECT MAX(ts) FROM samples WHERE 
 JOIN sources src ON src.id = x.source
 WHERE m.factory = ?
 """  # noqa: S608 (column names from the MachineState enum)
+# The samples a run of a state is made of (base.py); {column} is a d_<state> column.
+_RUNS: Final = """
+SELECT m.machine, x.start, x.ts, x.{column}, x.state = :state
+FROM series m JOIN samples x ON x.series = m.id
+WHERE m.factory = :f AND x.ts > :s AND x.ts <= :e AND x.{column} > 0
+"""
 _ONE: Final = "SELECT :m, coalesce((SELECT id FROM series WHERE factory = :f AND machine = :m), -1)"
 _DESCRIBED_OR_SAMPLED: Final = """
 SELECT machine, id FROM series
@@ -279,6 +288,13 @@ class SqliteStore:
         buckets = window_buckets(start, end, bucket_s)
         return await self._call(self._counter_windows, factory, machine, buckets, bucket_s)
 
+    async def state_runs(
+        self, factory: str, state: MachineState, start: datetime, end: datetime
+    ) -> list[StateRun]:
+        start, end = check_window(start, end)
+        args = {"f": factory, "s": _us(start), "e": _us(end), "state": state.value}
+        return await self._call(self._state_runs, state, args)
+
     # --- on the worker thread ---------------------------------------------------------
 
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -347,6 +363,12 @@ class SqliteStore:
                 by_state = dict(zip(_STATES, seconds, strict=True))
                 result.append(StateWindow(name, w0, w1, by_state, no_data_s))
         return result
+
+    def _state_runs(self, state: MachineState, args: dict[str, object]) -> list[StateRun]:
+        rows = self._sql(_RUNS.format(column=f"d_{state.value}"), args)
+        return chain_runs(
+            (m, _dt(first), _dt(ts), d, bool(ended)) for m, first, ts, d, ended in rows
+        )
 
     def _counter_windows(
         self, factory: str, machine: str | None, buckets: list[Bucket], bucket_s: float | None
