@@ -3,11 +3,12 @@ in the embedded store, the service over it at a fixed clock, keys of every scope
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from kyoso.api.app import create_app
 from kyoso.api.bookings import BookingStore
 from kyoso.api.keys import ApiKeyStore, parse_scope
+from kyoso.api.limits import RequestLimits
 from kyoso.api.service import CapacityService
 from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import GatewayStatus
@@ -24,6 +26,10 @@ from kyoso.simulators.runner import FactorySimulation
 from kyoso.store import SqliteStore
 
 GATEWAY = "gw-01"
+UNLIMITED = RequestLimits(
+    rate_per_s=1e9, burst=10**9, max_concurrent=10**6, max_concurrent_total=10**6
+)
+"""Limits no test of the API's other behaviour reaches (tests/test_api_limits.py has its own)."""
 ORIGIN = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
 """Start of every simulated region's history."""
 
@@ -74,6 +80,13 @@ def build_region(
     return Region(path, origin, end, simulations)
 
 
+def copy_region(region: Region, workdir: Path) -> Region:
+    """The region in a copy of its store under ``workdir``, for a test to change."""
+    copy = workdir / "store.sqlite3"
+    copy.write_bytes(region.path.read_bytes())
+    return Region(copy, region.origin, region.end, region.simulations)
+
+
 def online(
     factory: str, at: datetime, status: Literal["online", "offline"] = "online"
 ) -> GatewayStatus:
@@ -89,6 +102,24 @@ def online(
         ts=at,
         reason=reason,
     )
+
+
+@dataclass
+class Clocks:
+    """A wall clock and a monotonic one that a test moves (together, with :meth:`advance`)."""
+
+    wall: datetime
+    ticks: float = 0.0
+
+    def now(self) -> float:
+        return self.wall.timestamp()
+
+    def monotonic(self) -> float:
+        return self.ticks
+
+    def advance(self, seconds: float) -> None:
+        self.wall += timedelta(seconds=seconds)
+        self.ticks += seconds
 
 
 @dataclass
@@ -111,15 +142,25 @@ def running_api(
     *,
     now: datetime | None = None,
     rules: CapacityRules | None = None,
+    clocks: "Clocks | None" = None,
+    limits: RequestLimits = UNLIMITED,
 ) -> Iterator[Api]:
-    """The API over ``region`` with the clock at ``now`` (default: 30 s after its end)."""
+    """The API over ``region`` with the clock at ``now`` (default: 30 s after its end), or
+    on ``clocks`` that the test moves (the request limiter's too); no request limits unless
+    ``limits`` are given."""
     moment = (now or region.end + timedelta(seconds=30)).timestamp()
     keys = ApiKeyStore(workdir / "keys.sqlite3", create=True)
     scopes = ["admin", "platform", *(f"factory:{f}" for f in region.simulations)]
     made = {scope: keys.create(scope.replace(":", "-"), parse_scope(scope)).key for scope in scopes}
     store = SqliteStore(region.path)
     bookings = BookingStore(workdir / "bookings.sqlite3")
-    service = CapacityService(store, bookings, rules or CapacityRules(), clock=lambda: moment)
+    service = CapacityService(
+        store,
+        bookings,
+        rules or CapacityRules(),
+        clock=(lambda: moment) if clocks is None else clocks.now,
+        monotonic=time.monotonic if clocks is None else clocks.monotonic,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -129,10 +170,18 @@ def running_api(
         finally:
             await store.close()
 
-    app = create_app(service, keys, lifespan=lifespan)
+    monotonic = time.monotonic if clocks is None else clocks.monotonic
+    app = create_app(service, keys, lifespan=lifespan, limits=limits, monotonic=monotonic)
     try:
         with TestClient(app) as client:
             yield Api(client, service, made)
     finally:
         bookings.close()
         keys.close()
+
+
+def get_json(api: Api, path: str, scope: str = "admin", **params: Any) -> Any:
+    """The JSON body of a GET that must succeed."""
+    response = api.client.get(path, params=params, headers=api.headers(scope))
+    assert response.status_code == 200, response.text
+    return response.json()

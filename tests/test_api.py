@@ -6,19 +6,28 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apikit import GATEWAY, Api, Region, build_region, online, running_api
+from apikit import (
+    GATEWAY,
+    Api,
+    Clocks,
+    Region,
+    build_region,
+    copy_region,
+    get_json,
+    online,
+    running_api,
+)
 
 from kyoso.api.bookings import BookingStore
 from kyoso.api.deps import figures_tag
 from kyoso.api.service import CapacityService
 from kyoso.capacity.rules import CapacityRules
-from kyoso.contract import MachineState, Sample
+from kyoso.contract import MachineState
 from kyoso.simulators.behaviour import MachineModel
 from kyoso.store import SqliteStore
 
@@ -47,12 +56,6 @@ def _truth(model: MachineModel, start: datetime, end: datetime) -> dict[MachineS
     return seconds
 
 
-def _get(api: Api, path: str, scope: str = "admin", **params: Any) -> Any:
-    response = api.client.get(path, params=params, headers=api.headers(scope))
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def _window(region: Region, days: float) -> tuple[datetime, datetime]:
     return region.end - timedelta(days=days), region.end
 
@@ -69,7 +72,7 @@ def test_time_elements_match_the_ground_truth(api: Api, region: Region) -> None:
     }
     checked = 0
     for factory, sim in region.simulations.items():
-        report = _get(api, f"/v1/factories/{factory}/kpis", start=start, end=end)
+        report = get_json(api, f"/v1/factories/{factory}/kpis", start=start, end=end)
         assert {m["machine"] for m in report["machines"]} == set(sim.models)
         for row in report["machines"]:
             truth = _truth(sim.models[row["machine"]], start, end)
@@ -90,7 +93,7 @@ def test_time_elements_match_the_ground_truth(api: Api, region: Region) -> None:
 def test_availability_and_oee_match_an_independent_computation(api: Api, region: Region) -> None:
     start, end = _window(region, 5)
     for factory, sim in region.simulations.items():
-        report = _get(api, f"/v1/factories/{factory}/kpis", start=start, end=end)
+        report = get_json(api, f"/v1/factories/{factory}/kpis", start=start, end=end)
         sums = {"apt": 0.0, "pbt": 0.0, "ideal": 0.0, "good": 0.0, "produced": 0.0}
         for row in report["machines"]:
             machine = next(m for m in sim.config.machines if m.id == row["machine"])
@@ -119,7 +122,7 @@ def test_total_capacity_is_the_calendars_planned_time_exactly(api: Api, region: 
     as_of = api.service.now()
     for horizon_h in (24, 168):
         for factory, sim in region.simulations.items():
-            body = _get(api, f"/v1/factories/{factory}/capacity", horizon_h=horizon_h)
+            body = get_json(api, f"/v1/factories/{factory}/capacity", horizon_h=horizon_h)
             for row in body["machines"]:
                 machine = next(m for m in sim.config.machines if m.id == row["machine"])
                 planned = sim.config.calendars[machine.calendar].planned_seconds(
@@ -134,7 +137,7 @@ def test_total_capacity_is_the_calendars_planned_time_exactly(api: Api, region: 
 
 
 def test_regional_capacity_sums_the_factories_by_capability(api: Api) -> None:
-    body = _get(api, "/v1/capacity", "platform", horizon_h=48)
+    body = get_json(api, "/v1/capacity", "platform", horizon_h=48)
     by_process: dict[str, float] = {}
     for factory in body["factories"]:
         assert factory["machines"] is None  # the platform never sees machines
@@ -156,11 +159,11 @@ def test_an_offline_gateway_withdraws_its_factorys_capacity(region: Region, tmp_
 
     asyncio.run(gateway_lost())
     with running_api(offline, tmp_path) as api:
-        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=24)
+        body = get_json(api, "/v1/factories/okada-machining/capacity", horizon_h=24)
         assert body["offline"] is True
         assert all(r["available"] == 0 and "offline" in r["reasons"] for r in body["machines"])
         assert all(r["confidence"] == 0 for r in body["machines"])
-        region_body = _get(api, "/v1/capacity", "platform")
+        region_body = get_json(api, "/v1/capacity", "platform")
         okada = next(f for f in region_body["factories"] if f["factory"] == "okada-machining")
         assert okada["offline"] is True
         assert all(r["available"] == 0 for r in okada["by_process"])
@@ -168,29 +171,20 @@ def test_an_offline_gateway_withdraws_its_factorys_capacity(region: Region, tmp_
         assert all(
             not f["offline"] and any(r["available"] > 0 for r in f["by_process"]) for f in others
         )
-        search = _get(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=2)
+        search = get_json(
+            api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=2
+        )
         assert all(c["available"] == 0 for c in search["candidates"])
-
-
-@dataclass
-class _Clocks:
-    """The service's wall clock and its caches' clock, moved by the test."""
-
-    wall: datetime
-    ticks: float = 0.0
-
-    def now(self) -> float:
-        return self.wall.timestamp()
 
 
 @contextlib.asynccontextmanager
 async def _service(
     region: Region, tmp_path: Path, cache_ttl_s: float
-) -> AsyncIterator[tuple[CapacityService, SqliteStore, _Clocks]]:
+) -> AsyncIterator[tuple[CapacityService, SqliteStore, Clocks]]:
     """A capacity service over a copy of the region, 30 s after its end, on clocks the test
     moves."""
-    clocks = _Clocks(region.end + timedelta(seconds=30))
-    async with SqliteStore(_copy(region, tmp_path).path) as store:
+    clocks = Clocks(region.end + timedelta(seconds=30))
+    async with SqliteStore(copy_region(region, tmp_path).path) as store:
         bookings = BookingStore(tmp_path / "bookings.sqlite3")
         try:
             yield (
@@ -199,7 +193,7 @@ async def _service(
                     bookings,
                     CapacityRules(cache_ttl_s=cache_ttl_s),
                     clock=clocks.now,
-                    monotonic=lambda: clocks.ticks,
+                    monotonic=clocks.monotonic,
                 ),
                 store,
                 clocks,
@@ -258,228 +252,16 @@ def test_capacity_and_the_factory_list_tell_of_the_same_moment(
     asyncio.run(scenario())
 
 
-def _copy(region: Region, tmp_path: Path) -> Region:
-    copy = tmp_path / "store.sqlite3"
-    copy.write_bytes(region.path.read_bytes())
-    return Region(copy, region.origin, region.end, region.simulations)
-
-
-def _ending_with(
-    region: Region,
-    tmp_path: Path,
-    state: MachineState,
-    durations: list[dict[MachineState, float]],
-) -> Region:
-    """A copy of the region whose cnc-02 (okada-machining) ends with samples of ``state``
-    and these durations (5 min each, oldest first) in place of its last ones."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    copied = _copy(region, tmp_path)
-
-    async def write() -> None:
-        async with SqliteStore(copied.path) as store:
-            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
-            last = len(durations) - 1
-            samples = [
-                latest.model_copy(
-                    update={
-                        "ts": latest.ts - timedelta(seconds=300 * (last - k)),
-                        "seq": latest.seq - (last - k),
-                        "state": state,
-                        "durations_s": spent,
-                        "alarm": 1021 if state is MachineState.DOWN else None,
-                    }
-                )
-                for k, spent in enumerate(durations)
-            ]
-            await store.write_samples("okada-machining", GATEWAY, "history", samples)
-
-    asyncio.run(write())
-    return copied
-
-
-def test_a_machine_whose_device_does_not_answer_is_withdrawn_as_unreadable(
-    region: Region, tmp_path: Path
-) -> None:
-    """The gateway keeps publishing, but every read of cnc-02 failed for the last 10 min:
-    its state is unknown, and its capacity is withdrawn (reason unreadable), not offered."""
-    unknown = {MachineState.UNKNOWN: 300.0}
-    copied = _ending_with(region, tmp_path / "region", MachineState.UNKNOWN, [unknown] * 2)
-    with running_api(copied, tmp_path) as api:
-        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=168)
-        rows = {r["machine"]: r for r in body["machines"]}
-        assert rows["cnc-02"]["available"] == 0
-        assert rows["cnc-02"]["confidence"] == 0
-        assert "unreadable" in rows["cnc-02"]["reasons"]
-        assert rows["cnc-03"]["available"] > 0  # its neighbour is read as before
-        assert "unreadable" not in rows["cnc-03"]["reasons"]
-
-
-def test_a_machine_without_enough_history_offers_nothing(region: Region, tmp_path: Path) -> None:
-    """Commissioned an hour ago: an hour of history shows nothing of its load, so it offers
-    nothing (insufficient_history), and a search never says it covers."""
-    copied = _copy(region, tmp_path)
-
-    async def commission() -> None:
-        async with SqliteStore(copied.path) as store:
-            [described] = [
-                d for d in await store.machines("okada-machining") if d.machine == "cnc-02"
-            ]
-            await store.write_description(described.model_copy(update={"machine": "new-01"}))
-            hour = [
-                Sample(
-                    machine="new-01",
-                    seq=k,
-                    ts=region.end - timedelta(seconds=300 * k),
-                    interval_s=300.0,
-                    state=MachineState.IDLE,
-                    durations_s={MachineState.IDLE: 300.0},
-                )
-                for k in range(12)
-            ]
-            await store.write_samples("okada-machining", GATEWAY, "new", hour)
-
-    asyncio.run(commission())
-    with running_api(copied, tmp_path) as api:
-        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=168)
-        rows = {r["machine"]: r for r in body["machines"]}
-        assert rows["new-01"]["total"] > 0
-        assert rows["new-01"]["available"] == 0
-        assert rows["new-01"]["confidence"] == 0
-        assert "insufficient_history" in rows["new-01"]["reasons"]
-        assert rows["cnc-02"]["available"] > 0
-
-
-def test_stale_data_withdraws_capacity_with_reason_offline(region: Region, tmp_path: Path) -> None:
-    later = region.end + timedelta(minutes=10)  # the last sample is 10 minutes old
-    with running_api(region, tmp_path, now=later) as api:
-        body = _get(api, "/v1/factories/mori-plastics/capacity")
-        assert body["offline"] is True
-        assert body["data_age_s"] == pytest.approx(600, abs=1)
-        assert all(r["available"] == 0 and "offline" in r["reasons"] for r in body["machines"])
-        factories = _get(api, "/v1/factories", "platform")
-        assert all(f["offline"] for f in factories)
-
-
-def test_bookings_add_to_the_expected_load_and_are_checked(api: Api) -> None:
-    path = "/v1/factories/sato-sheetmetal/machines/laser-01/bookings"
-    capacity_path = "/v1/factories/sato-sheetmetal/capacity"
-    scope = "factory:sato-sheetmetal"
-    headers = api.headers(scope)
-
-    def laser() -> dict[str, Any]:
-        capacity = _get(api, capacity_path, scope, horizon_h=48)
-        return dict(next(r for r in capacity["machines"] if r["machine"] == "laser-01"))
-
-    before = laser()
-    as_of = api.service.now()
-    window = {"start": as_of.isoformat(), "end": (as_of + timedelta(days=2)).isoformat()}
-    six = {"bookings": [{**window, "hours": 6}]}
-    # Two writers never overwrite each other unseen: If-Match with the current ETag.
-    assert api.client.put(path, json=six, headers=headers).status_code == 428
-    stale = {**headers, "If-Match": '"0000"'}
-    assert api.client.put(path, json=six, headers=stale).status_code == 412
-    etag = api.client.get(path, headers=headers).headers["etag"]
-    put = api.client.put(path, json=six, headers={**headers, "If-Match": etag})
-    assert put.status_code == 200, put.text
-    after = laser()
-    # Six booked hours add to the load history expects of the rest, never lower it.
-    assert after["reasons"][:2] == ["booked", "forecast:hour_of_week"]
-    assert before["committed"] < after["committed"] <= before["committed"] + 6.0 + 0.05
-    assert after["available"] <= before["available"]
-    assert _get(api, path, scope)["declared"] is True
-    # The old ETag is spent: the bookings changed.
-    assert api.client.put(path, json=six, headers={**headers, "If-Match": etag}).status_code == 412
-    anyway = {**headers, "If-Match": "*"}
-    saturday = as_of + timedelta(days=(5 - as_of.weekday()) % 7 or 7)
-    weekend = {"start": saturday.isoformat(), "end": (saturday + timedelta(hours=40)).isoformat()}
-    past = {
-        "start": (as_of - timedelta(days=3)).isoformat(),
-        "end": (as_of - timedelta(days=2)).isoformat(),
-    }
-    for refused, code in [
-        ({"bookings": [{**past, "hours": 1}]}, 422),  # over before it is booked
-        ({"bookings": [{**weekend, "hours": 5}]}, 422),  # no planned time (a day shift)
-        ({"bookings": [{**window, "hours": 500}]}, 409),  # more than two days can give
-    ]:
-        answer = api.client.put(path, json=refused, headers=anyway)
-        assert answer.status_code == code, answer.text
-    conflict = api.client.put(path, json={"bookings": [{**window, "hours": 500}]}, headers=anyway)
-    assert "h planned and" in conflict.json()["detail"]
-    assert laser()["committed"] == after["committed"]  # nothing refused was kept
-    assert api.client.delete(path, headers=headers).status_code == 204
-    assert laser()["reasons"][0] == "forecast:hour_of_week"
-
-
-def test_a_machine_down_now_is_unattainable_until_its_expected_repair(
-    api: Api, region: Region
-) -> None:
-    for factory, sim in region.simulations.items():
-        for machine, model in sim.models.items():
-            segment = model.segment_at(region.end.timestamp() - 1)
-            if segment.state is MachineState.DOWN:
-                body = _get(api, f"/v1/factories/{factory}/capacity", horizon_h=24)
-                row = next(r for r in body["machines"] if r["machine"] == machine)
-                # Down for 5 min or more by the end: a breakdown; less: a minor stop.
-                lasted = region.end.timestamp() - segment.start
-                assert ("down" if lasted >= 300 else "minor_stop") in row["reasons"], lasted
-                return
-    pytest.fail("no machine of the region is down at the end of its history")
-
-
-def _stopped(region: Region, tmp_path: Path, down_s: list[float]) -> dict[str, Any]:
-    """cnc-02's capacity over 24 h after its last samples (5 min each, oldest first) ended
-    with these down seconds (the rest of each running)."""
-    spans = [{MachineState.RUNNING: 300.0 - d, MachineState.DOWN: d} for d in down_s]
-    copied = _ending_with(region, tmp_path, MachineState.DOWN, spans)
-    with running_api(copied, tmp_path / "api") as api:
-        body = _get(api, "/v1/factories/okada-machining/capacity", horizon_h=24)
-    return dict(next(r for r in body["machines"] if r["machine"] == "cnc-02"))
-
-
-def test_a_minor_stop_is_not_a_breakdown(region: Region, tmp_path: Path) -> None:
-    """Down for the last 90 s: a minor stop, unattainable only for the rest of the 5 min
-    allowance. Down for the last 10 min: a breakdown, unattainable until the repair."""
-    minor = _stopped(region, tmp_path / "minor", [90.0])
-    broken = _stopped(region, tmp_path / "broken", [300.0, 300.0])
-    assert "minor_stop" in minor["reasons"]
-    assert "down" not in minor["reasons"]
-    assert "down" in broken["reasons"]
-    # The breakdown loses up to the 2 h repair more than the minor stop's few minutes.
-    assert broken["unattainable"] - minor["unattainable"] > 1.0
-    assert minor["available"] > broken["available"]
-
-
-def test_cover_asks_for_the_work_a_machine_will_miss(region: Region, tmp_path: Path) -> None:
-    """Only for a machine that cannot work: broken down, its expected work until the
-    repair; a working one, 409 unless the caller names how long it will be out."""
-    broken = tmp_path / "broken"
-    down = {MachineState.DOWN: 300.0}
-    copied = _ending_with(region, broken, MachineState.DOWN, [down] * 2)
-    with running_api(copied, broken) as api:
-        path = "/v1/search/cover"
-        working = {"factory": "okada-machining", "machine": "cnc-03"}
-        refused = api.client.get(path, params=working, headers=api.headers("platform"))
-        assert refused.status_code == 409
-        week = _get(api, path, "platform", **working, for_h=168)
-        day = _get(api, path, "platform", **working, for_h=24)
-        assert day[0]["hours"] < week[0]["hours"]
-        [lost] = _get(api, path, "platform", factory="okada-machining", machine="cnc-02")
-        # Its expected work over the 2 h repair: at most the two hours themselves.
-        assert 0 < lost["hours"] <= 2.0
-        assert lost["process"] == "cnc_milling_3axis"
-        assert all(c["factory"] != "okada-machining" for c in lost["candidates"])
-
-
 def test_search_can_require_one_machine_and_filters_by_process(api: Api) -> None:
-    summed = _get(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=7)
-    single = _get(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=7,
+    summed = get_json(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=7)
+    single = get_json(api, "/v1/search", "platform", process="cnc_turning", hours=1, within_days=7,
                   one_machine="true")  # fmt: skip
     okada = next(c for c in summed["candidates"] if c["factory"] == "okada-machining")
     alone = next(c for c in single["candidates"] if c["factory"] == "okada-machining")
     assert okada["machines"] == 3
     assert alone["machines"] == 1
     assert alone["available"] < okada["available"]
-    region = _get(api, "/v1/capacity", "platform", process="cnc_turning")
+    region = get_json(api, "/v1/capacity", "platform", process="cnc_turning")
     assert [p["process"] for p in region["by_process"]] == ["cnc_turning"]
     for factory in region["factories"]:
         assert {p["process"] for p in factory["by_process"]} <= {"cnc_turning"}
@@ -499,13 +281,13 @@ def test_answers_carry_etags_and_a_matching_one_gets_304(api: Api) -> None:
 
 
 def test_search_ranks_factories_that_cover_the_hours_first(api: Api) -> None:
-    body = _get(api, "/v1/search", "platform", process="cnc_turning", hours=5, within_days=7)
+    body = get_json(api, "/v1/search", "platform", process="cnc_turning", hours=5, within_days=7)
     candidates = body["candidates"]
     assert candidates
     assert candidates[0]["covers"] is True
     covering = [c["covers"] for c in candidates]
     assert covering == sorted(covering, reverse=True)
-    cover = _get(
+    cover = get_json(
         api,
         "/v1/search/cover",
         "factory:okada-machining",
@@ -578,11 +360,13 @@ def test_etags_tag_the_figures_not_when_they_were_computed() -> None:
 
 def test_calendar_endpoint_lists_planned_intervals(api: Api, region: Region) -> None:
     start, end = _window(region, 7)
-    body = _get(api, "/v1/factories/okada-machining/machines/cnc-01/calendar", start=start, end=end)
+    body = get_json(
+        api, "/v1/factories/okada-machining/machines/cnc-01/calendar", start=start, end=end
+    )
     calendar = region.configs["okada-machining"].calendars["two-shift"]
     assert body["pbt"] == pytest.approx(calendar.planned_seconds(start, end) / 3600, abs=1e-4)
     assert len(body["intervals"]) == len(calendar.planned_intervals(start, end))
-    assert _get(api, "/v1/factories/okada-machining/machines/cnc-01")["gateway"] == GATEWAY
+    assert get_json(api, "/v1/factories/okada-machining/machines/cnc-01")["gateway"] == GATEWAY
 
 
 def test_health_and_readiness_need_no_key(api: Api) -> None:

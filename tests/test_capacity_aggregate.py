@@ -32,14 +32,14 @@ def machine(
 ) -> MachineCapacity:
     committed = total_h - available_h
     figures = CapacityFigures(total_h * H, committed * H, 0.0, available_h * H, ("x",))
-    return MachineCapacity(name, processes, figures, confidence, 10.0, shared)
+    return MachineCapacity(name, processes, figures, confidence, 1.0, NOW, shared)
 
 
 def factory(
     name: str, *machines: MachineCapacity, offline: bool = False, age_s: float = 0
 ) -> FactoryCapacity:
     at = NOW - timedelta(seconds=age_s)
-    return FactoryCapacity(name, at, timedelta(days=1), offline, 5.0, list(machines))
+    return FactoryCapacity(name, at, timedelta(days=1), offline, at, list(machines))
 
 
 def test_a_sum_weighs_confidence_by_planned_time() -> None:
@@ -118,3 +118,36 @@ def test_hours_without_confidence_never_cover() -> None:
     [offer] = offers(region, LASER, hours=1)
     assert offer.available_s == 40 * H
     assert not offer.covers
+
+
+def test_a_factory_that_needs_fewer_machines_for_the_order_ranks_first() -> None:
+    """40 h of turning: a shop summing a manual lathe's 32 h with a CNC lathe's 14 h covers
+    it on paper, but the shop whose one lathe has 41 h takes the order whole."""
+    region = [
+        factory(
+            "summing",
+            machine("manual-1988", LATHE, total_h=46, available_h=32),
+            machine("cnc", LATHE, total_h=46, available_h=14),
+        ),
+        factory("one-lathe", machine("cnc", LATHE, total_h=46, available_h=41)),
+    ]
+    ranked = offers(region, LATHE, hours=40)
+    assert [(o.factory, o.machines_needed, o.largest_s) for o in ranked] == [
+        ("one-lathe", 1, 41 * H),
+        ("summing", 2, 32 * H),
+    ]
+    assert all(o.covers for o in ranked)
+    [alone] = offers(region[:1], LATHE, hours=40, one_machine=True)
+    assert (alone.covers, alone.machines_needed, alone.available_s) == (False, None, 32 * H)
+
+
+def test_hours_without_confidence_do_not_count_towards_the_machines_needed() -> None:
+    region = [
+        factory(
+            "f",
+            machine("unproven", LATHE, total_h=40, available_h=40, confidence=0),
+            machine("proven", LATHE, total_h=40, available_h=10, confidence=0.9),
+        )
+    ]
+    [offer] = offers(region, LATHE, hours=20)
+    assert (offer.covers, offer.machines_needed, offer.available_s) == (False, None, 50 * H)

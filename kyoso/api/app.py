@@ -13,10 +13,11 @@ import hashlib
 import importlib.resources
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -26,8 +27,9 @@ from kyoso import __version__
 
 from .deps import invalid
 from .keys import ApiKeyStore
+from .limits import LIMITED, Limiter, RequestLimits
 from .metrics import CONTENT_TYPE_LATEST, ApiMetrics, MetricsMiddleware
-from .routes import ROUTERS
+from .routes import ROUTERS, capacity, factories
 from .service import CapacityService
 
 __all__ = ["create_app"]
@@ -41,10 +43,12 @@ Live available capacity of a regional network's machines, derived from their tel
 ADET down, ADOT idle, PDOT planned stop; PBT from the shift calendar; availability =
 APT/PBT, effectiveness = PRI x PQ/APT, quality ratio = GQ/PQ, OEE = A x E x QR,
 utilization efficiency = APT/AUBT). Capacity over a horizon follows the ISA-95
-capability model: total (planned busy time), committed (booked or expected load),
-unattainable (down now, expected losses) and available = total - committed - unattainable.
-Every figure carries `as_of`, the data age, a confidence and its reasons; a factory whose
-gateway is offline or whose data is stale has its available capacity withdrawn (`offline`).
+capability model: total (planned busy time), committed (the expected load, consumed by
+bookings), unattainable (down now until the repair learnt per machine, expected losses)
+and available = total - committed - unattainable. Every figure carries `as_of`, the data
+age at the response, a confidence (1 - the backtest's error for that much history), the
+history coverage and its reasons; capacity without evidence is withdrawn with the reason
+(`offline`, `unreadable`, `insufficient_history`).
 
 **Access.** `Authorization: Bearer <key>`; scopes `platform` (aggregated capacity of every
 factory), `factory:<id>` (its own factory only), `admin`.
@@ -58,6 +62,15 @@ _REDOC_POLICY: Final = (
 )
 """ReDoc asks for its logo from its CDN (and hides it when that fails): nothing but the
 app itself may load."""
+_EXPENSIVE: Final = (
+    factories.get_kpis,
+    capacity.get_factory_capacity,
+    capacity.get_region_capacity,
+    capacity.search,
+    capacity.cover,
+)
+"""The routes that compute (KPIs over a window; capacity when not cached): each key may
+run only so many at once (kyoso/api/limits.py)."""
 
 
 def _overview() -> tuple[str, dict[str, str]]:
@@ -90,8 +103,11 @@ def create_app(
     keys: ApiKeyStore,
     *,
     lifespan: Callable[[FastAPI], Any] | None = None,
+    limits: RequestLimits | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The FastAPI application over ``service``, authenticating with ``keys``.
+    """The FastAPI application over ``service``, authenticating with ``keys``, each key
+    within ``limits`` (None: the defaults) on the ``monotonic`` clock.
 
     ``/docs`` and ``/redoc`` load Swagger UI and ReDoc from the installed fastapi-offline
     package, not from a CDN: they work with no network."""
@@ -106,10 +122,14 @@ def create_app(
     app.state.service = service
     app.state.region_bodies = {}
     app.state.keys = keys
-    app.state.metrics = metrics = ApiMetrics(service)
+    app.state.limiter = limiter = Limiter(
+        limits or RequestLimits(), expensive=_EXPENSIVE, clock=monotonic
+    )
+    app.state.metrics = metrics = ApiMetrics(service, limiter)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    admitted = Depends(limiter.admit, scope="function")  # released as the route returns
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=[admitted], responses=LIMITED)
     page, headers = _overview()
 
     @app.get("/metrics", include_in_schema=False)

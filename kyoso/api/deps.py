@@ -37,6 +37,7 @@ __all__ = [
     "Horizon",
     "Service",
     "Start",
+    "age_s",
     "any_factory",
     "cached",
     "check_window",
@@ -71,25 +72,38 @@ def in_hours(seconds: float) -> float:
     return round(seconds / 3600.0, 4)
 
 
-def figures_out(figures: CapacityFigures, confidence: float) -> dict[str, Any]:
+def figures_out(
+    figures: CapacityFigures, confidence: float, history_coverage: float
+) -> dict[str, Any]:
     """The figures in hours, as every capacity answer shows them."""
     return {
         "total": in_hours(figures.total_s),
         "committed": in_hours(figures.committed_s),
         "unattainable": in_hours(figures.unattainable_s),
         "available": in_hours(figures.available_s),
-        "confidence": round(min(1.0, max(0.0, confidence)), 4),
+        "confidence": _share(confidence),
+        "history_coverage": _share(history_coverage),
         "reasons": list(figures.reasons),
     }
+
+
+def _share(value: float) -> float:
+    return round(min(1.0, max(0.0, value)), 4)
+
+
+def age_s(newest: datetime | None, now: datetime) -> float | None:
+    """Seconds from ``newest`` (the end of a sample) to ``now`` (the response), never
+    negative (a gateway's clock ahead of ours); None for no sample."""
+    return None if newest is None else round(max(0.0, (now - newest).total_seconds()), 3)
 
 
 _WHEN: Final = frozenset({"as_of", "data_age_s"})
 """When figures were computed and how old their data was: not figures themselves."""
 
 
-def figures_tag(data: bytes) -> str:
-    """A digest of a JSON answer's figures: everything but ``as_of`` and ``data_age_s``, at
-    any depth, so that it changes when a figure does and only then."""
+def figures_tag(data: bytes | dict[str, Any]) -> str:
+    """A digest of a JSON answer's figures (its text, or parsed): everything but ``as_of``
+    and ``data_age_s``, at any depth, so that it changes when a figure does and only then."""
 
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
@@ -98,7 +112,8 @@ def figures_tag(data: bytes) -> str:
             return [strip(v) for v in node]
         return node
 
-    canonical = json.dumps(strip(json.loads(data)), sort_keys=True, separators=(",", ":"))
+    parsed = json.loads(data) if isinstance(data, bytes) else data
+    canonical = json.dumps(strip(parsed), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -107,11 +122,14 @@ def cached(
     body: BaseModel | list[Any] | bytes,
     max_age_s: float,
     *,
+    age_s: float | None = None,
     tag: str | None = None,
 ) -> Response:
     """``body`` (a model, a list of models, or JSON) as JSON with an ETag over its figures
     (:func:`figures_tag`, or ``tag`` when the caller has it already); 304 when the client
-    has those figures already."""
+    has those figures already. ``age_s`` says how long ago its figures were computed
+    (HTTP ``Age``), so that a client's cache keeps them no longer than ``max_age_s`` from
+    then: no cache ever holds figures older than the API's bound."""
     if isinstance(body, bytes):
         data = body
     elif isinstance(body, list):
@@ -119,7 +137,11 @@ def cached(
     else:
         data = body.model_dump_json().encode()
     etag = f'"{tag or figures_tag(data)}"'
-    headers = {"ETag": etag, "Cache-Control": f"private, max-age={int(max_age_s)}"}
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"private, max-age={int(max_age_s)}",
+        "Age": str(int(age_s or 0.0)),
+    }
     wanted = request.headers.get("if-none-match", "")
     if etag in {tag.strip().removeprefix("W/") for tag in wanted.split(",")} or wanted == "*":
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)

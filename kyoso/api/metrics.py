@@ -1,6 +1,7 @@
 """Prometheus metrics of the capacity API, served at ``/metrics`` like the gateway's and the
 ingest's: requests by route and status with their latency, the service's cache hits and
-misses, and capacity snapshots written and failed.
+misses, capacity snapshots written and failed, and requests refused by the limits of
+each key (429) with the expensive requests running.
 
 Requests are timed by a plain ASGI middleware up to the start of the answer (an event
 stream counts until its headers are sent), labelled with the route's path template, never
@@ -14,8 +15,11 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from .keys import ScopeKind
+from .limits import REASONS, Limiter
 
 __all__ = ["CONTENT_TYPE_LATEST", "ApiMetrics", "MetricsMiddleware"]
 
@@ -38,10 +42,10 @@ class _Snapshots(Protocol):
 
 
 class ApiMetrics(Collector):
-    """The API's registry: request latencies observed by :class:`MetricsMiddleware`, cache
-    and snapshot counters collected from their owners."""
+    """The API's registry: request latencies observed by :class:`MetricsMiddleware`, cache,
+    snapshot and limit counters collected from their owners."""
 
-    def __init__(self, service: _Counted) -> None:
+    def __init__(self, service: _Counted, limiter: Limiter) -> None:
         self.registry = CollectorRegistry()
         self.requests = Histogram(
             "kyoso_api_request_seconds",
@@ -53,10 +57,11 @@ class ApiMetrics(Collector):
         self.snapshots: _Snapshots | None = None
         """Set by whoever runs capacity snapshots (the API server with InfluxDB)."""
         self._service = service
+        self._limiter = limiter
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        """Cache and snapshot counters, read now."""
+        """Cache, snapshot and limit counters, read now."""
         caches = CounterMetricFamily(
             "kyoso_api_cache_lookups",
             "Cache lookups by cache and outcome.",
@@ -74,6 +79,34 @@ class ApiMetrics(Collector):
                 )
                 family.add_metric([], getattr(self.snapshots, outcome))
                 yield family
+        yield from self._limits()
+
+    def _limits(self) -> Iterator[Metric]:
+        """429s by scope kind and reason, and expensive requests running (every scope kind
+        and reason listed from the start, at 0)."""
+        limiter = self._limiter
+        refused = CounterMetricFamily(
+            "kyoso_api_rate_limited",
+            "Requests refused with 429 by the key's scope kind and the limit reached: rate "
+            "(requests/s) or concurrency (expensive requests at once).",
+            labels=["scope_kind", "reason"],
+        )
+        running = GaugeMetricFamily(
+            "kyoso_api_expensive_running",
+            "Expensive requests (KPIs, capacity, search) computing now, by scope kind.",
+            labels=["scope_kind"],
+        )
+        peak = GaugeMetricFamily(
+            "kyoso_api_expensive_running_peak",
+            "The most expensive requests of one scope kind computed at once since start.",
+            labels=["scope_kind"],
+        )
+        for kind in ScopeKind:
+            for reason in REASONS:
+                refused.add_metric([kind.value, reason], limiter.rejected[kind, reason])
+            running.add_metric([kind.value], limiter.running[kind])
+            peak.add_metric([kind.value], limiter.peak[kind])
+        yield from (refused, running, peak)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

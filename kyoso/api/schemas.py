@@ -24,7 +24,10 @@ class GatewayOut(_Body):
     gateway: str
     status: str = Field(description="online or offline (the last status received).")
     reason: str
-    since: datetime = Field(description="When the gateway composed that status.")
+    since: datetime = Field(
+        description="Online: when it connected. Offline: when it was last heard (its last "
+        "sample or status received), not its last will's connect time."
+    )
 
 
 class FactoryOut(_Body):
@@ -35,8 +38,10 @@ class FactoryOut(_Body):
     gateways_online: int
     gateways_offline: int
     offline: bool = Field(description="Its capacity is withdrawn (reason offline).")
-    data_age_s: float | None = Field(description="Age of its newest sample; null: none yet.")
-    as_of: datetime
+    data_age_s: float | None = Field(
+        description="Seconds from the end of its newest sample to this response; null: none."
+    )
+    as_of: datetime = Field(description="The moment of the store this answer tells of.")
 
 
 class ShiftOut(_Body):
@@ -64,7 +69,9 @@ class MachineOut(_Body):
     share_kpis: bool
     state: MachineState | None = Field(description="State at the latest sample; null: none.")
     alarm: int | None
-    data_age_s: float | None
+    data_age_s: float | None = Field(
+        description="Seconds from the end of its latest sample to this response; null: none."
+    )
     stale: bool = Field(description="No sample within the staleness threshold.")
     as_of: datetime
 
@@ -122,11 +129,18 @@ class CapacityOut(_Body):
     unattainable: Hours = Field(description="Down now until expected repair, expected losses.")
     available: Hours = Field(description="total - committed - unattainable, never negative.")
     confidence: float = Field(
-        ge=0, le=1, description="Coverage of the lookback by data; 0 offline."
+        ge=0,
+        le=1,
+        description="1 - the expected error of available, as a share of it, for this much "
+        "history (measured by the capacity backtest); 0 when withdrawn.",
+    )
+    history_coverage: float = Field(
+        ge=0, le=1, description="Observed over planned time of the lookback (28 days)."
     )
     reasons: list[str] = Field(
-        description="How it was derived: forecast:<method>, booked, down, offline, "
-        "no_planned_time; history:backfilling while history is still being written.",
+        description="How it was derived: forecast:<method>, booked, down, minor_stop, "
+        "offline, unreadable, insufficient_history, no_planned_time; history:backfilling "
+        "while history is still being written.",
         examples=[["forecast:hour_of_week"]],
     )
 
@@ -135,7 +149,9 @@ class MachineCapacityOut(CapacityOut):
     machine: str
     processes: list[Process]
     shared: bool
-    data_age_s: float | None
+    data_age_s: float | None = Field(
+        description="Seconds from the end of its latest sample to this response; null: none."
+    )
 
 
 class ProcessCapacityOut(CapacityOut):
@@ -150,7 +166,9 @@ class FactoryCapacityOut(_Body):
     as_of: datetime
     horizon_h: float
     offline: bool
-    data_age_s: float | None
+    data_age_s: float | None = Field(
+        description="Seconds from the end of its newest sample to this response; null: none."
+    )
     by_process: list[ProcessCapacityOut]
     machines: list[MachineCapacityOut] | None = Field(
         description="Per machine: only in the factory's own (and the admin's) view."
@@ -180,12 +198,21 @@ class Candidate(_Body):
     confidence: float
     machines: int = Field(description="Shared machines with the capability.")
     covers: bool = Field(description="Its available hours reach the hours asked for.")
-    data_age_s: float | None
+    largest_machine: Hours = Field(
+        description="Available hours of its machine with the most trusted hours."
+    )
+    machines_needed: int | None = Field(
+        description="The fewest of its machines whose hours cover the request; null: none."
+    )
+    data_age_s: float | None = Field(
+        description="Seconds from the end of its newest sample to this response; null: none."
+    )
 
 
 class SearchOut(_Body):
     """Who can take ``hours`` of ``process`` within the next ``within_days``, ranked:
-    those that cover it first, then by available hours weighted by confidence."""
+    those that cover it first, with the fewest machines first, then by available hours
+    weighted by confidence."""
 
     process: Process
     hours: float
@@ -195,7 +222,7 @@ class SearchOut(_Body):
 
 
 class CoverOut(SearchOut):
-    """Who can cover a machine's expected work over the horizon."""
+    """Who can take the work a machine will miss (``hours``: until its expected repair)."""
 
     factory: str
     machine: str

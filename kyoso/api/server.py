@@ -62,4 +62,4 @@ def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
                 stack.callback(task.cancel)
             yield
 
-    return create_app(service, keys, lifespan=lifespan)
+    return create_app(service, keys, lifespan=lifespan, limits=settings.limits)

@@ -19,15 +19,16 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar, cast
+from typing import Final, TypeVar, cast
 
-from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
-from kyoso.capacity.evidence import stop, withdrawal
+from kyoso.capacity.aggregate import FactoryCapacity
+from kyoso.capacity.assess import Evidence, assess
 from kyoso.capacity.forecast import LoadProfile, forecast
 from kyoso.capacity.kpi import Performance, TimeElements
+from kyoso.capacity.repair import RepairRecord, stop
 from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState
-from kyoso.store import StateWindow, StoredSample, StoreReader
+from kyoso.store import StateRun, StateWindow, StoredSample, StoreReader
 
 from .bookings import BookingStore
 
@@ -35,6 +36,7 @@ __all__ = ["CapacityService", "FactoryView", "MachineKpis", "MachineView"]
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
+_DOWN_RUN_SPAN: Final = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +45,16 @@ class MachineView:
 
     description: MachineDescription
     latest: StoredSample | None
-    data_age_s: float | None
-    """Age of its latest sample's end (None: no sample yet)."""
     stale: bool
     unreadable: bool = False
     """Heard, but its state unknown for ``unreadable_after_s`` (see capacity/evidence.py)."""
-    down_s: float | None = None
-    """Down now: seconds of the last ``minor_stop_max_s`` it was down (None: not down)."""
+    down_for_s: float | None = None
+    """Down now, for this long by its samples (None: not down)."""
+
+    @property
+    def newest(self) -> datetime | None:
+        """When its latest sample ended (None: no sample yet)."""
+        return None if self.latest is None else self.latest.sample.ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +65,19 @@ class FactoryView:
     as_of: datetime
     machines: dict[str, MachineView]
     gateways: list[GatewayStatus]
+    heard: dict[str, datetime]
+    """When each gateway's latest sample of any machine was received (last heard of)."""
     offline: bool
-    data_age_s: float | None
-    """Age of the newest sample of any machine (None: no sample yet)."""
+    newest: datetime | None
+    """When the newest sample of any machine ended (None: no sample yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Learnt:
+    """What a machine's history teaches: its load profile and its breakdowns."""
+
+    profile: LoadProfile
+    repairs: RepairRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,20 +247,25 @@ class CapacityService:
         )
         stale_after = self.rules.stale_after_s
         unreadable = await self._unreadable(factory, as_of, latest)
-        down = await self._recently_down(factory, latest)
+        down = await self._down_for(factory, as_of, latest)
         machines: dict[str, MachineView] = {}
         for description in descriptions:
             name = description.machine
             stored = latest.get(name)
-            age = None if stored is None else (as_of - stored.sample.ts).total_seconds()
-            stale = age is None or age > stale_after
+            stale = stored is None or (as_of - stored.sample.ts).total_seconds() > stale_after
             machines[name] = MachineView(
-                description, stored, age, stale, name in unreadable, down.get(name)
+                description, stored, stale, name in unreadable, down.get(name)
             )
-        ages = [v.data_age_s for v in machines.values() if v.data_age_s is not None]
+        ends = [v.newest for v in machines.values() if v.newest is not None]
         all_offline = bool(statuses) and all(s.status == "offline" for s in statuses)
         offline = all_offline or all(v.stale for v in machines.values())
-        return FactoryView(factory, as_of, machines, statuses, offline, min(ages) if ages else None)
+        heard: dict[str, datetime] = {}
+        for stored in latest.values():
+            known = heard.get(stored.gateway, stored.received_at)
+            heard[stored.gateway] = max(known, stored.received_at)
+        return FactoryView(
+            factory, as_of, machines, statuses, heard, offline, max(ends, default=None)
+        )
 
     async def _unreadable(
         self, factory: str, as_of: datetime, latest: dict[str, StoredSample]
@@ -264,31 +284,51 @@ class CapacityService:
         }
         return {m for m in unknown if read.get(m, 0.0) <= 0.0}
 
-    async def _recently_down(
-        self, factory: str, latest: dict[str, StoredSample]
+    async def _down_for(
+        self, factory: str, as_of: datetime, latest: dict[str, StoredSample]
     ) -> dict[str, float]:
-        """For each machine down now, its down seconds in the ``minor_stop_max_s`` before its
-        latest sample (one small query per machine down now; none when none is)."""
-        span = timedelta(seconds=self.rules.minor_stop_max_s)
+        """How long each machine down now has been down: from the start of its down run
+        going on at its latest sample to that sample's end (asked of the store only when
+        some machine is down; runs are looked for over the last ``_DOWN_RUN_SPAN``, so a
+        longer stop counts as that long)."""
+        down = {m: s.sample.ts for m, s in latest.items() if s.sample.state is MachineState.DOWN}
+        if not down:
+            return {}
+        end = max(as_of, *down.values())
+        runs = await self.store.state_runs(factory, MachineState.DOWN, end - _DOWN_RUN_SPAN, end)
+        going = {r.machine: r for r in runs if r.ongoing}  # sorted by start: the last wins
         found: dict[str, float] = {}
-        for machine, stored in latest.items():
-            if stored.sample.state is MachineState.DOWN:
-                end = stored.sample.ts
-                [window] = await self.store.state_seconds(factory, machine, end - span, end)
-                found[machine] = window.seconds.get(MachineState.DOWN, 0.0)
+        for machine, ts in down.items():
+            run = going.get(machine)
+            started = run.start if run is not None and run.end == ts else ts
+            found[machine] = (ts - started).total_seconds()
         return found
 
-    async def _profiles_of(self, factory: str, view: FactoryView) -> dict[str, LoadProfile]:
-        async def compute() -> dict[str, LoadProfile]:
+    async def _learnt(self, factory: str, view: FactoryView) -> dict[str, "_Learnt"]:
+        """Each machine's load profile and breakdowns over the lookback (cached for
+        ``profile_ttl_s``; history up to the last whole hour)."""
+
+        async def compute() -> dict[str, _Learnt]:
             end = view.as_of.replace(minute=0, second=0, microsecond=0)
             start = end - self.rules.lookback
-            windows = await self.store.state_seconds(factory, None, start, end, 3600.0)
+            windows, runs = await asyncio.gather(
+                self.store.state_seconds(factory, None, start, end, 3600.0),
+                self.store.state_runs(factory, MachineState.DOWN, start, end),
+            )
             by_machine: dict[str, list[StateWindow]] = {}
             for window in windows:
                 by_machine.setdefault(window.machine, []).append(window)
+            runs_of: dict[str, list[StateRun]] = {}
+            for run in runs:
+                runs_of.setdefault(run.machine, []).append(run)
             return await asyncio.to_thread(
                 lambda: {
-                    m: LoadProfile.build(by_machine.get(m, []), v.description.calendar, start, end)
+                    m: _Learnt(
+                        LoadProfile.build(
+                            by_machine.get(m, []), v.description.calendar, start, end
+                        ),
+                        RepairRecord.learn(runs_of.get(m, []), self.rules, end),
+                    )
                     for m, v in view.machines.items()
                 }
             )
@@ -306,55 +346,50 @@ class CapacityService:
         )
 
     async def _compute_capacity(self, view: FactoryView, horizon: timedelta) -> FactoryCapacity:
-        factory = view.factory
-        profiles = await self._profiles_of(factory, view)
-        declared = await asyncio.to_thread(self.bookings.declared, factory)
+        learnt = await self._learnt(view.factory, view)
+        declared = await asyncio.to_thread(self.bookings.declared, view.factory)
         backfilling = self._backfilling()
-
-        def compute() -> list[MachineCapacity]:
-            # Pure CPU (an hour loop per machine): off the event loop, which keeps serving.
-            machines = []
-            for name, machine in view.machines.items():
-                description = machine.description
-                profile = profiles[name]
-                stopped = stop(machine.down_s, self.rules)
-                kind, rest_s = stopped if stopped is not None else ("down", 0.0)
-                figures = forecast(
-                    description.calendar,
-                    profile,
-                    view.as_of,
-                    horizon,
-                    down_now=stopped is not None and not machine.stale,
-                    repair_estimate=timedelta(seconds=rest_s),
-                    down_reason=kind,
-                    bookings=declared.get(name),
-                )
-                reason = withdrawal(
-                    offline=machine.stale or view.offline,
-                    unreadable=machine.unreadable,
-                    observed_s=profile.observed_s,
+        machines = await asyncio.to_thread(  # CPU (an hour loop per machine): off the loop
+            lambda: [
+                assess(
+                    machine.description,
+                    learnt[name].profile,
+                    self._evidence(view, machine, learnt[name].repairs),
+                    as_of=view.as_of,
+                    horizon=horizon,
                     rules=self.rules,
+                    bookings=declared.get(name),
+                    backfilling=backfilling,
                 )
-                if reason is not None:
-                    figures = figures.withdrawn(reason)
-                if backfilling:
-                    figures = figures.noted("history:backfilling")
-                machines.append(
-                    MachineCapacity(
-                        machine=name,
-                        processes=tuple(dict.fromkeys(c.process for c in description.capabilities)),
-                        figures=figures,
-                        confidence=profile.coverage if reason is None else 0.0,
-                        data_age_s=machine.data_age_s,
-                        shared=description.sharing.capacity,
-                    )
-                )
-            return machines
-
-        machines = await asyncio.to_thread(compute)
-        return FactoryCapacity(
-            factory, view.as_of, horizon, view.offline, view.data_age_s, machines
+                for name, machine in view.machines.items()
+            ]
         )
+        return FactoryCapacity(
+            view.factory, view.as_of, horizon, view.offline, view.newest, machines
+        )
+
+    @staticmethod
+    def _evidence(view: FactoryView, machine: MachineView, repairs: RepairRecord) -> Evidence:
+        return Evidence(
+            stale=machine.stale,
+            offline=view.offline,
+            unreadable=machine.unreadable,
+            down_for_s=machine.down_for_s,
+            newest=machine.newest,
+            repairs=repairs,
+        )
+
+    async def outage_s(self, factory: str, machine: str) -> float | None:
+        """How long ``machine`` is expected to be out from now: the rest of a stop under way,
+        the prior repair time for a machine withdrawn as offline or unreadable (nothing is
+        known of it), None for a machine that works."""
+        view = await self.view(factory)
+        found = view.machines[machine]
+        learnt = (await self._learnt(factory, view))[machine]
+        if found.stale or view.offline or found.unreadable:
+            return self.rules.repair_estimate_s
+        stopped = stop(found.down_for_s, learnt.repairs, self.rules)
+        return None if stopped is None else stopped[1]
 
     async def attainable(
         self, factory: str, machine: str, start: datetime, end: datetime
@@ -367,11 +402,11 @@ class CapacityService:
         begin = max(start, view.as_of)
         if end <= begin:
             return 0.0, 0.0
-        profile = (await self._profiles_of(factory, view))[machine]
-        stopped = stop(found.down_s, self.rules)
+        learnt = (await self._learnt(factory, view))[machine]
+        stopped = stop(found.down_for_s, learnt.repairs, self.rules)
         figures = forecast(
             found.description.calendar,
-            profile,
+            learnt.profile,
             begin,
             end - begin,
             down_now=stopped is not None,
@@ -384,7 +419,7 @@ class CapacityService:
         worked (its bookings and expected load): what a neighbour must take if it cannot."""
         view = await self.view(factory)
         found = view.machines[machine]
-        profile = (await self._profiles_of(factory, view))[machine]
+        profile = (await self._learnt(factory, view))[machine].profile
         declared = await asyncio.to_thread(self.bookings.declared, factory)
         figures = forecast(
             found.description.calendar, profile, view.as_of, span, bookings=declared.get(machine)

@@ -15,6 +15,8 @@ from kyoso.capacity.rules import CapacityRules
 from kyoso.store.choice import StoreChoice
 from kyoso.validation import FileSettings, load_yaml_settings
 
+from .limits import RequestLimits
+
 __all__ = ["ENV_PREFIX", "ApiSettings", "load_settings"]
 
 ENV_PREFIX = "KYOSO_API_"
@@ -37,6 +39,7 @@ class ApiSettings(StoreChoice, FileSettings):
         Path("var/bookings.sqlite3"), description="Bookings factories declare through the API."
     )
     capacity: CapacityRules = Field(default_factory=CapacityRules)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
     snapshots: bool = Field(
         True, description="Write capacity snapshots into the shared capacity store."
     )

@@ -20,6 +20,7 @@ from typing import Final
 from kyoso.influx.client import InfluxWriter
 from kyoso.influx.lineprotocol import CAPACITY_DATABASE_SUFFIX, FieldValue, line, timestamp_ns
 
+from .deps import age_s
 from .service import CapacityService
 
 __all__ = ["HORIZONS", "CapacitySnapshots"]
@@ -71,7 +72,7 @@ class CapacitySnapshots:
                         "available_h": f.available_s / 3600,
                         "confidence": float(machine.confidence),
                         "offline": "offline" in f.reasons,
-                        "data_age_s": float(machine.data_age_s or 0.0),
+                        "data_age_s": age_s(machine.newest, capacity.as_of) or 0.0,
                     }
                     for process in machine.processes:
                         tags = {
@@ -87,7 +88,7 @@ class CapacitySnapshots:
                         "gateways_online": sum(g.status == "online" for g in view.gateways),
                         "gateways_offline": sum(g.status == "offline" for g in view.gateways),
                         "offline": view.offline,
-                        "data_age_s": float(view.data_age_s or 0.0),
+                        "data_age_s": age_s(view.newest, view.as_of) or 0.0,
                         "machines": len(view.machines),
                     }
                     lines.append(line("factory_status", {"factory": capacity.factory}, status, ts))

@@ -8,9 +8,11 @@ Rules:
   time (a machine without planned time in the horizon adds nothing to either).
 - A machine with two capabilities counts in both; the region counts only machines whose
   factory shares their capacity.
-- A search **ranks** the factories that cover the hours asked first, then by available
-  hours weighted by confidence, then by factory id (a stable order). Hours with no
-  confidence never cover a request.
+- A search **ranks** the factories that cover the hours asked first; among them, those
+  that need the fewest of their machines to do it (a factory whose one machine takes the
+  whole order before one that sums three lathes); then by available hours weighted by
+  confidence, then by factory id (a stable order). Hours with no confidence never cover a
+  request.
 """
 
 from collections.abc import Callable, Sequence
@@ -42,7 +44,11 @@ class MachineCapacity:
     processes: tuple[Process, ...]
     figures: CapacityFigures
     confidence: float
-    data_age_s: float | None
+    """1 - the available hours' expected error for this much history (capacity/confidence.py)."""
+    history_coverage: float
+    """Observed over planned time of the lookback."""
+    newest: datetime | None
+    """When its latest sample ended (None: none yet)."""
     shared: bool
     """The factory shares this machine's capacity with the region."""
 
@@ -55,7 +61,8 @@ class FactoryCapacity:
     as_of: datetime
     horizon: timedelta
     offline: bool
-    data_age_s: float | None
+    newest: datetime | None
+    """When the newest sample of any machine ended (None: none yet)."""
     machines: list[MachineCapacity]
 
     def by_process(self, *, shared_only: bool) -> dict[Process, list[MachineCapacity]]:
@@ -70,21 +77,29 @@ class FactoryCapacity:
 
 @dataclass(frozen=True, slots=True)
 class CapacitySum:
-    """Figures of several machines added up, and the confidence of the sum."""
+    """Figures of several machines added up, and how far the sum can be trusted."""
 
     figures: CapacityFigures
     confidence: float
+    history_coverage: float
     machines: int
 
 
 def summed(machines: Sequence[MachineCapacity]) -> CapacitySum:
-    """The machines' figures added, their confidences weighed by planned time."""
+    """The machines' figures added, their confidences and coverages weighed by planned
+    time."""
     figures = sum((m.figures for m in machines), CapacityFigures(0.0, 0.0, 0.0, 0.0))
     total = figures.total_s
-    confidence = (
-        sum(m.confidence * m.figures.total_s for m in machines) / total if total > 0 else 0.0
+
+    def weighed(share: Callable[[MachineCapacity], float]) -> float:
+        return sum(share(m) * m.figures.total_s for m in machines) / total if total > 0 else 0.0
+
+    return CapacitySum(
+        figures,
+        weighed(lambda m: m.confidence),
+        weighed(lambda m: m.history_coverage),
+        len(machines),
     )
-    return CapacitySum(figures, confidence, len(machines))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +147,11 @@ class Offer:
     confidence: float
     machines: int
     covers: bool
-    data_age_s: float | None
+    largest_s: float
+    """The available seconds of its machine with the most trusted hours."""
+    machines_needed: int | None
+    """The fewest of its machines whose hours cover the request (None: they do not)."""
+    newest: datetime | None
 
 
 def offers(
@@ -149,26 +168,53 @@ def offers(
     work cannot be split between machines."""
     found = []
     for capacity in factories:
-        machines = [
-            m for m in capacity.by_process(shared_only=True).get(process, []) if suits(capacity, m)
-        ]
+        machines = sorted(
+            (
+                m
+                for m in capacity.by_process(shared_only=True).get(process, [])
+                if suits(capacity, m)
+            ),
+            key=_trusted,
+            reverse=True,
+        )
         if not machines:
             continue
         if one_machine:
-            machines = [max(machines, key=_trusted)]
+            machines = machines[:1]
         total = summed(machines)
-        available = total.figures.available_s
+        needed = _needed(machines, hours * 3600.0)
         found.append(
             Offer(
                 factory=capacity.factory,
-                available_s=available,
+                available_s=total.figures.available_s,
                 confidence=total.confidence,
                 machines=len(machines),
-                covers=available / 3600 >= hours and total.confidence > 0,
-                data_age_s=capacity.data_age_s,
+                covers=needed is not None,
+                largest_s=machines[0].figures.available_s,
+                machines_needed=needed,
+                newest=capacity.newest,
             )
         )
-    return sorted(found, key=lambda o: (not o.covers, -o.available_s * o.confidence, o.factory))
+    return sorted(
+        found,
+        key=lambda o: (
+            not o.covers,
+            o.machines_needed or 0,
+            -o.available_s * o.confidence,
+            o.factory,
+        ),
+    )
+
+
+def _needed(machines: Sequence[MachineCapacity], seconds: float) -> int | None:
+    """How many of ``machines`` (most trusted first), counting only hours with some
+    confidence, it takes to cover ``seconds``; None if all of them do not."""
+    gathered = 0.0
+    for count, machine in enumerate((m for m in machines if m.confidence > 0), start=1):
+        gathered += machine.figures.available_s
+        if gathered >= seconds:
+            return count
+    return None
 
 
 def _trusted(machine: MachineCapacity) -> tuple[float, str]:

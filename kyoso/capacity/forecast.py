@@ -3,24 +3,31 @@
 For a horizon ``[as_of, as_of + H)``:
 
 - **total** = planned busy time in the horizon, from the machine's calendar, exactly.
-- **committed** = the load the machine is expected to carry. Where the factory declares
-  bookings for the machine, it is the booked hours (spread over the planned time of each
-  booking, clipped to the horizon). Otherwise it is the **expected load**: for each hour of
-  the horizon, the machine's busy share (APT + AUST over the observed time) in the same
-  local hour of the week over the lookback (default four weeks), times that hour's planned
-  time. An hour of the week seen little is shrunk towards the machine's overall share (one
-  hour of evidence weighs as much as the prior), and with less than a week of history the
-  overall share over the recent days is used for every hour (method ``recent_days``).
+- **committed** = the load the machine is expected to carry: the **expected load**, for
+  each hour of the horizon the machine's busy share (APT + AUST over the observed time) in
+  the same local hour of the week over the lookback (default four weeks), times that
+  hour's attainable time. An hour of the week seen little is shrunk towards the machine's
+  overall share (one hour of evidence weighs as much as the prior), and with less than a
+  week of history the overall share over the recent days is used for every hour (method
+  ``recent_days``). **Bookings consume the expected load** (as orders consume a demand
+  forecast in planning systems): each booking's hours are spread over its own planned
+  time; over the hours the bookings span, committed is the booked load plus what is
+  expected there beyond it (the rest of the expected load, in proportion to each hour's
+  share), so the larger of the two: a booking never lowers committed, and declaring the
+  orders the history already expected does not count them twice (in the capacity
+  backtest, a region whose factories declare the work they then did: 85 % MAPE with
+  bookings added on top of the expected load, 15 % with bookings consuming it, always on
+  the safe side).
 - **unattainable** = the planned time of a machine that is down now, until its expected
-  repair (``repair_estimate_s`` from now), plus the expected losses in the rest of the
+  repair (learnt per machine, :mod:`.repair`), plus the expected losses in the rest of the
   horizon: the delay share (ADET over the observed time) by hour of the week, as above.
 - **available** = total - committed - unattainable, never negative (committed is cut
   where bookings and losses exceed the planned time, so the four always add up).
 
 The shares are taken over *observed* time (running, setup, down and idle seconds), so
 time without data and ``unknown`` time neither count as idle nor as load; they lower the
-**confidence** instead: the observed time over the planned busy time of the lookback
-(1 when the machine reported throughout its planned time, 0 without history).
+**history coverage** instead (:attr:`LoadProfile.coverage`: the observed time over the
+planned busy time of the lookback) and the confidence (:mod:`.confidence`).
 """
 
 import math
@@ -182,16 +189,17 @@ def forecast(
 ) -> CapacityFigures:
     """The capacity figures of one machine over ``[as_of, as_of + horizon)``.
 
-    Committed is the expected load (the profile's busy share of each hour); with
-    ``bookings`` it is the booked load plus the expected load of the hour's unbooked time,
-    so a booking adds to what history expects and never lowers it (booked seconds b of s:
-    b + busy * (s - b) >= busy * s)."""
+    Committed is the expected load (the profile's busy share of each hour). ``bookings``
+    consume it (see the module docstring): over the hours they span, committed is the
+    larger of the booked load and the expected load, never less than without them."""
     end = as_of + horizon
     zone = ZoneInfo(calendar.timezone)
     planned = calendar.planned_intervals(as_of, end)
     repaired = as_of + repair_estimate if down_now else as_of
     booked = None if bookings is None else _booked(calendar, bookings, planned)
-    total = committed = unattainable = 0.0
+    total = unattainable = 0.0
+    hours: list[tuple[float, float, float]] = []
+    """Per attainable hour: its time less expected losses, expected load, booked load."""
     for a, b in planned:
         for begin, hi in _hours(a, b):
             total += (hi - begin).total_seconds()
@@ -204,9 +212,15 @@ def forecast(
             hour = _hour_of_week(lo, zone)
             loss = profile.lost[hour] * seconds
             taken = 0.0 if booked is None else min(seconds, booked(lo, hi))
-            load = taken + profile.busy[hour] * (seconds - taken)
+            hours.append((seconds - loss, min(profile.busy[hour] * seconds, seconds - loss), taken))
             unattainable += loss
-            committed += min(load, seconds - loss)
+    # Bookings consume the expected load of the hours they span: there, committed is the
+    # larger of the booked and the expected load, within what those hours can hold.
+    spanned = [(room, expected, taken) for room, expected, taken in hours if taken > 0]
+    committed = math.fsum(expected for _, expected, taken in hours if taken <= 0) + min(
+        max(math.fsum(t for *_, t in spanned), math.fsum(e for _, e, _ in spanned)),
+        math.fsum(room for room, *_ in spanned),
+    )
     reasons = [
         *(["booked"] if booked is not None else []),
         f"forecast:{profile.method}",

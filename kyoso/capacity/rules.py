@@ -42,10 +42,16 @@ class CapacityRules(ConfigModel):
         "it is unattainable, not a repair (reason minor_stop).",
     )
     repair_estimate_s: float = Field(
-        7200.0, ge=0, description="A machine down now is expected back after this long."
+        7200.0,
+        ge=0,
+        description="The prior of the repair time: a broken-down machine without breakdowns "
+        "on record is expected back after this long (capacity/repair.py learns the rest).",
     )
     cache_ttl_s: float = Field(
-        15.0, ge=0, description="How long computed figures are served before recomputing."
+        5.0,
+        ge=0,
+        description="No answer carries figures computed longer ago than this: the bound on "
+        "their age (the data's own age is data_age_s).",
     )
     profile_ttl_s: float = Field(
         600.0, ge=0, description="How long a machine's learnt load profile is reused."

@@ -207,7 +207,7 @@ def _trends(board: dashboard.Dashboard) -> None:
     board.with_panel(
         timeseries.Panel()
         .title("Confidence by factory")
-        .description("Mean confidence of the factory's capacity figures (coverage, staleness).")
+        .description("Mean confidence of the factory's capacity figures (history, withdrawals).")
         .with_target(
             InfluxQL(
                 f"""

@@ -7,9 +7,10 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic_core import to_json
 
 from kyoso.capacity import aggregate
-from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
+from kyoso.capacity.aggregate import CapacitySum, FactoryCapacity, MachineCapacity
 from kyoso.contract import Id, Material, Process
 
 from ..deps import (
@@ -18,6 +19,7 @@ from ..deps import (
     Caller,
     Horizon,
     Service,
+    age_s,
     any_factory,
     cached,
     figures_out,
@@ -54,7 +56,9 @@ async def get_factory_capacity(
     await any_factory(service, caller, factory)
     capacity = await service.capacity(factory, timedelta(hours=horizon_h))
     own = caller.scope.kind is not ScopeKind.PLATFORM
-    return cached(request, _factory_capacity(capacity, own=own), service.rules.cache_ttl_s)
+    now = service.now()
+    body = _factory_capacity(capacity, now, own=own)
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(capacity.as_of, now))
 
 
 @router.get("/capacity", response_model=RegionCapacityOut, responses=CACHED)
@@ -70,22 +74,33 @@ async def get_region_capacity(
     regional(caller)
     horizon = timedelta(hours=horizon_h)
     factories = await service.region(horizon)
-    # The region's answer is the same for every caller until the figures are recomputed:
-    # serialize it (and tag its figures) once per computation, not per request.
-    bodies: dict[Any, tuple[list[FactoryCapacity], bytes, str]] = request.app.state.region_bodies
+    # The region's answer is the same for every caller until the figures are recomputed
+    # but for the data ages, measured at each response: build it (and tag its figures)
+    # once per computation, then only set the ages.
+    bodies: dict[Any, tuple[list[FactoryCapacity], dict[str, Any], str]] = (
+        request.app.state.region_bodies
+    )
     key = (horizon, process)
     known = bodies.get(key)
+    now = service.now()
     if (
         known is None
         or len(known[0]) != len(factories)
         or any(a is not b for a, b in zip(known[0], factories, strict=True))
     ):
-        data = _region(service, horizon, process, factories).model_dump_json().encode()
+        data = _region(service, horizon, process, factories, now).model_dump(mode="json")
         bodies.pop(key, None)
         bodies[key] = known = (factories, data, figures_tag(data))
         while len(bodies) > _MAX_REGION_BODIES:
             del bodies[next(iter(bodies))]
-    return cached(request, known[1], service.rules.cache_ttl_s, tag=known[2])
+    _, data, tag = known
+    aged = [
+        {**out, "data_age_s": age_s(capacity.newest, now)}
+        for out, capacity in zip(data["factories"], factories, strict=True)
+    ]
+    body = to_json({**data, "factories": aged})
+    as_of = aggregate.as_of(factories, now)
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(as_of, now), tag=tag)
 
 
 def _region(
@@ -93,20 +108,21 @@ def _region(
     horizon: timedelta,
     process: Process | None,
     factories: list[FactoryCapacity],
+    now: datetime,
 ) -> RegionCapacityOut:
     return RegionCapacityOut(
-        as_of=aggregate.as_of(factories, service.now()),
+        as_of=aggregate.as_of(factories, now),
         horizon_h=horizon.total_seconds() / 3600,
         by_process=[
             RegionProcessOut(
                 process=p.process,
                 factories=p.factories,
                 offline_factories=p.offline_factories,
-                **figures_out(p.total.figures, p.total.confidence),
+                **_sum_out(p.total),
             )
             for p in aggregate.by_process(factories, shared_only=True, process=process)
         ],
-        factories=[_factory_capacity(c, own=False, process=process) for c in factories],
+        factories=[_factory_capacity(c, now, own=False, process=process) for c in factories],
     )
 
 
@@ -141,6 +157,7 @@ async def _candidates(
     def suits(capacity: FactoryCapacity, machine: MachineCapacity) -> bool:
         return suitable is None or (capacity.factory, machine.machine) in suitable
 
+    now = service.now()
     ranked = [
         Candidate(
             factory=o.factory,
@@ -148,11 +165,13 @@ async def _candidates(
             confidence=round(o.confidence, 4),
             machines=o.machines,
             covers=o.covers,
-            data_age_s=o.data_age_s,
+            largest_machine=in_hours(o.largest_s),
+            machines_needed=o.machines_needed,
+            data_age_s=age_s(o.newest, now),
         )
         for o in aggregate.offers(factories, process, hours, suits, one_machine=one_machine)
     ]
-    return aggregate.as_of(factories, service.now()), ranked
+    return aggregate.as_of(factories, now), ranked
 
 
 @router.get("/search", response_model=SearchOut, responses=CACHED)
@@ -170,7 +189,8 @@ async def search(
     caller: Caller,
 ) -> Response:
     """Who can take ``hours`` of ``process`` within ``within_days``: factories whose
-    available hours cover it first, then by available hours times confidence."""
+    available hours cover it first, those needing the fewest machines for it first, then
+    by available hours times confidence."""
     regional(caller)
     as_of, ranked = await _candidates(
         service, process, hours, within_days, material, one_machine=one_machine
@@ -178,7 +198,8 @@ async def search(
     body = SearchOut(
         process=process, hours=hours, within_days=within_days, as_of=as_of, candidates=ranked
     )
-    return cached(request, body, service.rules.cache_ttl_s)
+    age = age_s(as_of, service.now())
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age)
 
 
 @router.get(
@@ -212,18 +233,18 @@ async def cover(
     if caller.scope.kind is ScopeKind.PLATFORM and not found.description.sharing.capacity:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no machine {machine!r}")
     if for_h is None:
-        capacity = await service.capacity(factory, timedelta(hours=1))
-        own = next(m for m in capacity.machines if m.machine == machine)
-        if not {"down", "offline", "unreadable"} & set(own.figures.reasons):
+        out_s = await service.outage_s(factory, machine)
+        if out_s is None:
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 f"machine {machine!r} is working: nothing to cover (for_h names an outage)",
             )
-        span = timedelta(seconds=service.rules.repair_estimate_s)
+        span = timedelta(seconds=out_s)
     else:
         span = timedelta(hours=for_h)
     hours = round(max(await service.expected_work(factory, machine, span) / 3600, 0.0001), 4)
     body = []
+    as_of = service.now()
     for process in dict.fromkeys(c.process for c in found.description.capabilities):
         as_of, ranked = await _candidates(service, process, hours, within_days, None)
         body.append(
@@ -237,7 +258,7 @@ async def cover(
                 candidates=[c for c in ranked if c.factory != factory],
             )
         )
-    return cached(request, body, service.rules.cache_ttl_s)
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(as_of, service.now()))
 
 
 # --- push -------------------------------------------------------------------------------
@@ -281,7 +302,7 @@ async def events(
         while not await request.is_disconnected():
             found = await service.region(horizon)
             chosen = [c for c in found if factory is None or c.factory == factory]
-            body = _region(service, horizon, process, chosen)
+            body = _region(service, horizon, process, chosen, service.now())
             data = body.model_dump_json().encode()
             tag = figures_tag(data)
             now = _figures(body)
@@ -331,14 +352,18 @@ def _moved(
     return False
 
 
+def _sum_out(total: CapacitySum) -> dict[str, Any]:
+    return figures_out(total.figures, total.confidence, total.history_coverage)
+
+
 def _factory_capacity(
-    capacity: FactoryCapacity, *, own: bool, process: Process | None = None
+    capacity: FactoryCapacity, now: datetime, *, own: bool, process: Process | None = None
 ) -> FactoryCapacityOut:
     by_process = [
         ProcessCapacityOut(
             process=p.process,
             machines=p.total.machines,
-            **figures_out(p.total.figures, p.total.confidence),
+            **_sum_out(p.total),
         )
         for p in aggregate.by_process([capacity], shared_only=not own, process=process)
     ]
@@ -347,15 +372,15 @@ def _factory_capacity(
         as_of=capacity.as_of,
         horizon_h=capacity.horizon.total_seconds() / 3600,
         offline=capacity.offline,
-        data_age_s=capacity.data_age_s,
+        data_age_s=age_s(capacity.newest, now),
         by_process=by_process,
         machines=[
             MachineCapacityOut(
                 machine=m.machine,
                 processes=list(m.processes),
                 shared=m.shared,
-                data_age_s=m.data_age_s,
-                **figures_out(m.figures, m.confidence),
+                data_age_s=age_s(m.newest, now),
+                **figures_out(m.figures, m.confidence, m.history_coverage),
             )
             for m in capacity.machines
         ]

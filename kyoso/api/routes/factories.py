@@ -16,6 +16,7 @@ from ..deps import (
     End,
     Service,
     Start,
+    age_s,
     cached,
     check_window,
     in_hours,
@@ -51,6 +52,7 @@ async def list_factories(request: Request, service: Service, caller: Caller) -> 
     if caller.scope.kind is ScopeKind.FACTORY:
         names = [n for n in names if n == caller.factory]
     views = await asyncio.gather(*(service.view(n) for n in names))
+    now = service.now()
     body = [
         FactoryOut(
             factory=v.factory,
@@ -58,12 +60,13 @@ async def list_factories(request: Request, service: Service, caller: Caller) -> 
             gateways_online=sum(g.status == "online" for g in v.gateways),
             gateways_offline=sum(g.status == "offline" for g in v.gateways),
             offline=v.offline,
-            data_age_s=v.data_age_s,
+            data_age_s=age_s(v.newest, now),
             as_of=v.as_of,
         )
         for v in views
     ]
-    return cached(request, body, service.rules.cache_ttl_s)
+    oldest = min((v.as_of for v in views), default=now)
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(oldest, now))
 
 
 @router.get("/factories/{factory}/machines", response_model=list[MachineOut], responses=CACHED)
@@ -73,8 +76,9 @@ async def list_machines(
     """Every described machine: description, capabilities, calendar and live state."""
     await own_factory(service, caller, factory)
     view = await service.view(factory)
-    body = [_machine(m, view.as_of) for m in view.machines.values()]
-    return cached(request, body, service.rules.cache_ttl_s)
+    now = service.now()
+    body = [_machine(m, view.as_of, now) for m in view.machines.values()]
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(view.as_of, now))
 
 
 @router.get("/factories/{factory}/gateways", response_model=list[GatewayOut], responses=CACHED)
@@ -85,10 +89,18 @@ async def list_gateways(
     await own_factory(service, caller, factory)
     view = await service.view(factory)
     body = [
-        GatewayOut(gateway=g.gateway, status=g.status, reason=g.reason, since=g.ts)
+        GatewayOut(
+            gateway=g.gateway,
+            status=g.status,
+            reason=g.reason,
+            since=max(g.ts, view.heard.get(g.gateway, g.ts))
+            if g.reason == "connection_lost"
+            else g.ts,
+        )
         for g in view.gateways
     ]
-    return cached(request, body, service.rules.cache_ttl_s)
+    age = age_s(view.as_of, service.now())
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age)
 
 
 @router.get("/factories/{factory}/machines/{machine}", response_model=MachineOut, responses=CACHED)
@@ -98,8 +110,9 @@ async def get_machine(
     """One machine's description and live state."""
     await own_factory(service, caller, factory)
     found = await machine_of(service, factory, machine)
-    as_of = (await service.view(factory)).as_of
-    return cached(request, _machine(found, as_of), service.rules.cache_ttl_s)
+    as_of, now = (await service.view(factory)).as_of, service.now()
+    body = _machine(found, as_of, now)
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(as_of, now))
 
 
 @router.get(
@@ -162,7 +175,7 @@ async def get_kpis(
     return cached(request, body, service.rules.cache_ttl_s)
 
 
-def _machine(view: MachineView, as_of: datetime) -> MachineOut:
+def _machine(view: MachineView, as_of: datetime, now: datetime) -> MachineOut:
     d = view.description
     latest = view.latest
     shift = d.calendar.shift_at(as_of)
@@ -178,7 +191,7 @@ def _machine(view: MachineView, as_of: datetime) -> MachineOut:
         share_kpis=d.sharing.kpis,
         state=None if latest is None else latest.sample.state,
         alarm=None if latest is None else latest.sample.alarm,
-        data_age_s=view.data_age_s,
+        data_age_s=age_s(view.newest, now),
         stale=view.stale,
         as_of=as_of,
     )

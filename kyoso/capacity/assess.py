@@ -1,0 +1,80 @@
+"""One machine's capacity as the API serves it: the forecast, a stop under way, the evidence
+that withdraws it, and how far it can be trusted, put together in one place (the API and
+the backtest both call :func:`assess`, so what is measured is what is served)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from kyoso.contract import MachineDescription
+
+from .aggregate import MachineCapacity
+from .confidence import confidence
+from .evidence import withdrawal
+from .forecast import Booking, LoadProfile, forecast
+from .repair import RepairRecord, stop
+from .rules import CapacityRules
+
+__all__ = ["Evidence", "assess"]
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What is known of a machine now."""
+
+    stale: bool
+    """Its latest sample is older than ``stale_after_s``, or it has none."""
+    offline: bool = False
+    """Its factory is offline (every gateway offline, or no machine fresh)."""
+    unreadable: bool = False
+    """Heard, but its state unknown through the last ``unreadable_after_s``."""
+    down_for_s: float | None = None
+    """Down now, for this long (None: not down)."""
+    newest: datetime | None = None
+    """When its latest sample ended."""
+    repairs: RepairRecord = field(default_factory=RepairRecord)
+
+
+def assess(
+    description: MachineDescription,
+    profile: LoadProfile,
+    evidence: Evidence,
+    *,
+    as_of: datetime,
+    horizon: timedelta,
+    rules: CapacityRules,
+    bookings: Sequence[Booking] | None = None,
+    backfilling: bool = False,
+) -> MachineCapacity:
+    """The machine's capacity over ``[as_of, as_of + horizon)`` (docs/api.md)."""
+    stopped = stop(evidence.down_for_s, evidence.repairs, rules)
+    kind, rest_s = stopped if stopped is not None else ("down", 0.0)
+    figures = forecast(
+        description.calendar,
+        profile,
+        as_of,
+        horizon,
+        down_now=stopped is not None and not evidence.stale,
+        repair_estimate=timedelta(seconds=rest_s),
+        down_reason=kind,
+        bookings=bookings,
+    )
+    reason = withdrawal(
+        offline=evidence.stale or evidence.offline,
+        unreadable=evidence.unreadable,
+        observed_s=profile.observed_s,
+        rules=rules,
+    )
+    if reason is not None:
+        figures = figures.withdrawn(reason)
+    if backfilling:
+        figures = figures.noted("history:backfilling")
+    return MachineCapacity(
+        machine=description.machine,
+        processes=tuple(dict.fromkeys(c.process for c in description.capabilities)),
+        figures=figures,
+        confidence=confidence(profile.observed_s) if reason is None else 0.0,
+        history_coverage=profile.coverage,
+        newest=evidence.newest,
+        shared=description.sharing.capacity,
+    )
