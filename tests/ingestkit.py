@@ -109,6 +109,40 @@ class Publisher:
         self.client.loop_stop()
 
 
+class Subscriber:
+    """A plain MQTT 5 client collecting what it receives on ``topic_filter`` (retained
+    messages included), as a gateway reading its receipts would."""
+
+    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(topic_filter, qos=1)
+        if not subscribed.wait(30):
+            raise TimeoutError(f"no SUBACK for {topic_filter}")
+
+    def _on_message(self, _: mqtt.Client, __: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload)))
+
+    def received(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def settings_for(broker: Mosquitto, tmp: Any, **overrides: Any) -> IngestSettings:
     """Ingest settings for a test broker, files in ``tmp``; ``mqtt`` overrides merge."""
     mqtt_options = {

@@ -2,7 +2,9 @@
 Compose specification's JSON schema, every variable in .env.example and every password
 required (the stack refuses to start without it), every mounted file present and parsed,
 the generated files where their readers look, the ingest's environment accepted by the
-ingest's own settings, and both broker configurations started with the real Mosquitto.
+ingest's own settings (an account per worker), every broker listener binding the client id
+to the user name, and both broker configurations started with the real Mosquitto
+(:func:`compose_broker`, which tests/test_broker_isolation.py attacks).
 
 The schema is the Compose specification's ``compose-spec.json`` as vendored by the
 ``check-jsonschema`` package (``check_jsonschema/builtin_schemas/vendor``).
@@ -24,7 +26,7 @@ from services import LOOPBACK, Mosquitto, mqtt_connack
 
 from kyoso.api.settings import ApiSettings
 from kyoso.ingest.config import IngestSettings
-from kyoso.regional.mosquitto import write_mosquitto
+from kyoso.regional.mosquitto import TlsFiles, write_mosquitto
 from kyoso.regional.passwords import resolve_passwords
 from kyoso.regional.registry import load_registry
 
@@ -180,6 +182,44 @@ def _parse(path: Path) -> None:
         assert path.name == "README.md", path  # deploy/tls holds only its README here
 
 
+def listener_options(conf: str) -> dict[str, list[str]]:
+    """``listener`` port -> the listener options after it, in order (the option's name, and
+    its value for ``use_username_as_clientid``); options before any listener under ``""``
+    (Mosquitto gives them to a default listener on 1883), listed only if there are such."""
+    scoped = ("use_username_as_clientid", "certfile", "keyfile", "cafile", "tls_version",
+              "require_certificate", "max_connections", "protocol", "socket_domain")  # fmt: skip
+    found: dict[str, list[str]] = {}
+    current = ""
+    for line in conf.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "listener":
+            current = words[1]
+            found[current] = []
+        elif words[0] in scoped:
+            option = " ".join(words) if words[0] == "use_username_as_clientid" else words[0]
+            found.setdefault(current, []).append(option)
+    return found
+
+
+def test_every_listener_takes_the_user_name_as_the_client_id(tmp_path: Path) -> None:
+    """Mosquitto binds a session to the client id only: without this, one account could
+    resume or end another's session (docs/regional.md, tenant isolation). The option is a
+    listener's, so it must follow each listener line in the file declaring it."""
+    registry = load_registry(ROOT / example_env()["KYOSO_REGISTRY"])
+    passwords = resolve_passwords(registry, tmp_path / "passwords.yaml", filled_env()).mqtt
+    tls = TlsFiles(Path("/etc/kyoso/tls/server.crt"), Path("/etc/kyoso/tls/server.key"))
+    write_mosquitto(registry, passwords, tmp_path, tls)
+    for conf, port in (
+        (ROOT / "deploy/mosquitto/mosquitto.conf", "1883"),
+        (tmp_path / "conf.d" / "kyoso.conf", "8883"),
+    ):
+        listeners = listener_options(conf.read_text())
+        assert list(listeners) == [port], conf
+        assert listeners[port][:1] == ["use_username_as_clientid true"], conf
+
+
 def _directives(text: str) -> list[str]:
     return [line.split()[0] for line in text.splitlines() if line.strip() and line[0] != "#"]
 
@@ -244,6 +284,17 @@ def test_the_ingest_and_api_environment() -> None:
     assert ingest.mqtt.password.get_secret_value() == filled_env()["KYOSO_INGEST_PASSWORD"]
     assert ingest.influx.create_databases is False
     assert ingest.mqtt.username == registry.ingest.username == ingest.influx.username
+    # The broker takes the user name as the client id, so each ingest worker logs in with an
+    # account of its own (the registry's `ingest.workers`), and names itself after it.
+    workers = [
+        _settings_from(spec["environment"], IngestSettings)
+        for spec in document["services"].values()
+        if spec.get("command") == ["ingest"]
+    ]
+    assert sorted(w.mqtt.username for w in workers) == sorted(registry.ingest.mqtt_users)
+    assert all(w.mqtt.session_id == w.mqtt.username for w in workers)
+    assert len({w.mqtt.shared_group for w in workers}) == 1  # one group (None: one worker)
+    assert (workers[0].mqtt.shared_group is None) == (len(workers) == 1)
     api_service = document["services"]["api"]
     api = _settings_from(api_service["environment"], ApiSettings)
     assert (api.host, api.port, api.store) == ("0.0.0.0", 8000, "influxdb")  # noqa: S104
@@ -273,9 +324,13 @@ def test_dockerfile_builds_one_unprivileged_image() -> None:
 # --- the broker configurations on the real Mosquitto ---------------------------------------
 
 
-def _start(tmp_path: Path, service: str, **kwargs: Any) -> Mosquitto:
-    """A real Mosquitto running the compose service's configuration file, with its
-    container paths mapped to directories here and its listener on a free loopback port."""
+def compose_broker(
+    tmp_path: Path, service: str, volumes: Mapping[str, Path] | None = None, **kwargs: Any
+) -> Mosquitto:
+    """A real Mosquitto (not started yet) running the compose service's configuration file,
+    with its container paths mapped to directories here (a named volume to ``volumes[name]``
+    if given, else to ``tmp_path/<service>/<name>``) and its listener on a free loopback
+    port; ``kwargs`` go to :class:`Mosquitto`."""
     spec = compose()["services"][service]
     broker = Mosquitto(tmp_path / service, **kwargs)
     mapping: dict[str, Path] = {}
@@ -286,7 +341,7 @@ def _start(tmp_path: Path, service: str, **kwargs: Any) -> Mosquitto:
         elif source.startswith("."):
             mapping[target] = ROOT / source
         else:
-            mapping[target] = tmp_path / service / source
+            mapping[target] = (volumes or {}).get(source, tmp_path / service / source)
             mapping[target].mkdir(parents=True, exist_ok=True)
     assert config is not None
     for target in sorted(mapping, key=len, reverse=True):
@@ -318,7 +373,9 @@ def test_the_regional_broker_configuration_runs(tmp_path: Path) -> None:
     generated = tmp_path / "mosquitto" / "mosquitto-config"
     write_mosquitto(registry, passwords, generated)  # as setup writes it, at the mapped path
     ingest = registry.ingest.username
-    broker = _start(tmp_path, "mosquitto", probe_username=ingest, probe_password=passwords[ingest])
+    broker = compose_broker(
+        tmp_path, "mosquitto", probe_username=ingest, probe_password=passwords[ingest]
+    )
     try:
         broker.start()
         assert (tmp_path / "mosquitto" / "mosquitto-data").is_dir()
@@ -341,7 +398,7 @@ def test_the_regional_broker_configuration_runs(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_the_shop_floor_broker_configuration_runs(tmp_path: Path) -> None:
-    broker = _start(tmp_path, "sensor-broker")
+    broker = compose_broker(tmp_path, "sensor-broker")
     try:
         broker.start()
         assert _healthcheck(compose()["services"]["sensor-broker"], broker) == 0

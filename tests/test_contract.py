@@ -46,6 +46,7 @@ from kyoso.contract import (
     Shift,
     ShiftCalendar,
     SignalStats,
+    StoreReceipt,
     Topic,
     TopicError,
     TopicKind,
@@ -55,8 +56,10 @@ from kyoso.contract import (
     encode,
     machine_topic,
     parse_topic,
+    receipts_filter,
     samples_topic,
     status_topic,
+    stored_topic,
 )
 from kyoso.contract.calendar import WEEKDAYS, Interval, Weekday
 
@@ -518,14 +521,55 @@ def test_topic_builders() -> None:
     assert samples_topic("f", "g") == "kyoso/v1/f/g/samples"
     assert status_topic("f", "g") == "kyoso/v1/f/g/status"
     assert machine_topic("f", "g", "m") == "kyoso/v1/f/g/machines/m"
+    assert stored_topic("f", "g", "w") == "kyoso/v1/f/g/stored/w"
+    assert receipts_filter("f", "g") == "kyoso/v1/f/g/stored/+"
 
 
-def test_subscriptions_cover_the_three_kinds() -> None:
+def test_subscriptions_cover_the_four_kinds() -> None:
     assert SUBSCRIPTIONS == (
         "kyoso/v1/+/+/samples",
         "kyoso/v1/+/+/status",
         "kyoso/v1/+/+/machines/+",
+        "kyoso/v1/+/+/stored/+",
     )
+
+
+def _receipt(**changes: object) -> bytes:
+    body: dict[str, object] = {
+        "v": 1,
+        "factory": FACTORY,
+        "gateway": GATEWAY,
+        "worker": "kyoso-ingest",
+        "ts": "2026-12-05T10:00:00Z",
+        "sessions": [{"session": "s-1", "ranges": [[0, 10], [12, 20]]}],
+    }
+    return dumps({**body, **changes})
+
+
+def test_a_store_receipt_round_trips() -> None:
+    topic = stored_topic(FACTORY, GATEWAY, "kyoso-ingest")
+    receipt = decode(topic, _receipt())
+    assert isinstance(receipt, StoreReceipt)
+    assert receipt.sessions[0].ranges == [(0, 10), (12, 20)]
+    assert decode(topic, encode(receipt)) == receipt
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"worker": "other-ingest"}, "spoofed"),  # not the worker of the topic
+        ({"sessions": [{"session": "s-1", "ranges": [[5, 4]]}]}, "schema"),  # backwards
+        ({"sessions": [{"session": "s-1", "ranges": [[0, 4], [5, 9]]}]}, "schema"),  # adjacent
+        ({"sessions": [{"session": "s-1", "ranges": [[6, 9], [0, 4]]}]}, "schema"),  # unordered
+        ({"sessions": [{"session": "s-1", "ranges": []}]}, "schema"),
+        ({"sessions": [{"session": "s-1", "ranges": [[-1, 4]]}]}, "schema"),
+    ],
+)
+def test_a_store_receipt_that_does_not_add_up_is_refused(
+    changes: dict[str, object], reason: str
+) -> None:
+    topic = stored_topic(FACTORY, GATEWAY, "kyoso-ingest")
+    assert refusal(topic, _receipt(**changes)).reason == reason
 
 
 @PROPERTY
@@ -536,6 +580,9 @@ def test_built_topics_parse_back(factory: str, gateway: str, machine: str) -> No
         status_topic(factory, gateway): Topic(TopicKind.STATUS, factory, gateway),
         machine_topic(factory, gateway, machine): Topic(
             TopicKind.MACHINE, factory, gateway, machine
+        ),
+        stored_topic(factory, gateway, machine): Topic(
+            TopicKind.STORED, factory, gateway, worker=machine
         ),
     }
     for topic, parsed in expected.items():

@@ -184,6 +184,40 @@ def test_withdrawn_machines_and_cleared_statuses(broker: Mosquitto, tmp_path: Pa
     publisher.close()
 
 
+def test_a_gateway_describes_and_withdraws_only_its_own_machines(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """gw-1 withdrawing or describing gw-2's machine m9 (each on its own topics, so the
+    broker's ACL lets it) is refused as not_owner; once gw-2 withdraws m9, gw-1 may take
+    it over."""
+    settings = settings_for(broker, tmp_path)
+    publisher = Publisher(broker)
+    own, other = machine_topic("okada", "gw-2", "m9"), machine_topic("okada", "gw-1", "m9")
+    with running_ingest(settings) as worker:
+        ingest, store = worker.ingest, worker.store
+        assert ingest is not None
+        assert isinstance(store, SqliteStore)
+
+        def owner() -> list[str]:
+            return [d.gateway for d in worker.call(store.machines("okada"))]
+
+        publisher.publish(own, encode(_description("okada", "gw-2", "m9")), retain=True)
+        publisher.flush()
+        wait_until(lambda: owner() == ["gw-2"], what="gw-2's machine")
+        publisher.publish(other, b"", retain=True)  # gw-1 withdraws gw-2's machine
+        publisher.publish(other, encode(_description("okada", "gw-1", "m9")), retain=True)
+        publisher.flush()
+        wait_until(lambda: ingest.stats.acked == 3, what="every acknowledgement")
+        assert ingest.stats.dead_letters == {"not_owner": 2}
+        assert owner() == ["gw-2"]
+        publisher.publish(own, b"", retain=True)  # gw-2 withdraws it itself
+        publisher.publish(other, encode(_description("okada", "gw-1", "m9")), retain=True)
+        publisher.flush()
+        wait_until(lambda: owner() == ["gw-1"], what="gw-1 taking the machine over")
+        assert ingest.stats.dead_letters == {"not_owner": 2}
+    publisher.close()
+
+
 def test_a_shared_group_splits_the_samples_between_workers(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
@@ -201,7 +235,11 @@ def test_a_shared_group_splits_the_samples_between_workers(
         assert two.ingest is not None
         workers = (one.ingest, two.ingest)
         publisher.publish_all(messages)
-        wait_until(lambda: sum(w.stats.acked for w in workers) == len(messages), what="acks")
+        # Each worker hears the other's receipts too: count the samples written.
+        wait_until(
+            lambda: sum(w.stats.samples_written for w in workers) == len(messages) * 2,
+            what="every sample written",
+        )
         written = [w.stats.samples_written for w in workers]
     publisher.close()
     assert sum(written) == len(messages) * 2

@@ -19,9 +19,11 @@ import pytest
 import yaml
 from examples import documented_defaults, uncommented_lines
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from services import LOOPBACK, Mosquitto, find_binary, free_port, mqtt_connack
+from test_compose import listener_options
 from test_gateway_publisher import _make_certificates
 
 from kyoso.cli import main
@@ -91,7 +93,13 @@ def test_example_registry_documents_every_option_and_its_default() -> None:
     for section in ("ingest", "capacity", "region"):
         account = defaults[section].default
         documented = documented_defaults(REGISTRY, section)
-        assert documented == {"username": account.username, "password_env": None}, section
+        # `ingest.workers` (default 1) is not in the example yet: checked once it is.
+        defaults_of = account.model_dump()
+        assert {"username", "password_env"} <= documented.keys() <= defaults_of.keys()
+        assert documented == {key: defaults_of[key] for key in documented}, section
+
+
+_GATEWAY = {"factory": "a", "gateway": "g"}
 
 
 @pytest.mark.parametrize(
@@ -105,6 +113,19 @@ def test_example_registry_documents_every_option_and_its_default() -> None:
             "broker user names used twice",
         ),
         ({"gateways": [{"factory": "kyoso-region", "gateway": "g"}]}, "InfluxDB user names"),
+        (
+            {
+                "ingest": {"username": "kyoso-ingest", "workers": 2},
+                "gateways": [{"factory": "a", "gateway": "g", "username": "kyoso-ingest-2"}],
+            },
+            "broker user names used twice",
+        ),
+        (
+            {"ingest": {"username": "i" * 63, "workers": 2}, "gateways": [_GATEWAY]},
+            "longer than 64",
+        ),
+        ({"ingest": {"username": "i", "workers": 0}, "gateways": [_GATEWAY]}, "ingest.workers"),
+        ({"ingest": {"username": "i", "workers": 65}, "gateways": [_GATEWAY]}, "ingest.workers"),
         (
             {"gateways": [{"factory": "a", "gateway": "g", "username": "a:b"}]},
             "gateways.0.username",
@@ -143,21 +164,68 @@ def test_generated_files(tmp_path: Path) -> None:
     assert "allow_anonymous false" in conf
     assert f"password_file {out / 'passwd'}" in conf
     assert f"acl_file {out / 'acl'}" in conf
-    assert "listener 8883" in conf
     assert "certfile /etc/kyoso/tls/server.crt" in conf
     assert "require_certificate true" not in conf  # no ca.crt: server authentication only
+    # The TLS listener takes the user name as the client id; nothing before it is a listener
+    # option (Mosquitto would open a default listener on 1883 for it).
+    assert listener_options("\n".join(conf)) == {
+        "8883": ["use_username_as_clientid true", "certfile", "keyfile", "tls_version"]
+    }
+
+
+def test_each_ingest_worker_has_a_broker_account_of_its_own(tmp_path: Path) -> None:
+    document = yaml.safe_load(REGISTRY.read_text())
+    document["ingest"]["workers"] = 3
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(document))
+    registry = load_registry(tmp_path / "registry.yaml")
+    workers = ["kyoso-ingest", "kyoso-ingest-2", "kyoso-ingest-3"]
+    assert registry.mqtt_users[:4] == [*workers, "okada-machining-gw-01"]
+    assert registry.influx_users.count("kyoso-ingest") == 1  # one InfluxDB user for all
+    assert not any(user.startswith("kyoso-ingest-") for user in registry.influx_users)
+    # The ingest names its password's variable: every worker's broker account takes it.
+    passwords = resolve_passwords(registry, tmp_path / "passwords.yaml", ENV).mqtt
+    assert {passwords[w] for w in workers} == {ENV["KYOSO_INGEST_PASSWORD"]}
+    write_mosquitto(registry, passwords, tmp_path / "mosquitto")
+    acl = (tmp_path / "mosquitto" / "acl").read_text()
+    for worker in workers:
+        assert f"user {worker}\ntopic read kyoso/v1/#\n" in acl
+    assert "write kyoso/v1/#" not in acl
+    # Without a variable, each worker gets a generated password of its own.
+    document["ingest"]["password_env"] = None
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(document))
+    registry = load_registry(tmp_path / "registry.yaml")
+    generated = resolve_passwords(registry, tmp_path / "generated.yaml", ENV).mqtt
+    assert len({generated[w] for w in workers}) == 3
+    stored = yaml.safe_load((tmp_path / "generated.yaml").read_text())["mqtt"]
+    assert {w: stored[w] for w in workers} == {w: generated[w] for w in workers}
 
 
 # --- the real broker ------------------------------------------------------------------------
 
 
-class Client:
-    """An MQTT 5 client with a login, recording CONNACK, SUBACK and PUBACK reason codes."""
+_DROPPED = "\0dropped"
+"""Put into a client's message queue when the broker closes its connection."""
 
-    def __init__(self, port: int, username: str, password: str, *, tls: Path | None = None) -> None:
+
+class Client:
+    """An MQTT 5 client with a login, recording CONNACK, SUBACK and PUBACK reason codes and,
+    in order, the topics delivered to it. ``client_id`` None: a random one; a persistent
+    session with ``clean_start=False`` and ``session_expiry_s`` > 0."""
+
+    def __init__(
+        self,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        tls: Path | None = None,
+        client_id: str | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+    ) -> None:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"kyoso-acl-{uuid.uuid4().hex[:10]}",
+            client_id=client_id or f"kyoso-acl-{uuid.uuid4().hex[:10]}",
             protocol=MQTTProtocolVersion.MQTTv5,
             reconnect_on_failure=False,
         )
@@ -167,20 +235,25 @@ class Client:
         self.messages: queue.Queue[str] = queue.Queue()
         self._acks: dict[int, list[ReasonCode]] = {}
         self._done = threading.Condition()
-        self._connack: queue.Queue[ReasonCode] = queue.Queue()
+        self._connack: queue.Queue[tuple[ReasonCode, bool]] = queue.Queue()
         self.dropped = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: self._connack.put(rc)
+        self.client.on_connect = lambda c, u, f, rc, p: self._connack.put((rc, f.session_present))
         self.client.on_disconnect = lambda c, u, f, rc, p: self._dropped()
         self.client.on_message = lambda c, u, m: self.messages.put(m.topic)
         self.client.on_subscribe = self._acked
         self.client.on_publish = lambda c, u, mid, rc, p: self._acked(c, u, mid, [rc], p)
-        self.client.connect(LOOPBACK, port, keepalive=10)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = session_expiry_s
+        self.client.connect(
+            LOOPBACK, port, keepalive=10, clean_start=clean_start, properties=properties
+        )
         self.client.loop_start()
-        self.connack = self._connack.get(timeout=WAIT)
+        self.connack, self.session_present = self._connack.get(timeout=WAIT)
 
     def _dropped(self) -> None:
         with self._done:
             self.dropped.set()
+            self.messages.put(_DROPPED)
             self._done.notify_all()
 
     def _acked(
@@ -210,11 +283,11 @@ class Client:
         assert codes is not None, "the broker dropped the connection"
         return not codes[0].is_failure
 
-    def publish(self, topic: str, payload: bytes = b"x") -> str:
+    def publish(self, topic: str, payload: bytes = b"x", *, retain: bool = False) -> str:
         """The PUBACK's reason, e.g. 'Success' or 'Not authorized'; 'dropped' when the
         broker closed the connection instead (Mosquitto 2.0.11 answers a refused publish
         with PUBACK 0x87 and then drops the connection, or drops it at once)."""
-        info = self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         codes = self._wait(info.mid)
         return "dropped" if codes is None else str(codes[0])
 
@@ -225,11 +298,41 @@ class Client:
             while True:
                 topics.append(self.messages.get(timeout=timeout))
         except queue.Empty:
-            return topics
+            return [topic for topic in topics if topic != _DROPPED]
+
+    def until(self, marker: str) -> list[str]:
+        """The topics delivered up to and including ``marker``, which the test publishes once
+        whatever it looks for would have been delivered before it (the broker sends a
+        client's messages in order): so the list is everything that was. Ends early, without
+        ``marker``, if the broker closes the connection."""
+        topics: list[str] = []
+        while marker not in topics:
+            try:
+                topic = self.messages.get(timeout=WAIT)
+            except queue.Empty:
+                pytest.fail(f"neither {marker} nor a disconnect within {WAIT} s; got {topics}")
+            if topic == _DROPPED:
+                break
+            topics.append(topic)
+        return topics
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def tls_listener(tmp_path: Path) -> tuple[TlsFiles, Path]:
+    """A TLS listener on a free loopback port, as `--tls-dir` finds it (server.crt and
+    server.key, no ca.crt: no client certificates); and the CA file a client trusts."""
+    certificates, tls_dir = tmp_path / "certificates", tmp_path / "tls"
+    certificates.mkdir()
+    tls_dir.mkdir()
+    _make_certificates(certificates)
+    shutil.copy(certificates / "server.pem", tls_dir / "server.crt")
+    shutil.copy(certificates / "server.key", tls_dir / "server.key")
+    tls = TlsFiles.from_dir(tls_dir, port=free_port(), host=LOOPBACK)
+    assert tls is not None
+    return tls, certificates / "ca.pem"
 
 
 @pytest.fixture
@@ -348,17 +451,10 @@ def test_gateways_are_confined_to_their_factory_and_the_ingest_reads_all(
 def test_tls_listener_takes_the_same_logins(
     mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, clients: Callable[..., Client]
 ) -> None:
-    certificates, tls_dir = tmp_path / "certificates", tmp_path / "tls"
-    certificates.mkdir()
-    tls_dir.mkdir()
-    _make_certificates(certificates)
-    shutil.copy(certificates / "server.pem", tls_dir / "server.crt")
-    shutil.copy(certificates / "server.key", tls_dir / "server.key")
+    tls, ca = tls_listener(tmp_path)
+    assert tls.ca is None
     registry = load_registry(REGISTRY)
     passwords = resolve_passwords(registry, tmp_path / "passwords.yaml", ENV).mqtt
-    tls = TlsFiles.from_dir(tls_dir, port=free_port(), host=LOOPBACK)
-    assert tls is not None
-    assert tls.ca is None
     out = tmp_path / "mosquitto"
     write_mosquitto(registry, passwords, out, tls)
     ingest_password = passwords["kyoso-ingest"]
@@ -369,7 +465,6 @@ def test_tls_listener_takes_the_same_logins(
         probe_password=ingest_password,
     )
     assert broker.running
-    ca = certificates / "ca.pem"
     gateway = clients(tls.port, "okada-machining-gw-01", passwords["okada-machining-gw-01"], tls=ca)
     assert not gateway.connack.is_failure
     # Accepted: no one reads it here, so the PUBACK says so, without an error.

@@ -34,6 +34,8 @@ _WIRE: Final = {"wire": True}
 MAX_MESSAGE_BYTES: Final = 256 * 1024
 MAX_SAMPLES_PER_BATCH: Final = 1000
 MAX_INTERVAL_S: Final = 3600.0
+MAX_COUNTER_DELTA: Final = 1_000_000_000
+"""The most parts one counter may add in one sample."""
 DURATION_TOLERANCE_S: Final = 0.01
 """How far the state durations may sum away from ``interval_s`` (rounding at the edge)."""
 
@@ -95,7 +97,7 @@ COUNTER_REJECT: Final = "reject"
 class Counter(_Message):
     """A part counter over the sample's interval, rollover and resets handled at the edge."""
 
-    delta: int = Field(ge=0, le=1_000_000_000, description="Count added during the interval.")
+    delta: int = Field(ge=0, le=MAX_COUNTER_DELTA, description="Count added during the interval.")
     total: int | None = Field(
         default=None, ge=0, le=2**64 - 1, description="The device's raw counter reading at ts."
     )
@@ -209,12 +211,55 @@ class GatewayStatus(_Envelope):
         return self
 
 
-Message = SampleBatch | MachineDescription | GatewayStatus
+MAX_RECEIPT_SESSIONS: Final = 64
+MAX_RECEIPT_RANGES: Final = 256
 
-_BY_KIND: dict[TopicKind, type[SampleBatch] | type[MachineDescription] | type[GatewayStatus]] = {
+SeqRange = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+"""``[first, last]``: the sequence numbers from ``first`` to ``last``, both included."""
+
+
+class SessionReceipt(_Message):
+    """The sequence numbers of one gateway session that an ingest worker has stored."""
+
+    session: Id
+    ranges: list[SeqRange] = Field(
+        min_length=1,
+        max_length=MAX_RECEIPT_RANGES,
+        description="Stored seq ranges [first, last], ascending, apart (not even adjacent).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        for first, last in self.ranges:
+            if last < first:
+                raise ValueError(f"range [{first}, {last}] ends before it starts")
+        for (_, last), (first, _) in itertools.pairwise(self.ranges):
+            if first <= last + 1:
+                raise ValueError("ranges must ascend with a gap between them")
+        return self
+
+
+class StoreReceipt(_Envelope):
+    """What one ingest worker has written to the store of one gateway's samples; retained
+    on ``…/stored/<worker>``. The gateway keeps every sample until a receipt covers it."""
+
+    factory: Id
+    gateway: Id
+    worker: Id = Field(description="The ingest worker (its broker username).")
+    ts: UtcDatetime = Field(description="When the worker published this receipt.")
+    sessions: list[SessionReceipt] = Field(max_length=MAX_RECEIPT_SESSIONS)
+
+
+Message = SampleBatch | MachineDescription | GatewayStatus | StoreReceipt
+
+_BY_KIND: dict[
+    TopicKind,
+    type[SampleBatch] | type[MachineDescription] | type[GatewayStatus] | type[StoreReceipt],
+] = {
     TopicKind.SAMPLES: SampleBatch,
     TopicKind.STATUS: GatewayStatus,
     TopicKind.MACHINE: MachineDescription,
+    TopicKind.STORED: StoreReceipt,
 }
 
 DeadLetterReason = Literal["oversize", "topic", "json", "schema", "version", "spoofed"]
@@ -280,4 +325,9 @@ def _check_origin(where: Topic, message: Message) -> None:
         raise ContractError(
             "spoofed",
             f"payload describes machine {message.machine} but was published for {where.machine}",
+        )
+    if isinstance(message, StoreReceipt) and message.worker != where.worker:
+        raise ContractError(
+            "spoofed",
+            f"receipt of worker {message.worker} was published for worker {where.worker}",
         )

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         where = settings.influx.url if settings.store == "influxdb" else settings.sqlite_path
         print(
-            f"ok: broker {settings.mqtt.host}:{settings.mqtt.port} as {settings.mqtt.client_id},"
+            f"ok: broker {settings.mqtt.host}:{settings.mqtt.port} as {settings.mqtt.session_id},"
             f" store {settings.store} ({where}), dead letters {settings.dead_letter_path}"
         )
         return 0

@@ -13,7 +13,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from kyoso.contract import Id
+from kyoso.contract import Id, check_id
 from kyoso.mqtt import BrokerConnection
 from kyoso.ops import HttpConfig
 from kyoso.store.choice import StoreChoice
@@ -25,6 +25,7 @@ __all__ = [
     "IngestSettings",
     "MqttConfig",
     "PlausibilityConfig",
+    "ReceiptsConfig",
     "load_settings",
 ]
 
@@ -34,13 +35,21 @@ ENV_PREFIX = "KYOSO_INGEST_"
 class MqttConfig(BrokerConnection):
     """The regional broker, and how the ingest subscribes to it."""
 
-    client_id: str = Field(
-        "kyoso-ingest",
+    client_id: str | None = Field(
+        None,
         min_length=1,
         max_length=128,
-        description="Stable id: the broker keeps the session (and queues messages) under it."
-        " Each worker of a shared group needs its own.",
+        description="The session's id: the broker keeps the session (and queues messages) "
+        "under it. None: the username (a broker that binds client ids to usernames, as the "
+        "regional one does, uses it whatever is sent), else kyoso-ingest. Each worker of a "
+        "shared group needs its own account.",
     )
+
+    @property
+    def session_id(self) -> str:
+        """The client id sent (see ``client_id``)."""
+        return self.client_id or self.username or "kyoso-ingest"
+
     session_expiry_s: int = Field(
         7 * 24 * 3600,
         ge=0,
@@ -81,6 +90,20 @@ class BatchConfig(ConfigModel):
         return self
 
 
+class ReceiptsConfig(ConfigModel):
+    """Store receipts: what the ingest has taken of each gateway's samples, published back
+    so the gateway can delete them from its outbox (docs/contract.md, 8.6)."""
+
+    worker: Id | None = Field(
+        None,
+        description="This worker's id in the receipt topics; None: the broker username, "
+        "else the client id (each worker of a shared group needs its own).",
+    )
+    interval_s: float = Field(
+        1.0, gt=0, le=60, description="Receipts with new samples are published this often."
+    )
+
+
 class PlausibilityConfig(ConfigModel):
     """Timestamps the ingest refuses (dead-letters), whatever the contract allows."""
 
@@ -107,7 +130,22 @@ class IngestSettings(StoreChoice, FileSettings):
     )
     batch: BatchConfig = Field(default_factory=BatchConfig)
     plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
+    receipts: ReceiptsConfig = Field(default_factory=ReceiptsConfig)
     http: HttpConfig = Field(default_factory=lambda: HttpConfig(port=9106))
+
+    @property
+    def worker(self) -> str:
+        """This worker's id in the receipt topics (see :class:`ReceiptsConfig`)."""
+        return self.receipts.worker or self.mqtt.username or self.mqtt.session_id
+
+    @model_validator(mode="after")
+    def _worker_is_an_id(self) -> Self:
+        if self.receipts.worker is None:
+            try:
+                check_id(self.worker, "the broker username (or client id)")
+            except ValueError as exc:
+                raise ValueError(f"{exc}: set receipts.worker to name this worker") from exc
+        return self
 
 
 IngestConfigError = ConfigError

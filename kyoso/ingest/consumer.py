@@ -20,6 +20,9 @@ after a reconnect or a crash, so nothing the ingest received is lost with it.
   ``$share/<group>/…``, split between the group's workers. Status and descriptions are
   subscribed by every worker: the broker sends retained messages only to plain
   subscriptions, and the store keeps the last status written, so each worker writes them all.
+- **Store receipts** (:mod:`kyoso.ingest.receipts`) of every worker are subscribed with
+  *No Local*: a worker hears the others' as they are published, and its own only as the
+  retained message on (re)subscribing, which is how it goes on after a restart.
 """
 
 import asyncio
@@ -66,7 +69,8 @@ class Incoming:
     withdrawn: tuple[str, str, str] | None = None
     """(factory, gateway, machine) of an empty retained description: the machine is gone."""
     cleared: bool = False
-    """An empty status payload: someone cleared the retained status; nothing to store."""
+    """An empty status or receipt payload: someone cleared a retained message; nothing to
+    store."""
 
     @property
     def samples(self) -> int:
@@ -82,7 +86,7 @@ def classify(generation: int, mid: int, qos: int, topic: str, payload: bytes) ->
             where = parse_topic(topic)
             if where.kind is TopicKind.MACHINE and where.machine is not None:
                 return make(withdrawn=(where.factory, where.gateway, where.machine))
-            if where.kind is TopicKind.STATUS:
+            if where.kind in (TopicKind.STATUS, TopicKind.STORED):
                 return make(cleared=True)
         return make(message=decode(topic, payload))
     except ContractError as exc:
@@ -116,7 +120,7 @@ class MqttConsumer:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
         client = new_client(
-            cfg, cfg.client_id, logging.getLogger(f"{__name__}.paho"), manual_ack=True
+            cfg, cfg.session_id, logging.getLogger(f"{__name__}.paho"), manual_ack=True
         )
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
@@ -140,6 +144,15 @@ class MqttConsumer:
         await asyncio.to_thread(client.loop_stop)
         self.connected = False
 
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` retained at QoS 1 (paho queues it while disconnected and
+        sends it on reconnect); False if the client is not started or refused it."""
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(topic, payload, qos=1, retain=True)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def ack(self, incoming: Incoming) -> bool:
         """Send the PUBACK of ``incoming`` if it is owed on the current connection."""
         client = self._client
@@ -161,12 +174,18 @@ class MqttConsumer:
         self.connected = True
         self.connects += 1
         options = SubscribeOptions(qos=1)
-        client.subscribe([(topic, options) for topic in self.filters])
+        own = SubscribeOptions(qos=1, noLocal=True)  # not our own receipts, once published
+        client.subscribe(
+            [
+                (t, own if t.endswith(f"/{TopicKind.STORED.value}/+") else options)
+                for t in self.filters
+            ]
+        )
         log.info(
             "connected to %s:%d as %s (session %s)",
             self.config.host,
             self.config.port,
-            self.config.client_id,
+            self.config.session_id,
             "resumed" if getattr(flags, "session_present", False) else "new",
         )
 

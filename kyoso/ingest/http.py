@@ -1,7 +1,9 @@
 """The ingest's ``/healthz``, ``/readyz`` and Prometheus ``/metrics`` (see :mod:`kyoso.ops`).
 
-``/readyz`` is 200 while the ingest is connected to the broker and the store takes writes.
-Metrics are read from the ingest's counters at scrape time.
+``/readyz`` is 200 while the ingest is connected to the broker and the store takes writes;
+its body says why not, and lists the oldest gaps (samples of a gateway session no worker
+has taken: lost, or not yet replayed). Metrics are read from the ingest's counters at
+scrape time.
 """
 
 from collections.abc import Iterator
@@ -78,6 +80,22 @@ class IngestCollector(Collector):
             "1 while connected.",
             value=int(ingest.consumer.connected),
         )
+        yield CounterMetricFamily(
+            "kyoso_ingest_receipts_published",
+            "Store receipts published to the gateways.",
+            value=stats.receipts_published,
+        )
+        gaps = ingest.receipts.gaps()
+        yield GaugeMetricFamily(
+            "kyoso_ingest_gap_samples",
+            "Samples missing between those taken of each gateway session (by any worker).",
+            value=sum(gap.missing for gap in gaps),
+        )
+        yield GaugeMetricFamily(
+            "kyoso_ingest_gap_oldest_seconds",
+            "How long the oldest gap has been open; 0 without gaps.",
+            value=max((gap.oldest_s for gap in gaps), default=0.0),
+        )
 
 
 def health_server(ingest: Ingest, config: HttpConfig) -> OpsServer:
@@ -86,6 +104,7 @@ def health_server(ingest: Ingest, config: HttpConfig) -> OpsServer:
     registry.register(IngestCollector(ingest))
 
     def health() -> dict[str, object]:
+        gaps = ingest.receipts.gaps()
         return {
             "broker_connected": ingest.consumer.connected,
             "store_failing_s": round(ingest.store_failing_s(), 3),
@@ -93,6 +112,17 @@ def health_server(ingest: Ingest, config: HttpConfig) -> OpsServer:
             "lag_s": round(ingest.lag_s(), 3),
             "samples_written": ingest.stats.samples_written,
             "dead_letters": dict(ingest.stats.dead_letters),
+            "gap_samples": sum(gap.missing for gap in gaps),
+            "gaps": [  # the oldest ten
+                {
+                    "factory": gap.factory,
+                    "gateway": gap.gateway,
+                    "session": gap.session,
+                    "missing": gap.missing,
+                    "oldest_s": round(gap.oldest_s, 1),
+                }
+                for gap in gaps[:10]
+            ],
         }
 
     return OpsServer(config, registry, health, lambda: ingest.ready)

@@ -13,8 +13,15 @@ batches are written at once. Writing a batch:
 3. **Descriptions, withdrawals and statuses** are written one by one in arrival order, and a
    batch starts them only when the previous batch finished its own, so the store's "last
    status written" is the broker's order.
-4. Samples or messages the store refuses (:class:`~kyoso.store.Refusal`,
-   :class:`~kyoso.store.StoreRefusedError`) are dead-lettered with reason ``store``.
+4. A description or withdrawal of a machine that another gateway describes is refused
+   (``not_owner``): a gateway describes and withdraws its own machines only.
+5. Samples or messages the store refuses (:class:`~kyoso.store.Refusal`,
+   :class:`~kyoso.store.StoreRefusedError`) are dead-lettered with reason ``store``; a
+   sequence number sent again with another sample (:class:`~.receipts.ReplayGuard`) with
+   reason ``replay_conflict``.
+6. The batch's samples are **taken** (:mod:`kyoso.ingest.receipts`): the receipts telling
+   the gateways to delete them from their outboxes go out within ``receipts.interval_s``.
+   Receipts of the other workers only update what this one knows of the gaps.
 
 Only then are the batch's messages acknowledged, and batches are acknowledged in the order
 they were received (MQTT asks PUBACKs in receive order). A store failure (unreachable,
@@ -36,18 +43,19 @@ from typing import TypeVar
 
 from prometheus_client import Histogram
 
-from kyoso.contract import GatewayStatus, MachineDescription, Sample, SampleBatch
+from kyoso.contract import GatewayStatus, MachineDescription, Sample, SampleBatch, StoreReceipt
 from kyoso.store import (
     SampleGroup,
+    Store,
     StoreAuthError,
     StoreRefusedError,
     StoreUnavailableError,
-    StoreWriter,
 )
 
 from .config import IngestSettings
 from .consumer import Incoming, MqttConsumer
 from .deadletter import DeadLetterStore
+from .receipts import Receipts, ReplayGuard
 
 __all__ = ["Ingest", "IngestStats"]
 
@@ -72,6 +80,7 @@ class IngestStats:
     store_errors: Counter[str] = field(default_factory=Counter)
     """Failed store calls by error type."""
     acked: int = 0
+    receipts_published: int = 0
     batch_seconds: Histogram = field(
         default_factory=lambda: Histogram(
             "kyoso_ingest_batch_seconds",
@@ -96,13 +105,17 @@ class Ingest:
     """One ingest worker: ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(
-        self, settings: IngestSettings, store: StoreWriter, dead_letters: DeadLetterStore
+        self, settings: IngestSettings, store: Store, dead_letters: DeadLetterStore
     ) -> None:
         self.settings = settings
         self.store = store
         self.dead_letters = dead_letters
         self.consumer = MqttConsumer(settings.mqtt, self._receive)
         self.stats = IngestStats()
+        self.receipts = Receipts(settings.worker)
+        self._replays = ReplayGuard()
+        self._owners: dict[str, dict[str, str]] = {}
+        """Per factory, the gateway describing each machine (read from the store once)."""
         self._open = _Batch()
         self._timer: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
@@ -121,6 +134,7 @@ class Ingest:
             asyncio.create_task(self._work(), name=f"ingest-writer-{i}")
             for i in range(self.settings.batch.max_in_flight)
         ]
+        workers.append(asyncio.create_task(self._publish_receipts(), name="ingest-receipts"))
         await self.consumer.start()
         try:
             await stop.wait()
@@ -132,6 +146,7 @@ class Ingest:
                     await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
         finally:
             self._stopping = True
+            self._send_receipts()
             await self.consumer.stop()
             for task in workers:
                 task.cancel()
@@ -207,6 +222,21 @@ class Ingest:
             batch.written = True
             self._acknowledge()
 
+    async def _publish_receipts(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.receipts.interval_s)
+            self._send_receipts()
+
+    def _send_receipts(self) -> None:
+        """Publish the receipts with new samples (kept for later while disconnected)."""
+        if not self.consumer.connected:
+            return
+        for topic, payload in self.receipts.due():
+            if self.consumer.publish(topic, payload):
+                self.stats.receipts_published += 1
+            else:
+                log.warning("publishing the receipt on %s failed; the next one covers it", topic)
+
     def _acknowledge(self) -> None:
         while self._unacked and self._unacked[0].written:
             for incoming in self._unacked.popleft().messages:
@@ -221,6 +251,10 @@ class Ingest:
         letters, groups, control = self._sort(batch.messages)
         await self._dead_letter(letters)
         await self._dead_letter(await self._write_samples(groups))
+        for incoming in batch.messages:  # written or dead-lettered: taken
+            if isinstance(message := incoming.message, SampleBatch):
+                seqs = (sample.seq for sample in message.samples)
+                self.receipts.taken(message.factory, message.gateway, message.session, seqs)
         assert batch.control_done is not None
         try:
             if batch.after is not None:
@@ -244,13 +278,16 @@ class Ingest:
             elif isinstance(message, SampleBatch):
                 key = (message.factory, message.gateway, message.session)
                 for sample in message.samples:
-                    problem = self._implausible(sample.ts, now, past=True)
-                    if problem is None:
-                        groups.setdefault(key, []).append((incoming, sample))
-                    else:
+                    if (problem := self._implausible(sample.ts, now, past=True)) is not None:
                         letters.append(
                             _letter(incoming, "implausible_time", _about(sample, problem))
                         )
+                    elif (conflict := self._replays.conflict(key, sample)) is not None:
+                        letters.append(_letter(incoming, "replay_conflict", conflict))
+                    else:
+                        groups.setdefault(key, []).append((incoming, sample))
+            elif isinstance(message, StoreReceipt):
+                self.receipts.heard(message)
             elif isinstance(message, MachineDescription | GatewayStatus):
                 when = message.updated_at if isinstance(message, MachineDescription) else message.ts
                 problem = self._implausible(when, now, past=False)
@@ -290,20 +327,48 @@ class Ingest:
         """Write one description, withdrawal or status; its dead letter if refused."""
         message, store = incoming.message, self.store
         call: Callable[[], Awaitable[None]]
+        claim: tuple[str, str, str] | None = None
         if incoming.withdrawn is not None:
-            factory, _, machine = incoming.withdrawn
+            factory, gateway, machine = claim = incoming.withdrawn
             call = lambda: store.remove_description(factory, machine)  # noqa: E731
         elif isinstance(message, MachineDescription):
+            claim = (message.factory, message.gateway, message.machine)
             call = lambda: store.write_description(message)  # noqa: E731
         elif isinstance(message, GatewayStatus):
             call = lambda: store.write_status(message)  # noqa: E731
         else:
             return None
+        if claim is not None and (owner := await self._owner(claim)) is not None:
+            _, gateway, machine = claim
+            return _letter(
+                incoming,
+                "not_owner",
+                f"machine {machine} is described by gateway {owner}, not {gateway}",
+            )
         try:
             await self._persist(incoming.topic, call)
         except StoreRefusedError as exc:
             return _letter(incoming, "store", str(exc))
+        if claim is not None:
+            factory, gateway, machine = claim
+            owners = self._owners[factory]
+            if incoming.withdrawn is not None:
+                owners.pop(machine, None)
+            else:
+                owners[machine] = gateway
         return None
+
+    async def _owner(self, claim: tuple[str, str, str]) -> str | None:
+        """The other gateway that describes the machine now, if one does: only the gateway
+        describing a machine may describe it again or withdraw it (the first claimant
+        keeps it until it withdraws it)."""
+        factory, gateway, machine = claim
+        owners = self._owners.get(factory)
+        if owners is None:
+            described = await self._persist(factory, lambda: self.store.machines(factory))
+            owners = self._owners.setdefault(factory, {d.machine: d.gateway for d in described})
+        owner = owners.get(machine)
+        return owner if owner is not None and owner != gateway else None
 
     async def _persist(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """``call()`` until the store takes it; only a refusal of this message gets out."""
@@ -352,6 +417,8 @@ def _kind(incoming: Incoming) -> str:
         return "refused"
     if isinstance(incoming.message, SampleBatch):
         return "samples"
+    if isinstance(incoming.message, StoreReceipt):
+        return "receipts"
     if isinstance(incoming.message, GatewayStatus) or incoming.cleared:
         return "status"
     return "machines"

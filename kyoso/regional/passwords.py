@@ -2,11 +2,12 @@
 
 The stack's own services (ingest, capacity service) read their passwords from environment
 variables, so their accounts name those variables in the registry (``password_env``) and
-the same value goes into the broker's password file and InfluxDB. Every other account (a
-gateway, a factory's read user, the regional reader) gets a random password the first time
-it is needed, written to the secrets file and never changed afterwards: regenerating the
-files keeps every credential a gateway or Grafana already holds. There is no default
-password anywhere; a missing or empty variable is an error.
+the same value goes into the broker's password file and InfluxDB (for the ingest, into the
+broker account of each of its workers). Every other account (a gateway, an ingest worker
+when the ingest names no variable, a factory's read user, the regional reader) gets a
+random password the first time it is needed, written to the secrets file and never changed
+afterwards: regenerating the files keeps every credential a gateway or Grafana already
+holds. There is no default password anywhere; a missing or empty variable is an error.
 
 The secrets file is YAML, one mapping per system (``mqtt``, ``influxdb``) of user name to
 password, written with mode 0600 through a temporary file and an atomic rename.
@@ -49,7 +50,11 @@ def resolve_passwords(
     name a variable, else from ``secrets_path``, generating (and writing) the missing ones.
     """
     from_env: dict[str, str] = {}
-    for account in (registry.ingest, registry.capacity, registry.region):
+    for account, users in (
+        (registry.ingest, registry.ingest.mqtt_users),
+        (registry.capacity, [registry.capacity.username]),
+        (registry.region, [registry.region.username]),
+    ):
         if account.password_env is None:
             continue
         value = environ.get(account.password_env, "")
@@ -58,7 +63,7 @@ def resolve_passwords(
                 f"{account.password_env} is not set or empty: it holds the password of"
                 f" {account.username!r} (generate one, e.g. `openssl rand -hex 24`)"
             )
-        from_env[account.username] = value
+        from_env.update(dict.fromkeys(users, value))
     stored = _read(secrets_path)
     wanted = {"mqtt": registry.mqtt_users, "influxdb": registry.influx_users}
     added = False

@@ -5,6 +5,10 @@ commented example). Each gateway names its factory; the factories of a region ar
 its gateways name. Usernames are checked here for what the generated files need: unique
 per system (MQTT, InfluxDB), and free of the characters that Mosquitto's password and ACL
 files or InfluxQL identifiers would misread.
+
+The broker takes a client's user name as its client id (docs/regional.md, "Tenant
+isolation"), so an account holds one connection and one session at a time: each ingest
+worker has a broker account of its own (:attr:`IngestAccount.mqtt_users`).
 """
 
 from pathlib import Path
@@ -23,6 +27,7 @@ from kyoso.validation import ConfigModel, load_yaml_model
 __all__ = [
     "GRAFANA_UID_MAX",
     "Gateway",
+    "IngestAccount",
     "Registry",
     "RegistryError",
     "ServiceAccount",
@@ -32,6 +37,7 @@ __all__ = [
 GRAFANA_UID_MAX = 40
 """Longest Grafana data source uid; a factory's data source uid is the factory id."""
 
+USERNAME_MAX = 64
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 """An MQTT or InfluxDB user name: no ':' (the password file's separator), no spaces."""
 
@@ -47,6 +53,32 @@ class ServiceAccount(ConfigModel):
         description="Environment variable holding the password (the service reads the same"
         " one); None: generated once into the secrets file.",
     )
+
+
+class IngestAccount(ServiceAccount):
+    """The ingest's account: its InfluxDB user, and one broker user per worker."""
+
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Ingest workers (one shared-subscription group). The broker binds a"
+        " session to a user, so each worker has a broker user of its own: the first"
+        " `username`, the n-th '<username>-<n>'; all with the same password when"
+        " `password_env` names one, else each its own generated one.",
+    )
+
+    @property
+    def mqtt_users(self) -> list[str]:
+        """The workers' broker users. The first keeps the plain name, so that going from one
+        worker to several keeps its session (and what the broker queued in it)."""
+        return [self.username, *(f"{self.username}-{n}" for n in range(2, self.workers + 1))]
+
+    @model_validator(mode="after")
+    def _short_enough(self) -> Self:
+        if len(last := self.mqtt_users[-1]) > USERNAME_MAX:
+            raise ValueError(f"worker user name {last!r} is longer than {USERNAME_MAX} characters")
+        return self
 
 
 class Gateway(ConfigModel):
@@ -67,9 +99,9 @@ class Gateway(ConfigModel):
 class Registry(ConfigModel):
     """A region's gateways and the accounts of its services."""
 
-    ingest: ServiceAccount = Field(
-        default=ServiceAccount(username="kyoso-ingest"),
-        description="Reads every factory's topics, publishes nothing; writes the factory"
+    ingest: IngestAccount = Field(
+        default=IngestAccount(username="kyoso-ingest"),
+        description="Reads every factory's topics, publishes its store receipts; writes the factory"
         " databases.",
     )
     capacity: ServiceAccount = Field(
@@ -89,8 +121,8 @@ class Registry(ConfigModel):
 
     @property
     def mqtt_users(self) -> list[str]:
-        """Broker users: the ingest, then every gateway."""
-        return [self.ingest.username, *(g.user for g in self.gateways)]
+        """Broker users: the ingest workers, then every gateway."""
+        return [*self.ingest.mqtt_users, *(g.user for g in self.gateways)]
 
     @property
     def influx_users(self) -> list[str]:

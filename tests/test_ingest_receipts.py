@@ -1,0 +1,130 @@
+"""Store receipts and gaps, on their own: ranges, receipts of several workers, the age of
+holes, and replays that are not the sample first taken."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kyoso.contract import (
+    MAX_RECEIPT_RANGES,
+    MachineState,
+    Sample,
+    SessionReceipt,
+    StoreReceipt,
+    decode,
+)
+from kyoso.ingest.receipts import Gap, Receipts, ReplayGuard, SeqRanges
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ranges_merge_what_touches_and_tell_the_holes() -> None:
+    ranges = SeqRanges()
+    ranges.update([5, 3, 4, 10, 11, 20])
+    assert ranges.ranges() == [(3, 5), (10, 11), (20, 20)]
+    assert ranges.holes() == [(6, 9), (12, 19)]
+    ranges.add(6, 9)
+    ranges.add(12, 19)
+    assert ranges.ranges() == [(3, 20)]
+    assert ranges.holes() == []
+    ranges.add(0, 1)
+    ranges.add(22, 30)
+    ranges.add(2, 2)
+    assert ranges.ranges() == [(0, 20), (22, 30)]
+
+
+def test_a_receipt_tells_what_this_worker_took_of_each_gateway() -> None:
+    receipts = Receipts("ingest-1", clock=Clock())
+    receipts.taken("f1", "gw-01", "s1", range(0, 100))
+    receipts.taken("f1", "gw-01", "s2", [200, 201, 205])
+    receipts.taken("f2", "gw-01", "s9", [7])
+    due = dict(receipts.due())
+    assert set(due) == {"kyoso/v1/f1/gw-01/stored/ingest-1", "kyoso/v1/f2/gw-01/stored/ingest-1"}
+    topic = "kyoso/v1/f1/gw-01/stored/ingest-1"
+    receipt = decode(topic, due[topic])  # what a gateway reads: valid by the contract
+    assert isinstance(receipt, StoreReceipt)
+    assert {s.session: s.ranges for s in receipt.sessions} == {
+        "s1": [(0, 99)],
+        "s2": [(200, 201), (205, 205)],
+    }
+    assert receipts.due() == []  # nothing new taken since
+
+
+def test_a_receipt_keeps_the_highest_ranges_when_there_are_too_many() -> None:
+    receipts = Receipts("ingest-1", clock=Clock())
+    receipts.taken("f1", "gw-01", "s1", range(0, 2 * (MAX_RECEIPT_RANGES + 10), 2))
+    [(topic, payload)] = receipts.due()
+    receipt = decode(topic, payload)
+    assert isinstance(receipt, StoreReceipt)
+    ranges = receipt.sessions[0].ranges
+    assert len(ranges) == MAX_RECEIPT_RANGES
+    assert ranges[-1] == (2 * (MAX_RECEIPT_RANGES + 9), 2 * (MAX_RECEIPT_RANGES + 9))
+
+
+def _receipt(worker: str, ranges: list[tuple[int, int]], session: str = "s1") -> StoreReceipt:
+    return StoreReceipt(
+        factory="f1",
+        gateway="gw-01",
+        worker=worker,
+        ts=T0,
+        sessions=[SessionReceipt(session=session, ranges=ranges)],
+    )
+
+
+def test_gaps_are_the_holes_no_worker_has_taken_and_age_until_closed() -> None:
+    clock = Clock()
+    receipts = Receipts("ingest-1", clock=clock)
+    receipts.taken("f1", "gw-01", "s1", [0, 1, 2, 8, 9])
+    receipts.heard(_receipt("ingest-2", [(3, 4)]))  # another worker took 3 and 4
+    assert receipts.gaps() == [Gap("f1", "gw-01", "s1", missing=3, oldest_s=0.0)]
+    clock.now += 60
+    receipts.taken("f1", "gw-01", "s1", [5])  # part of the hole is replayed
+    assert receipts.gaps() == [Gap("f1", "gw-01", "s1", missing=2, oldest_s=60.0)]
+    receipts.taken("f1", "gw-01", "s1", [6, 7])
+    assert receipts.gaps() == []
+
+
+def test_a_restarted_worker_goes_on_from_its_own_retained_receipt() -> None:
+    receipts = Receipts("ingest-1", clock=Clock())
+    receipts.heard(_receipt("ingest-1", [(0, 99)]))
+    receipts.taken("f1", "gw-01", "s1", [100])
+    [(_, payload)] = receipts.due()
+    receipt = decode("kyoso/v1/f1/gw-01/stored/ingest-1", payload)
+    assert isinstance(receipt, StoreReceipt)
+    assert receipt.sessions[0].ranges == [(0, 100)]
+
+
+def _sample(seq: int, machine: str = "m1", at: datetime = T0) -> Sample:
+    return Sample(
+        machine=machine,
+        seq=seq,
+        ts=at,
+        interval_s=10.0,
+        state=MachineState.IDLE,
+        durations_s={MachineState.IDLE: 10.0},
+    )
+
+
+@pytest.mark.parametrize(
+    ("again", "refused"),
+    [
+        (_sample(5), False),  # the same sample again: a harmless replay
+        (_sample(5, at=T0 + timedelta(seconds=10)), True),  # another time under the number
+        (_sample(5, machine="m2"), True),  # another machine under the number
+        (_sample(6), False),  # a new number
+    ],
+)
+def test_a_number_sent_again_with_another_sample_is_refused(again: Sample, refused: bool) -> None:
+    guard = ReplayGuard()
+    key = ("f1", "gw-01", "s1")
+    assert guard.conflict(key, _sample(5)) is None
+    assert (guard.conflict(key, again) is not None) == refused
+    assert guard.conflict(("f1", "gw-01", "s2"), again) is None  # another session
