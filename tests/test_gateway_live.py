@@ -84,3 +84,4 @@ def test_faulty_devices_do_not_slow_the_others(mosquitto: Mosquitto, tmp_path: P
     assert 'kyoso_gateway_polls_total{machine="imm-01"}' in metrics
     assert 'kyoso_gateway_poll_errors_total{machine="imm-02",reason="timeout"}' in metrics
     assert 'reason="exception_6"' in metrics
+    assert 'kyoso_gateway_counter_implausible_total{counter="good",machine="imm-01"} 0.0' in metrics

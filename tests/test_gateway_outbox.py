@@ -1,10 +1,12 @@
-"""The gateway's durable outbox: numbering, limits and policies, refusals, and crash safety.
+"""The gateway's durable outbox: numbering, confirmation by store receipts, limits and
+policies, refusals, schema migration, and crash safety.
 
 The crash test runs a child process that appends (and delivers) in a loop and prints every
 seq that append() returned, SIGKILLs it mid-stream, and checks that the reopened outbox
 holds every printed seq that it had not begun to deliver.
 """
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -21,8 +23,10 @@ from pydantic import ValidationError
 from kyoso.cli import main
 from kyoso.contract import Counter, MachineState, Sample
 from kyoso.gateway.outbox import (
+    ConfirmMode,
     FullPolicy,
     OutboxConfig,
+    OutboxError,
     OutboxFullError,
     OutboxLockedError,
     SqliteOutbox,
@@ -114,6 +118,151 @@ def test_mark_delivered_deletes_only_pending_rows(tmp_path: Path) -> None:
         assert outbox.pending_bytes == sum(len(r.payload) for r in outbox.pending(10))
 
 
+# --- sent, confirmed by a store receipt, due again --------------------------------------------
+
+
+def test_a_sent_row_stays_until_a_receipt_of_its_session_covers_it(tmp_path: Path) -> None:
+    with open_outbox(tmp_path, session="boot-1") as outbox:
+        assert outbox.config.confirm is ConfirmMode.STORE  # the default
+        outbox.append([make_sample(i) for i in range(10)])
+        assert outbox.mark_sent([0, 1, 2, 3, 4, 5, 42], at=1000.0) == 6
+        assert outbox.depth() == 10  # a PUBACK deletes nothing
+        assert outbox.unconfirmed() == 6
+        rows = outbox.pending(10)  # without `now`: every row, sent or not
+        assert [(r.seq, r.sent_at) for r in rows] == [(s, 1000.0) for s in range(6)] + [
+            (s, None) for s in range(6, 10)
+        ]
+        assert outbox.confirm("boot-2", [(0, 100)]) == 0  # another session's numbers
+        assert outbox.confirm("boot-1", [(0, 2), (4, 7)]) == 7
+        assert outbox.confirm("boot-1", [(0, 2)]) == 0  # a receipt repeated changes nothing
+        assert pending_seqs(outbox) == [3, 8, 9]
+        assert outbox.depth() == 3
+        assert outbox.unconfirmed() == 1  # seq 3
+        assert outbox.pending_bytes == sum(len(r.payload) for r in outbox.pending(10))
+    with open_outbox(tmp_path) as outbox:  # sent_at and the count are persisted
+        assert outbox.unconfirmed() == 1
+        assert [(r.seq, r.sent_at) for r in outbox.pending(10)] == [
+            (3, 1000.0),
+            (8, None),
+            (9, None),
+        ]
+
+
+def test_pending_at_a_moment_offers_rows_never_sent_or_unconfirmed_too_long(
+    tmp_path: Path,
+) -> None:
+    with open_outbox(tmp_path, confirm_timeout_s=60) as outbox:
+        outbox.append([make_sample(i) for i in range(6)])
+        outbox.mark_sent([0, 1], at=1000.0)
+        outbox.mark_sent([2, 3], at=1030.0)
+        assert [r.seq for r in outbox.pending(10, now=1059.0)] == [4, 5]
+        assert [r.seq for r in outbox.pending(10, now=1060.0)] == [0, 1, 4, 5]
+        assert [r.seq for r in outbox.pending(10, now=1090.0)] == [0, 1, 2, 3, 4, 5]
+        assert [r.seq for r in outbox.pending(2, after=0, through=4, now=1060.0)] == [1, 4]
+        outbox.mark_sent([0], at=1060.0)  # sent again: its time starts over
+        assert outbox.unconfirmed() == 4
+        assert [r.seq for r in outbox.pending(10, now=1090.0)] == [1, 2, 3, 4, 5]
+        # When the next sent row becomes due, after a given moment.
+        assert outbox.next_due(after=0.0) == 1060.0  # seq 1
+        assert outbox.next_due(after=1060.0) == 1090.0  # seqs 2 and 3
+        assert outbox.next_due(after=1090.0) == 1120.0  # seq 0
+        assert outbox.next_due(after=1120.0) is None
+        outbox.confirm(outbox.session, [(0, 5)])
+        assert outbox.next_due(after=0.0) is None
+
+
+def test_the_unconfirmed_count_follows_every_way_out(tmp_path: Path) -> None:
+    with open_outbox(tmp_path, max_rows=6) as outbox:
+        outbox.append([make_sample(i) for i in range(6)])
+        outbox.mark_sent(range(6), at=1.0)
+        assert outbox.unconfirmed() == 6
+        outbox.mark_refused([0], "Not authorized (0x87)")  # refused when sent again
+        assert outbox.unconfirmed() == 5
+        outbox.mark_delivered([1])  # confirm: broker
+        assert outbox.unconfirmed() == 4
+        outbox.append([make_sample(i) for i in range(6, 10)])  # drops seqs 2 and 3
+        assert outbox.dropped == 2
+        assert outbox.unconfirmed() == 2
+        assert outbox.requeue_refused() == 1  # back, never sent since
+        assert outbox.unconfirmed() == 2
+        assert [(r.seq, r.sent_at) for r in outbox.pending(10)] == [
+            (0, None),
+            (4, 1.0),
+            (5, 1.0),
+            (6, None),
+            (7, None),
+            (8, None),
+            (9, None),
+        ]
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        assert db.execute("SELECT count(sent_at) FROM outbox").fetchone()[0] == 2
+
+
+# The outbox as the previous release wrote it (schema version 1).
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY, session TEXT NOT NULL, payload BLOB NOT NULL,
+    appended_at REAL NOT NULL);
+CREATE TABLE refused (
+    seq INTEGER PRIMARY KEY, session TEXT NOT NULL, payload BLOB NOT NULL,
+    appended_at REAL NOT NULL, reason TEXT NOT NULL, refused_at REAL NOT NULL);
+CREATE TABLE dropped (
+    first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, dropped_at REAL NOT NULL);
+INSERT INTO meta VALUES ('next_seq', 3), ('dropped', 4), ('rejected', 0), ('refused', 1);
+PRAGMA user_version = 1;
+"""
+
+
+def test_an_outbox_of_schema_version_1_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    payloads = [_v1_payload(seq) for seq in range(3)]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(_SCHEMA_V1)
+        db.executemany(
+            "INSERT INTO outbox VALUES (?, 'boot-0', ?, 1.0)",
+            [(seq, payloads[seq]) for seq in (0, 2)],
+        )
+        db.execute("INSERT INTO refused VALUES (1, 'boot-0', ?, 1.0, 'Quota exceeded (0x97)', 2.0)",
+                   (payloads[1],))  # fmt: skip
+        db.commit()
+    with open_outbox(tmp_path) as outbox:
+        # Every pending row of version 1 had no PUBACK yet: never sent.
+        assert [(r.seq, r.session, r.payload, r.sent_at) for r in outbox.pending(10)] == [
+            (0, "boot-0", payloads[0], None),
+            (2, "boot-0", payloads[2], None),
+        ]
+        assert (outbox.depth(), outbox.unconfirmed(), outbox.last_seq) == (2, 0, 2)
+        assert (outbox.dropped, outbox.refused_total) == (4, 1)
+        assert outbox.append([make_sample(3)]) == [3]
+        assert outbox.mark_sent([0, 3], at=5.0) == 2
+        assert outbox.confirm("boot-0", [(0, 0)]) == 1
+        assert outbox.requeue_refused() == 1
+        assert [(r.seq, r.sent_at) for r in outbox.pending(10)] == [
+            (1, None),
+            (2, None),
+            (3, 5.0),
+        ]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with open_outbox(tmp_path) as outbox:  # opening a migrated file again changes nothing
+        assert (outbox.depth(), outbox.unconfirmed()) == (3, 1)
+
+
+def test_an_outbox_of_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox.sqlite3")) as db:
+        db.execute("PRAGMA user_version = 3")
+    with pytest.raises(OutboxError, match="unknown outbox schema version 3"):
+        open_outbox(tmp_path)
+
+
+def _v1_payload(seq: int) -> bytes:
+    sample = make_sample(seq).model_copy(update={"seq": seq})
+    return sample.model_dump_json(exclude_none=True).encode()
+
+
 # --- refused --------------------------------------------------------------------------------
 
 
@@ -200,7 +349,12 @@ def test_config_is_strict_frozen_and_documented() -> None:
         OutboxConfig.model_validate({"max_row": 10})
     with pytest.raises(ValidationError):
         OutboxConfig.model_validate({"policy": "drop_newest"})
+    with pytest.raises(ValidationError):
+        OutboxConfig.model_validate({"confirm": "ingest"})
+    with pytest.raises(ValidationError):
+        OutboxConfig.model_validate({"confirm_timeout_s": 0})
     config = OutboxConfig()
+    assert (config.confirm, config.confirm_timeout_s) == (ConfirmMode.STORE, 60.0)
     with pytest.raises(ValidationError):
         config.max_rows = 5  # type: ignore[misc]
     for name, field in OutboxConfig.model_fields.items():
@@ -336,11 +490,14 @@ def test_the_outbox_command_shows_refused_and_dropped_and_requeues(
     with SqliteOutbox(OutboxConfig(path=tmp_path / "outbox.sqlite3", max_rows=3)) as outbox:
         outbox.append([make_sample(i) for i in range(5)])  # 0 and 1 dropped
         outbox.mark_refused([3], "Not authorized (0x87)")
+        outbox.mark_sent([4], at=1000.0)
         assert main(["gateway", "--config", str(path), "outbox"]) == 1  # in use
         assert "in use by a running gateway: stop it first" in capsys.readouterr().err
     assert main(["gateway", "--config", str(path), "outbox"]) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert shown[0] == f"{tmp_path / 'outbox.sqlite3'}: 2 pending, last seq 4"
+    assert shown[0] == (
+        f"{tmp_path / 'outbox.sqlite3'}: 2 pending (1 sent, awaiting a store receipt), last seq 4"
+    )
     assert shown[1] == "since it was made: 1 refused, 2 dropped, 0 rejected"
     assert shown[2].startswith("refused seq 3 (session ")
     assert shown[2].endswith(": Not authorized (0x87)")

@@ -2,7 +2,9 @@
 
 Every broker test reads what the broker delivered with its own MQTT 5 subscriber (the
 ``Collector``) and validates each message with the contract's ``decode``. Gateways get a
-fresh factory id per test, so tests sharing the session broker never see each other.
+fresh factory id per test, so tests sharing the session broker never see each other. No
+ingest publishes store receipts here, so the samples the broker took stay in the outbox as
+sent (test_gateway_receipts.py: how receipts let them go).
 """
 
 import asyncio
@@ -43,8 +45,9 @@ from kyoso.contract import (
     machine_topic,
     status_topic,
 )
+from kyoso.gateway.batches import encode_batches
 from kyoso.gateway.outbox import OutboxConfig, OutboxRow, SqliteOutbox
-from kyoso.gateway.publisher import MqttPublisher, PublisherConfig, encode_batches
+from kyoso.gateway.publisher import MqttPublisher, PublisherConfig
 from kyoso.mqtt import TlsConfig
 
 TESTS = Path(__file__).parent
@@ -311,7 +314,7 @@ def test_every_sample_arrives_exactly_once_in_seq_order(
                 assert stats.refused_samples == stats.replayed_samples == 0
                 assert stats.last_publish_latency_s is not None
             assert time.monotonic() - stopping < 1.0  # offline status acknowledged at once
-            assert outbox.depth() == 0
+            assert outbox.depth() == outbox.unconfirmed() == 600  # no receipt: all kept
 
     asyncio.run(scenario())
     try:
@@ -372,7 +375,10 @@ def test_broker_outage_loses_nothing_and_live_data_overtakes_the_replay(
     # that expects so many samples in so many seconds fails for no fault of the publisher.
 
     async def scenario() -> None:
-        with SqliteOutbox(OutboxConfig(path=tmp_path / "outbox.sqlite3")) as outbox:
+        # No receipt comes: a confirmation timeout longer than the test keeps the samples
+        # acknowledged before the outage from being sent again meanwhile.
+        outbox_config = OutboxConfig(path=tmp_path / "outbox.sqlite3", confirm_timeout_s=3600)
+        with SqliteOutbox(outbox_config) as outbox:
             async with MqttPublisher(config, outbox) as publisher:
 
                 async def produce(count: int) -> None:
@@ -413,7 +419,9 @@ def test_broker_outage_loses_nothing_and_live_data_overtakes_the_replay(
                     await publisher.wait_drained()
                 assert publisher.stats.reconnects == 1
                 assert publisher.stats.replayed_samples >= backlog_size
-            assert outbox.depth() == outbox.dropped == outbox.refused_total == 0
+                assert publisher.stats.resent_samples == 0
+            assert outbox.depth() == outbox.unconfirmed() == len(appended)
+            assert outbox.dropped == outbox.refused_total == 0
 
     asyncio.run(scenario())
     try:
@@ -523,12 +531,14 @@ def test_a_refused_publish_is_kept_counted_and_not_retried(
             ["mosquitto_passwd", "-b", *create, str(passwords), name, secret], check=True
         )
     acl = tmp_path / "acl"
-    # The gateway may write its status and descriptions, but not samples. Mosquitto 2.0.11
-    # answers each sample batch with PUBACK 0x87 and then drops the connection.
+    # The gateway may write its status and descriptions, but not samples (and read its
+    # factory, receipts included). Mosquitto 2.0.11 answers each sample batch with PUBACK
+    # 0x87 and then drops the connection.
     acl.write_text(
         f"user {user}\n"
         f"topic write kyoso/v1/{factory}/{gateway}/status\n"
         f"topic write kyoso/v1/{factory}/{gateway}/machines/#\n"
+        f"topic read kyoso/v1/{factory}/#\n"
         f"user {reader}\ntopic read kyoso/v1/#\n"
     )
     broker = mosquitto_factory(
@@ -621,7 +631,8 @@ def test_tls_with_a_ca_only_and_with_a_client_certificate(
                 with contextlib.nullcontext() if delivers else pytest.raises(TimeoutError):
                     async with asyncio.timeout(10 if delivers else 2):
                         await publisher.wait_drained()
-            assert outbox.depth() == (0 if delivers else 10)
+            assert outbox.depth() == 10  # no receipt: kept, whether sent or not
+            assert outbox.unconfirmed() == (10 if delivers else 0)
             return outbox.session
 
     try:

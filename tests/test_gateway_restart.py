@@ -1,5 +1,7 @@
-"""`kyoso gateway` as a process: killed with SIGKILL mid-stream while the broker is away,
-restarted, it delivers every sample that had entered its outbox, in a gap-free sequence."""
+"""Crashes: `kyoso gateway` killed with SIGKILL mid-stream while the broker is away, restarted,
+delivers every sample that had entered its outbox, in a gap-free sequence; the broker killed
+with SIGKILL after acknowledging samples it had not saved yet loses nothing either, as the
+samples stay in the outbox until the store's receipt covers them."""
 
 import asyncio
 import os
@@ -9,15 +11,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from receiptkit import BOUND_S, FakeClock, Ingest, OfflineSubscriber, in_thread
 from services import Mosquitto
+from test_gateway_outbox import make_sample, open_outbox
+from test_gateway_publisher import config_for, new_ids, until
 
 from kyoso.contract import SampleBatch
+from kyoso.gateway.publisher import MqttPublisher
 from kyoso.simulators.config import load_factory, shipped_factories
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
@@ -111,3 +118,55 @@ def test_sigkill_while_offline_then_restart_delivers_everything(
     assert set(pending) <= set(seqs), sorted(set(pending) - set(seqs))
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a gap in the gateway's sequence"
     assert seqs[0] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["store", "broker"])
+def test_samples_a_crashed_broker_lost_are_sent_again_until_stored(
+    mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, mode: str
+) -> None:
+    # The defect this design fixes: the broker acknowledges samples, queues them for an
+    # ingest that is away, and is killed before its next autosave: they are gone.
+    broker = mosquitto_factory(persistence=True, extra_config=["autosave_interval 3600"])
+    factory, gateway = new_ids()
+    subscriber = OfflineSubscriber(broker, factory, gateway)
+    subscriber.connect()
+    subscriber.disconnect()  # away: the broker queues for it
+    clock = FakeClock()
+    config = config_for(broker, factory, gateway, reconnect_max_delay_s=1)
+    lost = 10 if mode == "broker" else 0
+
+    async def scenario() -> None:
+        with open_outbox(tmp_path, confirm=mode, confirm_timeout_s=60) as outbox:
+            async with MqttPublisher(config, outbox, clock=clock) as publisher:
+                publisher.submit([make_sample(i) for i in range(10)])
+                async with asyncio.timeout(BOUND_S):
+                    await publisher.wait_drained()  # every PUBACK received
+                await in_thread(broker.kill)
+                await in_thread(broker.start)
+                await until(lambda: publisher.stats.reconnects == 1, BOUND_S, "the reconnect")
+                await in_thread(subscriber.connect)
+                await asyncio.sleep(0.5)  # queued samples would be delivered now
+                assert subscriber.seqs() == []  # the broker lost them
+                clock.at += 60
+                publisher.notify()
+                await until(
+                    lambda: len(subscriber.seqs()) == 10 - lost, BOUND_S, "the samples again"
+                )
+                assert publisher.stats.resent_samples == 10 - lost
+                if mode == "store":
+                    stand_in = Ingest(broker)
+                    try:
+                        ranges = {outbox.session: [(0, 9)]}
+                        await in_thread(stand_in.receipt, factory, gateway, "w1", ranges)
+                        async with asyncio.timeout(BOUND_S):
+                            await publisher.wait_confirmed()
+                    finally:
+                        stand_in.close()
+            assert outbox.depth() == 0
+
+    try:
+        asyncio.run(scenario())
+        assert subscriber.seqs() == list(range(10 - lost))
+    finally:
+        subscriber.disconnect()

@@ -48,8 +48,9 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     outbox_parser = tools.add_parser(
         "outbox",
         help="show the outbox (pending, refused, dropped); requeue refused samples",
-        description="What the gateway's outbox holds: pending samples, samples the broker "
-        "refused (with the reason) and seq ranges a full outbox dropped. 'requeue' puts "
+        description="What the gateway's outbox holds: pending samples (and how many of them "
+        "the broker took, awaiting the store's receipt), samples the broker refused (with "
+        "the reason) and seq ranges a full outbox dropped. 'requeue' puts "
         "refused samples back to be published once the cause is fixed (an ACL, a quota). "
         "Stop the gateway first: one process at a time opens its outbox.",
     )
@@ -121,7 +122,10 @@ def run_outbox(args: argparse.Namespace) -> int:
             moved = outbox.requeue_refused(args.seqs or None)
             print(f"{moved} refused samples put back; the gateway publishes them when it runs")
             return 0
-        print(f"{config.outbox.path}: {outbox.depth()} pending, last seq {outbox.last_seq}")
+        sent = f"{outbox.unconfirmed()} sent, awaiting a store receipt"
+        print(
+            f"{config.outbox.path}: {outbox.depth()} pending ({sent}), last seq {outbox.last_seq}"
+        )
         totals = f"{outbox.refused_total} refused, {outbox.dropped} dropped"
         print(f"since it was made: {totals}, {outbox.rejected} rejected")
         for row in outbox.refused():

@@ -128,10 +128,19 @@ class StateConfig(ConfigModel):
 
 
 class CounterConfig(ConfigModel):
-    """A part counter read from the device, as a raw value that rolls over or resets."""
+    """A part counter read from the device, as a raw value that rolls over or resets (how a
+    drop or a jump is told from a glitch: kyoso/gateway/machine.py)."""
 
     field: Name
-    width_bits: Literal[16, 32, 64] = Field(default=32, description="Register width.")
+    width_bits: Literal[16, 32, 64] = Field(
+        default=32, description="Register width: the counter rolls over at 2**width_bits."
+    )
+    max_parts_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Fastest plausible count; a faster jump is refused. Default: 1.5 per "
+        "ideal_cycle_time_s of the machine, or no limit without one.",
+    )
 
 
 class MachineConfig(ConfigModel):

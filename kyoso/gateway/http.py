@@ -45,10 +45,23 @@ class GatewayCollector(Collector):
                 errors.add_metric([machine, reason], count)
             if stats.last_poll_s is not None:
                 latency.add_metric([machine], stats.last_poll_s)
-        yield from (polls, requests, errors, latency)
+        implausible = CounterMetricFamily(
+            "kyoso_gateway_counter_implausible",
+            "Counter readings refused as more parts than the machine can make (not counted).",
+            labels=["machine", "counter"],
+        )
+        for machine, tracker in gw.trackers.items():
+            for counter, count in tracker.implausible.items():
+                implausible.add_metric([machine, counter], count)
+        yield from (polls, requests, errors, latency, implausible)
         outbox = gw.outbox
         yield GaugeMetricFamily(
             "kyoso_gateway_outbox_depth", "Samples waiting.", value=outbox.depth()
+        )
+        yield GaugeMetricFamily(
+            "kyoso_gateway_outbox_unconfirmed",
+            "Samples the broker took, awaiting a store receipt.",
+            value=outbox.unconfirmed(),
         )
         yield CounterMetricFamily(
             "kyoso_gateway_outbox_dropped",
@@ -73,7 +86,31 @@ class GatewayCollector(Collector):
             "Samples the broker refused.",
             value=pub.refused_samples,
         )
+        yield CounterMetricFamily(
+            "kyoso_gateway_samples_resent",
+            "Samples sent again: no store receipt within confirm_timeout_s.",
+            value=pub.resent_samples,
+        )
+        receipts = gw.publisher.receipts
+        yield CounterMetricFamily(
+            "kyoso_gateway_receipts", "Store receipts applied.", value=receipts.received
+        )
+        yield CounterMetricFamily(
+            "kyoso_gateway_receipts_invalid",
+            "Store receipts refused: invalid, or not this gateway's.",
+            value=receipts.invalid,
+        )
+        yield CounterMetricFamily(
+            "kyoso_gateway_samples_confirmed",
+            "Samples a store receipt confirmed (they left the outbox).",
+            value=receipts.confirmed_samples,
+        )
         yield CounterMetricFamily("kyoso_gateway_reconnects", "Reconnects.", value=pub.reconnects)
+        yield CounterMetricFamily(
+            "kyoso_gateway_silent_drops",
+            "Connections dropped for a PUBACK owed 1.5 keepalives (a path gone silent).",
+            value=pub.silent_drops,
+        )
         if pub.last_publish_latency_s is not None:
             yield GaugeMetricFamily(
                 "kyoso_gateway_publish_latency_seconds",
@@ -102,6 +139,7 @@ def _health(gw: Gateway) -> dict[str, object]:
         "gateway": gw.config.gateway,
         "broker_connected": gw.publisher.stats.connected,
         "outbox_depth": gw.outbox.depth(),
+        "outbox_unconfirmed": gw.outbox.unconfirmed(),
         "machines": {
             machine: {
                 "polls": gw.polls[machine],

@@ -4,20 +4,61 @@ A tracker holds what it last saw of one machine. Each poll closes the span since
 previous poll, attributing it to the state seen then (sample and hold: a transition
 between polls shifts at most one poll period from one state to the next, and the errors
 cancel over many transitions). A sample closes the interval since the previous sample:
-state durations that sum to its length, counter deltas with rollover and reset handled,
-and signal statistics. Time without a successful read of the state is ``unknown``.
+state durations that sum to its length, counter deltas, and signal statistics. Time
+without a successful read of the state is ``unknown``.
+
+Counters cannot lie: a device that answers once with 0, or with garbage, must not add a
+million parts. Each counter keeps a baseline, the last *accepted* reading (the published
+``total``), and books parts as follows (:class:`CounterTracker`):
+
+- The first reading is the baseline and counts nothing.
+- A reading at or ahead of the baseline, or past it across a rollover (baseline in the top
+  quarter of the ``width_bits`` range, reading in the bottom quarter), counts the parts in
+  between, if *plausible*: no more than ``max_parts_per_s`` times the seconds since the
+  baseline was read, plus one part of slack for where the polls fall in the cycle. The
+  rate is the counter's own ``max_parts_per_s`` or else :data:`RATE_TOLERANCE` parts per
+  ideal cycle time of the machine; with neither, every step ahead is plausible.
+- Any other reading is *held*, counting nothing: a drop (a suspected reset) or an
+  implausible step ahead (refused, logged and counted in ``implausible``). The next
+  reading settles it. If it is a plausible step ahead of the baseline, the held reading
+  was a transient glitch and is ignored (1,000,000, 0, 1,000,001 counts 1). If it is a
+  plausible step ahead of the held reading, that confirms it and becomes the baseline: a
+  confirmed reset counts everything the counter shows, as it restarted from zero
+  (1000, 3, 5 counts 5 when 5 is read), provided that is plausible since the old baseline
+  (if not, it is refused but still taken as the baseline); a confirmed jump counts only
+  the parts after it (10, 5000, 5002 counts 2). Otherwise the new reading is held in its
+  place. Two readings in a row are the whole confirmation; the machine state is not
+  consulted, as it comes from the same device as the glitch.
+
+A sample lists a counter in ``missing`` when it was read during the interval but every
+reading was held; a counter not read at all keeps its last total with a delta of 0 (its
+parts are counted when it answers again).
 """
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from kyoso.contract import Counter, MachineState, Sample, ShiftCalendar, SignalStats
+from kyoso.contract import (
+    MAX_COUNTER_DELTA,
+    Counter,
+    MachineState,
+    Sample,
+    ShiftCalendar,
+    SignalStats,
+)
 
-from .config import MachineConfig, StateConfig, StateFromThreshold
+from .config import CounterConfig, MachineConfig, StateConfig, StateFromThreshold
 from .modbus_decode import Value
+
+log = logging.getLogger(__name__)
+
+RATE_TOLERANCE = 1.5
+"""How many times faster than its ideal cycle time a machine may count: actual cycles vary,
+and a machine's ideal cycle time is not always its fastest."""
 
 _NOT_PLANNED = {
     MachineState.IDLE: MachineState.PLANNED_STOP,
@@ -25,21 +66,100 @@ _NOT_PLANNED = {
 }
 
 
-def counter_delta(previous: int | None, raw: int, width_bits: int) -> int:
-    """Parts counted between two raw readings of a counter register.
+def counter_delta(previous: int, raw: int, width_bits: int) -> int | None:
+    """Parts counted from ``previous`` up to ``raw``, two readings of a counter register.
 
-    The first reading counts nothing. A reading below the previous one is a rollover when
-    the previous one was in the top quarter of the range and the new one in the bottom
-    quarter; otherwise the counter was reset, and it counted ``raw`` since.
+    A reading below the previous one is a rollover when the previous one was in the top
+    quarter of the range and the new one in the bottom quarter; any other drop is None, a
+    reset or a glitch that only the next reading can tell apart (see the module docstring).
     """
-    if previous is None:
-        return 0
     if raw >= previous:
         return raw - previous
     modulus = 1 << width_bits
     if previous >= modulus * 3 // 4 and raw < modulus // 4:
         return raw + modulus - previous
-    return raw
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """A counter's raw value and when it was read (epoch seconds)."""
+
+    raw: int
+    at: float
+
+
+class CounterTracker:
+    """One part counter's readings turned into parts that can be trusted; the rule is in the
+    module docstring. ``max_parts_per_s`` None takes every step ahead as plausible."""
+
+    def __init__(
+        self, machine: str, name: str, *, width_bits: int, max_parts_per_s: float | None
+    ) -> None:
+        self.machine = machine
+        self.name = name
+        self.width_bits = width_bits
+        self.max_parts_per_s = max_parts_per_s
+        self.implausible = 0
+        """Readings refused as further ahead than the rate allows."""
+        self._baseline: _Reading | None = None
+        self._held: _Reading | None = None
+
+    @property
+    def total(self) -> int | None:
+        """The last accepted raw reading (None before the first one)."""
+        return None if self._baseline is None else self._baseline.raw
+
+    def read(self, raw: int, at: float) -> int | None:
+        """Take a reading made at ``at`` (epoch seconds): the parts it books (0 for the first
+        reading), or None when it is held and books nothing."""
+        base = self._baseline
+        if base is None:
+            return self._accept(raw, at, 0)
+        ahead = counter_delta(base.raw, raw, self.width_bits)
+        if ahead is not None and self._plausible(ahead, at - base.at):
+            return self._accept(raw, at, ahead)  # drops any held reading as a glitch
+        held = self._held
+        if held is not None:
+            since = counter_delta(held.raw, raw, self.width_bits)
+            if since is not None and self._plausible(since, at - held.at):
+                if counter_delta(base.raw, held.raw, self.width_bits) is not None:
+                    return self._accept(raw, at, since)  # a jump, confirmed
+                if self._plausible(raw, at - base.at):
+                    return self._accept(raw, at, raw)  # a reset, confirmed
+                self._refuse(raw, base, raw, at)
+                self._baseline, self._held = _Reading(raw, at), None
+                return None
+        if ahead is not None:
+            self._refuse(ahead, base, raw, at)
+        self._held = _Reading(raw, at)
+        return None
+
+    def _plausible(self, parts: int, elapsed_s: float) -> bool:
+        """At most what the rate allows, and never more than a sample may carry."""
+        rate = self.max_parts_per_s
+        if parts > MAX_COUNTER_DELTA:
+            return False
+        return rate is None or parts <= rate * max(elapsed_s, 0.0) + 1
+
+    def _accept(self, raw: int, at: float, parts: int) -> int:
+        self._baseline, self._held = _Reading(raw, at), None
+        return parts
+
+    def _refuse(self, parts: int, base: _Reading, raw: int, at: float) -> None:
+        self.implausible += 1
+        rate = self.max_parts_per_s
+        log.warning(
+            "machine %s counter %s: %d -> %d in %.1f s would count %d parts, more than %s "
+            "allow: not counted",
+            self.machine,
+            self.name,
+            base.raw,
+            raw,
+            at - base.at,
+            parts,
+            "one sample may carry" if rate is None else f"{rate:.3g} parts/s",
+        )
 
 
 class StateDeriver:
@@ -129,7 +249,10 @@ class _Stats:
 @dataclass(slots=True)
 class _Interval:
     durations: dict[MachineState, float] = field(default_factory=lambda: defaultdict(float))
-    deltas: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    booked: dict[str, int] = field(default_factory=dict)
+    """Parts per counter that had an accepted reading."""
+    held: set[str] = field(default_factory=set)
+    """Counters that had a held reading."""
     signals: dict[str, _Stats] = field(default_factory=lambda: defaultdict(_Stats))
 
 
@@ -143,8 +266,21 @@ class MachineTracker:
         self.alarm: int | None = None
         self._since = start
         self._sample_start = start
-        self._raw: dict[str, int | None] = dict.fromkeys(config.counters)
+        self._counters = {
+            name: CounterTracker(
+                config.id,
+                name,
+                width_bits=counter.width_bits,
+                max_parts_per_s=_max_parts_per_s(config, counter),
+            )
+            for name, counter in config.counters.items()
+        }
         self._interval = _Interval()
+
+    @property
+    def implausible(self) -> dict[str, int]:
+        """Per counter, the readings refused as implausible since the tracker started."""
+        return {name: counter.implausible for name, counter in self._counters.items()}
 
     def observe(self, at: float, values: Mapping[str, Value], missing: Collection[str]) -> None:
         """Take one poll made at ``at``; ``missing`` names the fields it could not read."""
@@ -161,9 +297,11 @@ class MachineTracker:
             raw = values.get(counter.field)
             if raw is None or isinstance(raw, str):
                 continue
-            raw = int(raw)
-            self._interval.deltas[name] += counter_delta(self._raw[name], raw, counter.width_bits)
-            self._raw[name] = raw
+            parts = self._counters[name].read(int(raw), at)
+            if parts is None:
+                self._interval.held.add(name)
+            else:
+                self._interval.booked[name] = self._interval.booked.get(name, 0) + parts
         for name in self.config.signals:
             value = values.get(name)
             if value is not None and not isinstance(value, str):
@@ -177,9 +315,11 @@ class MachineTracker:
             return None
         interval, self._interval = self._interval, _Interval()
         counters = {
-            name: Counter(delta=interval.deltas[name], total=self._raw[name])
-            for name in self.config.counters
-            if self._raw[name] is not None
+            name: Counter(delta=interval.booked.get(name, 0), total=counter.total)
+            for name, counter in self._counters.items()
+            if counter.total is not None
+            and (name in interval.booked or name not in interval.held)
+            and interval.booked.get(name, 0) <= MAX_COUNTER_DELTA  # else missing, never a crash
         }
         signals = {name: stats.summary() for name, stats in interval.signals.items() if stats.count}
         missing = sorted(
@@ -205,6 +345,15 @@ class MachineTracker:
         if at > self._since:
             self._interval.durations[self.state] += at - self._since
             self._since = at
+
+
+def _max_parts_per_s(machine: MachineConfig, counter: CounterConfig) -> float | None:
+    """The counter's own rate, or :data:`RATE_TOLERANCE` parts per ideal cycle time."""
+    if counter.max_parts_per_s is not None:
+        return counter.max_parts_per_s
+    if machine.ideal_cycle_time_s is not None:
+        return RATE_TOLERANCE / machine.ideal_cycle_time_s
+    return None
 
 
 def _fit(durations: Mapping[MachineState, float], length: float) -> dict[MachineState, float]:

@@ -2,18 +2,23 @@
 
 Promises:
 
-- **Delivered means acknowledged.** A sample leaves the outbox only when its batch's PUBACK
-  carries a success reason code (``is_failure`` false; 0x10 *No matching subscribers* is a
-  success: the broker took it). A failure code (>= 0x80, e.g. 0x87 *Not authorized*) moves
-  the batch's samples to the outbox's ``refused`` table: logged, counted, not re-sent.
+- **Delivered means stored.** Under ``outbox.confirm: store`` (the default) a PUBACK with a
+  success reason code (``is_failure`` false, 0x10 *No matching subscribers* included) only
+  marks its samples *sent*; they leave the outbox when an ingest worker's store receipt
+  covers them (:mod:`kyoso.gateway.receipts`: the subscription goes out after each CONNACK,
+  before any sample). A sample sent but not confirmed within ``confirm_timeout_s`` is sent
+  again, as backlog. Under ``confirm: broker`` the PUBACK deletes them and no receipt is
+  read. A failure code (>= 0x80, e.g. 0x87 *Not authorized*) moves the batch's samples to
+  the outbox's ``refused`` table: logged, counted, not re-sent.
 - **Nothing is lost while disconnected**: nothing is published, samples wait in the outbox.
   Batches unacknowledged when the link drops are taken back from paho (which would re-send
   them all at once) and re-sent from the outbox after reconnecting.
 - **Live first, backlog at a bounded rate.** Samples numbered since the current connection
-  came up are *live*: sent at once, in seq order. Older ones are the *backlog*: sent oldest
-  first, in seq order, at most ``replay_rate_samples_per_s`` (a token bucket holding one
-  second's worth), in the in-flight slots live batches leave free. So replayed batches
-  interleave with live ones; the ingest accepts that, as timestamps come from the source.
+  came up are *live*: sent at once, in seq order. Older ones are the *backlog*
+  (:mod:`kyoso.gateway.backlog`, which also sends again what no receipt confirmed in time):
+  sent oldest first, in seq order, at most ``replay_rate_samples_per_s``, in the in-flight
+  slots live batches leave free. So replayed batches interleave with live ones; the ingest
+  accepts that, as timestamps come from the source.
 - **Bounded in flight**: at most ``max_inflight`` sample batches (and at most the broker's
   Receive Maximum) await their PUBACK; status and descriptions come on top. Each connection
   starts with one batch in flight and doubles per acknowledged batch (back to one on a
@@ -26,15 +31,19 @@ Promises:
 
 Threads: paho's network thread (``loop_start``) owns the socket; its callbacks hand events
 to the asyncio loop with ``call_soon_threadsafe``, except that the CONNACK callback itself
-publishes the status and descriptions, so they go out before anything else. The outbox and
-all bookkeeping are used from the event loop only.
+publishes the status and descriptions and subscribes to the receipts, so they go out before
+anything else. The outbox and all bookkeeping are used from the event loop only.
+
+Time: in-flight latency and the replay rate use the event loop's monotonic clock; when a
+sample was sent (``sent_at``, kept in the outbox across restarts) uses ``clock``, wall time
+by default.
 """
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import math
+import socket
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -45,14 +54,10 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import Field
 
-from kyoso import __version__
 from kyoso.contract import (
     MAX_MESSAGE_BYTES,
-    MAX_SAMPLES_PER_BATCH,
     GatewayStatus,
-    Id,
     MachineDescription,
     Sample,
     encode,
@@ -60,40 +65,23 @@ from kyoso.contract import (
     samples_topic,
     status_topic,
 )
-from kyoso.mqtt import BrokerConnection, new_client
+from kyoso.mqtt import new_client
 
+from .backlog import Backlog
+from .batches import encode_batches
 from .errors import GatewayError
-from .outbox import OutboxRow, SqliteOutbox
+from .outbox import ConfirmMode, OutboxRow, SqliteOutbox
+from .publisher_config import PublisherConfig
+from .receipts import ReceiptReader, ReceiptStats
 
 __all__ = [
-    "EncodedBatch",
     "MqttPublisher",
     "PublisherConfig",
     "PublisherError",
     "PublisherStats",
-    "encode_batches",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class PublisherConfig(BrokerConnection):
-    """How the gateway reaches the regional broker and paces what it sends."""
-
-    factory: Id = Field(description="This gateway's factory id (first topic level).")
-    gateway: Id = Field(description="This gateway's id within its factory.")
-    client_id: str | None = Field(None, description="None: kyoso-<factory>-<gateway>, stable.")
-    max_inflight: int = Field(20, ge=1, le=65535, description="Most batches awaiting PUBACK.")
-    max_samples_per_batch: int = Field(
-        500, ge=1, le=MAX_SAMPLES_PER_BATCH, description="Most samples per batch."
-    )
-    replay_rate_samples_per_s: float = Field(
-        100.0, gt=0, description="Backlog replay rate; live samples are not limited."
-    )
-    shutdown_timeout_s: float = Field(10.0, ge=0, description="Longest wait of stop().")
-    software: str = Field(
-        f"kyoso-gateway {__version__}", max_length=64, description="Sent in the status."
-    )
 
 
 class PublisherError(GatewayError):
@@ -108,6 +96,8 @@ class PublisherStats:
     published_batches: int = 0
     published_samples: int = 0
     replayed_samples: int = 0
+    resent_samples: int = 0
+    """Samples sent again because no store receipt came within ``confirm_timeout_s``."""
     acked_samples: int = 0
     refused_samples: int = 0
     refused_control: int = 0
@@ -117,53 +107,9 @@ class PublisherStats:
     reconnects: int = 0
     connect_refusals: int = 0
     drain_errors: int = 0
+    silent_drops: int = 0
+    """Connections dropped for a PUBACK owed 1.5 keepalives (a black-holed path)."""
     last_publish_latency_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedBatch:
-    """A ``SampleBatch`` on the wire: its session, its samples' seqs, its JSON."""
-
-    session: str
-    seqs: tuple[int, ...]
-    payload: bytes
-
-
-def encode_batches(
-    rows: Sequence[OutboxRow],
-    *,
-    factory: str,
-    gateway: str,
-    max_samples: int = MAX_SAMPLES_PER_BATCH,
-    max_bytes: int = MAX_MESSAGE_BYTES,
-) -> list[EncodedBatch]:
-    """Group rows (in seq order) into batches of one session, ``max_samples``, ``max_bytes``.
-
-    The outbox stores each sample in canonical form, so a batch is written by joining them:
-    the bytes equal ``encode(SampleBatch(...))`` of the same samples (a test pins this), at
-    no parsing cost. A row too big on its own gets a batch of its own, which the caller
-    refuses; no valid sample comes near 256 KiB.
-    """
-    batches: list[EncodedBatch] = []
-    for session, group in itertools.groupby(rows, key=lambda row: row.session):
-        # Ids match the contract's id pattern: they need no JSON escaping.
-        head = f'{{"v":1,"factory":"{factory}","gateway":"{gateway}","session":"{session}"'
-        start = head.encode() + b',"samples":['
-        current: list[OutboxRow] = []
-        size = len(start) + 1  # plus "]}", less the comma before the first sample
-        for row in group:
-            if current and (len(current) >= max_samples or size + 1 + len(row.payload) > max_bytes):
-                batches.append(_batch(session, start, current))
-                current, size = [], len(start) + 1
-            current.append(row)
-            size += 1 + len(row.payload)
-        batches.append(_batch(session, start, current))
-    return batches
-
-
-def _batch(session: str, start: bytes, rows: list[OutboxRow]) -> EncodedBatch:
-    payload = start + b",".join(row.payload for row in rows) + b"]}"
-    return EncodedBatch(session, tuple(row.seq for row in rows), payload)
 
 
 @dataclass(slots=True)
@@ -188,8 +134,11 @@ class MqttPublisher:
         outbox: SqliteOutbox,
         *,
         descriptions: Iterable[MachineDescription] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config, self.outbox = config, outbox
+        self.config, self.outbox, self._clock = config, outbox, clock
+        self._store_confirms = outbox.config.confirm is ConfirmMode.STORE
+        self._receipts = ReceiptReader(outbox, config.factory, config.gateway)
         self._samples_topic = samples_topic(config.factory, config.gateway)
         self._status_topic = status_topic(config.factory, config.gateway)
         # Replaced, never mutated: paho's thread reads them on every CONNACK.
@@ -208,11 +157,14 @@ class MqttPublisher:
         self._inflight: dict[int, _InFlight] = {}  # by paho mid: batches, status, machines
         self._batches_in_flight = 0
         self._claimed: set[int] = set()  # seqs in flight
-        self._ceiling = self._live_after = self._backlog_after = -1
-        self._backlog_done = True
-        rate = config.replay_rate_samples_per_s
-        self._bucket = max(1, min(config.max_samples_per_batch, math.ceil(rate)))
-        self._tokens = self._tokens_at = 0.0
+        self._live_after = -1  # live: the seqs above it (numbered since CONNACK, unsent)
+        self._backlog = Backlog(
+            outbox,
+            rate_samples_per_s=config.replay_rate_samples_per_s,
+            max_samples_per_batch=config.max_samples_per_batch,
+            clock=clock,
+            monotonic=self._now,
+        )
         self._client = self._make_client()
 
     # --- public API -----------------------------------------------------------------------
@@ -232,8 +184,9 @@ class MqttPublisher:
         self._task = asyncio.create_task(self._drain(), name="kyoso-publisher")
 
     async def stop(self) -> None:
-        """Shut down cleanly within ``shutdown_timeout_s``; whatever was not acknowledged
-        stays in the outbox and goes out after the next start."""
+        """Shut down cleanly within ``shutdown_timeout_s``. Whatever the store has not
+        confirmed stays in the outbox; what the broker has not acknowledged goes out after
+        the next start."""
         loop, task = self._loop, self._task
         if loop is None or task is None or self._stopping:
             return
@@ -252,7 +205,7 @@ class MqttPublisher:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        log.info("publisher stopped; %d samples wait in the outbox", self.outbox.depth())
+        log.info("publisher stopped; %d samples stay in the outbox", self.outbox.depth())
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -293,6 +246,11 @@ class MqttPublisher:
         return self._stats.connected
 
     @property
+    def receipts(self) -> ReceiptStats:
+        """The store receipts' counters (a snapshot)."""
+        return self._receipts.stats
+
+    @property
     def stats(self) -> PublisherStats:
         batches = [entry.seqs for entry in self._inflight.values() if entry.seqs]
         samples = sum(map(len, batches))
@@ -303,8 +261,18 @@ class MqttPublisher:
         await self._until(lambda: self.connected)
 
     async def wait_drained(self) -> None:
-        """Return once the outbox is empty and nothing is in flight."""
-        await self._until(lambda: not self.outbox.depth() and not self._batches_in_flight)
+        """Return once the broker has acknowledged every sample and nothing is in flight.
+
+        Under ``confirm: store`` the samples may still be in the outbox, awaiting a receipt
+        (see :meth:`wait_confirmed`)."""
+        outbox = self.outbox
+        await self._until(
+            lambda: outbox.depth() == outbox.unconfirmed() and not self._batches_in_flight
+        )
+
+    async def wait_confirmed(self) -> None:
+        """Return once the outbox is empty: every sample confirmed (or refused, or dropped)."""
+        await self._until(lambda: not self.outbox.depth())
 
     # --- draining (event loop) ------------------------------------------------------------
 
@@ -313,6 +281,7 @@ class MqttPublisher:
             self._wake.clear()
             try:
                 delay = self._pump()
+                delay = self._watch(delay)
             except Exception:  # the loop boundary: count, log, try again shortly
                 self._stats.drain_errors += 1
                 log.exception("publisher: draining the outbox failed")
@@ -333,25 +302,30 @@ class MqttPublisher:
             if not sent:
                 break
             self._live_after = last
-        rate = cfg.replay_rate_samples_per_s
-        while self._room() and not self._backlog_done:
-            now = self._now()
-            self._tokens = min(self._bucket, self._tokens + (now - self._tokens_at) * rate)
-            self._tokens_at = now
-            rows = self.outbox.pending(
-                self._bucket, after=self._backlog_after, through=self._ceiling
-            )
-            if not rows:
-                self._backlog_done = True
-                log.info("publisher: backlog replayed")
-                break
-            fresh = [row for row in rows if row.seq not in self._claimed]
-            if len(fresh) > self._tokens:
-                return (len(fresh) - self._tokens) / rate
-            sent, last = self._send(fresh, replay=True)
-            self._tokens -= sent
-            self._backlog_after = last if sent else rows[-1].seq
+        while self._room():  # backlog
+            backlog = self._backlog.next(self._claimed, through=self._live_after)
+            if not isinstance(backlog, list):
+                return backlog
+            self._backlog.sent(*self._send(backlog, replay=True))
         return None
+
+    def _watch(self, delay: float | None) -> float | None:
+        """Drop a connection whose oldest PUBACK has been owed for 1.5 keepalives: the path
+        is dead though nothing said so (no RST, no FIN), and paho's own keepalive would take
+        up to two. Return when to look again."""
+        if not self.connected or not self._inflight:
+            return delay
+        limit = 1.5 * self.config.keepalive_s
+        age = self._now() - min(entry.sent_at for entry in self._inflight.values())
+        if age < limit:
+            return limit - age if delay is None else min(delay, limit - age)
+        self._stats.silent_drops += 1
+        log.warning("publisher: no PUBACK for %.1f s: the connection is dead; reconnecting", age)
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # paho sees the error and connects again
+                sock.shutdown(socket.SHUT_RDWR)
+        return delay
 
     def _room(self) -> bool:
         return self._batches_in_flight < self._window
@@ -359,6 +333,7 @@ class MqttPublisher:
     def _send(self, rows: Sequence[OutboxRow], *, replay: bool) -> tuple[int, int]:
         """Publish rows as batches while the window has room; return (rows sent, last seq)."""
         sent, last, cfg = 0, -1, self.config
+        again = {row.seq for row in rows if row.sent_at is not None}
         for batch in encode_batches(
             rows, factory=cfg.factory, gateway=cfg.gateway, max_samples=cfg.max_samples_per_batch
         ):
@@ -378,6 +353,7 @@ class MqttPublisher:
             self._stats.published_batches += 1
             self._stats.published_samples += len(batch.seqs)
             self._stats.replayed_samples += len(batch.seqs) if replay else 0
+            self._stats.resent_samples += sum(seq in again for seq in batch.seqs)
         return sent, last
 
     def _publish_control(
@@ -392,6 +368,8 @@ class MqttPublisher:
 
     def _on_connected(self, receive_maximum: int, control: list[tuple[int, str]]) -> None:
         now = self._now()
+        for entry in self._inflight.values():  # paho sends them again now
+            entry.sent_at = now
         self._inflight.update((mid, _InFlight((), what, now)) for mid, what in control)
         self._stats.connected = True
         self._stats.reconnects += 1 if self._stats.connects else 0
@@ -399,10 +377,10 @@ class MqttPublisher:
         # Slow start: probe with one batch, double the window with every acknowledged one.
         self._window, self._window_max = 1, max(1, min(self.config.max_inflight, receive_maximum))
         # Everything numbered up to now is backlog; what comes next is live.
-        self._ceiling = self._live_after = self.outbox.last_seq
-        self._backlog_after, self._backlog_done = -1, False
-        self._tokens, self._tokens_at = float(self._bucket), now
-        log.info("publisher: connected; %d samples to replay", self.outbox.depth())
+        self._live_after = self.outbox.last_seq
+        self._backlog.connected(through=self._live_after)
+        depth, sent = self.outbox.depth(), self.outbox.unconfirmed()
+        log.info("publisher: connected; %d samples pending, %d of them sent", depth, sent)
         self.notify()
 
     def _on_connect_refused(self, reason: ReasonCode) -> None:
@@ -421,6 +399,10 @@ class MqttPublisher:
             log.log(level, "publisher: disconnected (%s); %d samples pending", reason, depth)
         self._stats.connected = False
         self.notify()
+
+    def _on_receipt(self, topic: str, payload: bytes) -> None:
+        if self._receipts.apply(topic, payload):
+            self._changed()
 
     def _on_ack(self, mid: int, reason: ReasonCode) -> None:
         entry = self._inflight.pop(mid, None)
@@ -442,7 +424,10 @@ class MqttPublisher:
             self._stats.refused_samples += len(entry.seqs)
             self._window = 1
         else:
-            self.outbox.mark_delivered(entry.seqs)
+            if self._store_confirms:
+                self.outbox.mark_sent(entry.seqs, self._clock())
+            else:
+                self.outbox.mark_delivered(entry.seqs)
             self._stats.acked_samples += len(entry.seqs)
             self._window = min(self._window_max, 2 * self._window)
         self.notify()
@@ -469,6 +454,8 @@ class MqttPublisher:
             for machine, payload in retained:
                 info = client.publish(self._machine_topic(machine), payload, 1, True)
                 control.append((info.mid, f"machine {machine}"))
+            if self._store_confirms:  # the retained receipts follow the SUBACK
+                client.subscribe(self._receipts.topic_filter, qos=1)
         self._to_loop(self._on_connected, getattr(props, "ReceiveMaximum", 65535), control)
 
     def _paho_disconnect(
@@ -482,6 +469,9 @@ class MqttPublisher:
     def _paho_publish(self, _: mqtt.Client, __: Any, mid: int, rc: ReasonCode, *a: Any) -> None:
         self._to_loop(self._on_ack, mid, rc)
 
+    def _paho_message(self, _: mqtt.Client, __: Any, message: mqtt.MQTTMessage) -> None:
+        self._to_loop(self._on_receipt, message.topic, bytes(message.payload))
+
     def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
         # Never raise here: an exception in a paho callback ends paho's network thread.
         loop = self._loop
@@ -493,13 +483,14 @@ class MqttPublisher:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client_id = cfg.client_id or f"kyoso-{cfg.factory}-{cfg.gateway}"
+        client_id = cfg.client_id or cfg.username or f"kyoso-{cfg.factory}-{cfg.gateway}"
         client = new_client(cfg, client_id, logging.getLogger(f"{__name__}.paho"))
         client.max_inflight_messages_set(0)  # the window is ours (see _room)
         client.on_pre_connect = self._paho_pre_connect
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
+        client.on_message = self._paho_message
         return client
 
     def _status(
