@@ -30,6 +30,26 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
         )
 
 
+# --- the long fault variants -----------------------------------------------------------------
+#
+# Faults at their full length (an InfluxDB outage of minutes, a gateway cut for ten) take
+# too long for every run: tests marked `long` run only with `--long`
+# (`.venv/bin/python -m pytest --long -m long`), and are deselected, not skipped, otherwise.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", help="also run the tests marked long")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("long")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("long")]
+
+
 # --- real services ------------------------------------------------------------------------
 #
 # One broker and one InfluxDB per test session, on free loopback ports. Tests share them:
