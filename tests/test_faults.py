@@ -305,3 +305,76 @@ def test_f9_a_black_holed_connection_is_noticed_and_nothing_is_lost(
         f"{sum(len(s) for s in stored.values())} of {PER_GATEWAY}, reported lost 0"
     )
     assert stored == {GATEWAYS[0]: list(range(PER_GATEWAY))}
+
+
+def _received(path: Path) -> dict[int, int]:
+    """When the ingest received each stored sample (µs), by seq (one gateway)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return dict(db.execute("SELECT seq, received FROM samples").fetchall())
+
+
+@pytest.mark.parametrize(
+    "cut_s",
+    [pytest.param(20, id="cut-20s"), pytest.param(600, id="cut-10min", marks=pytest.mark.long)],
+)
+def test_f7_a_gateway_cut_off_and_restarted_inside_the_cut_loses_nothing(
+    mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, cut_s: int
+) -> None:
+    """The broker is out of reach for ``cut_s`` while the gateway keeps producing, and the
+    gateway restarts halfway (its outbox reopened). When the path is back the live samples
+    go first while the backlog drains at the replay rate; every sample is stored once (those
+    the broker acknowledged and lost with the ingest's queue when it stopped, sent again
+    after ``confirm_timeout_s``)."""
+    broker = mosquitto_factory()
+    ingest_dir = tmp_path / "ingest"
+    ingest_dir.mkdir()
+    factory, gateway = GATEWAYS[0]
+    config = config_for(
+        broker,
+        factory,
+        gateway,
+        replay_rate_samples_per_s=40,
+        reconnect_min_delay_s=1,
+        reconnect_max_delay_s=1,
+    )
+    samples = iter(_samples(gateway, 10 * (cut_s + 30)))  # 4 a second, time enough
+
+    async def produce(publisher: MqttPublisher, seconds: float) -> None:
+        for _ in range(int(seconds * 2)):
+            publisher.submit([next(samples), next(samples)])
+            await asyncio.sleep(0.5)
+
+    async def scenario() -> tuple[int, int]:
+        with open_outbox(tmp_path, confirm_timeout_s=10) as outbox:
+            publisher = MqttPublisher(config, outbox)
+            await publisher.start()
+            await produce(publisher, 3)
+            await in_thread(broker.stop)
+            await produce(publisher, cut_s / 2)
+            await publisher.stop()  # the gateway restarts inside the cut
+        with open_outbox(tmp_path, confirm_timeout_s=10) as outbox:
+            publisher = MqttPublisher(config, outbox)
+            await publisher.start()
+            try:
+                await produce(publisher, cut_s / 2)
+                backlog_last = outbox.last_seq  # numbered before the path came back
+                await in_thread(broker.start)
+                await produce(publisher, 5)
+                async with asyncio.timeout(BOUND_S * 3 + cut_s / 5):
+                    await publisher.wait_confirmed()
+                return backlog_last, outbox.last_seq
+            finally:
+                await publisher.stop()
+
+    with _ingest(broker, ingest_dir):
+        backlog_last, last = asyncio.run(scenario())
+    stored = _stored(ingest_dir / "store.sqlite3")
+    received = _received(ingest_dir / "store.sqlite3")
+    print(
+        f"F7: cut {cut_s} s with a restart inside; produced {last + 1}, stored "
+        f"{sum(len(s) for s in stored.values())}, backlog {backlog_last + 1}, reported lost 0"
+    )
+    assert stored == {GATEWAYS[0]: list(range(last + 1))}
+    live = [received[seq] for seq in range(backlog_last + 1, last + 1)]
+    backlog = [received[seq] for seq in range(backlog_last + 1)]
+    assert min(live) < max(backlog), "live samples go first, beside the replay"
