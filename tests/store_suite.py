@@ -46,7 +46,7 @@ from kyoso.contract import (
     ShiftCalendar,
     SignalStats,
 )
-from kyoso.store import CounterWindow, SampleGroup, StateRun, StateWindow, Store
+from kyoso.store import CounterWindow, GapReport, SampleGroup, StateRun, StateWindow, Store
 
 __all__ = ["T0", "Run", "StoreContract", "at", "make_sample"]
 
@@ -258,6 +258,20 @@ class StoreContract:
         back = _status("a", GW, "online", "connected", 20)
         run(store.write_status(back))
         assert run(store.gateway_status("a")) == [back, other]
+
+    def test_the_gap_report_last_written_wins(self, store: Store, run: Run) -> None:
+        run(store.write_gaps("a", GW, 10, 30.0, at(100)))
+        run(store.write_gaps("a", "gw-02", 3, 5.5, at(90)))
+        # Another worker's report, computed earlier by its clock, written last: it wins.
+        run(store.write_gaps("a", GW, 4, 12.25, at(50)))
+        assert run(store.gateway_gaps("a")) == {
+            GW: GapReport(4, 12.25, at(50)),
+            "gw-02": GapReport(3, 5.5, at(90)),
+        }
+        run(store.write_gaps("a", GW, 0, 0.0, at(200).astimezone(JST)))  # its gaps closed
+        closed = run(store.gateway_gaps("a"))[GW]
+        assert closed == GapReport(0, 0.0, at(200))
+        assert closed.at.utcoffset() == timedelta(0)
 
     def test_latest_sample_per_machine_round_trips(self, store: Store, run: Run) -> None:
         rich = make_sample(
@@ -475,12 +489,20 @@ class StoreContract:
         counts = run(store.counter_totals("b", None, at(0), at(240)))
         assert totals(counts) == [("m1", at(0), at(240), {"good": 100}), ("m9", at(0), at(240), {})]
 
+    def test_gap_reports_are_confined_to_their_factory(self, store: Store, run: Run) -> None:
+        run(store.write_gaps("a", GW, 10, 30.0, at(100)))
+        run(store.write_gaps("b", GW, 2, 1.0, at(110)))
+        assert run(store.gateway_gaps("a")) == {GW: GapReport(10, 30.0, at(100))}
+        assert run(store.gateway_gaps("b")) == {GW: GapReport(2, 1.0, at(110))}
+        assert run(store.factories()) == ["a", "b"]  # a gap report is enough to know one
+
     def test_an_unknown_factory_has_empty_results(self, store: Store, run: Run) -> None:
         assert run(store.factories()) == []
         run(store.write_samples("a", GW, SESSION, SCENARIO))
         assert run(store.machines("z")) == []
         assert run(store.gateway_status("z")) == []
         assert run(store.latest_samples("z")) == {}
+        assert run(store.gateway_gaps("z")) == {}
         assert run(store.state_seconds("z", None, at(0), at(240), 60)) == []
         assert run(store.counter_totals("z", None, at(0), at(240), 60)) == []
         assert run(store.state_seconds("a", "m1", at(10), at(10))) == []  # an empty window
@@ -516,6 +538,11 @@ class StoreContract:
         naive = datetime(2026, 1, 12)
         with pytest.raises(ValueError, match="aware"):
             run(store.write_samples("a", GW, SESSION, SCENARIO, received_at=naive))
+
+    def test_a_naive_gap_report_time_is_refused(self, store: Store, run: Run) -> None:
+        with pytest.raises(ValueError, match="aware"):
+            run(store.write_gaps("a", GW, 1, 0.0, datetime(2026, 1, 12)))
+        assert run(store.gateway_gaps("a")) == {}
 
     # --- property: no double counting ----------------------------------------------------
 

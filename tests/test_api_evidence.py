@@ -363,6 +363,41 @@ def test_a_lost_gateway_is_shown_since_it_was_last_heard(region: Region, tmp_pat
     assert datetime.fromisoformat(gateway["since"]) == heard > region.origin
 
 
+def test_the_gateway_view_shows_the_gaps_the_ingest_reported(
+    region: Region, tmp_path: Path
+) -> None:
+    """Samples no ingest worker has taken are seen where the gateway is: how many, and how
+    long the oldest hole has been open, aged to when the answer is sent (a report is
+    written only when the gaps change)."""
+    copied = copy_region(region, tmp_path)
+    reported = region.end - timedelta(seconds=60)  # the API's clock: 30 s after the end
+
+    async def report() -> None:
+        async with SqliteStore(copied.path) as store:
+            await store.write_gaps("okada-machining", GATEWAY, 12, 45.0, reported)
+            await store.write_gaps("mori-plastics", GATEWAY, 0, 0.0, reported)  # closed
+
+    asyncio.run(report())
+    clocks = Clocks(region.end + timedelta(seconds=30))
+    path = "/v1/factories/okada-machining/gateways"
+    with running_api(copied, tmp_path, clocks=clocks) as api:
+        first = api.client.get(path, headers=api.headers("admin"))
+        [gapped] = first.json()
+        [closed] = get_json(api, "/v1/factories/mori-plastics/gateways")
+        [unreported] = get_json(api, "/v1/factories/sato-sheetmetal/gateways")
+        schema = api.client.get("/openapi.json").json()["components"]["schemas"]["GatewayOut"]
+        clocks.advance(60)  # the view is computed again: the hole has aged, nothing changed
+        tagged = api.headers("admin") | {"If-None-Match": first.headers["ETag"]}
+        assert api.client.get(path, headers=tagged).status_code == 304
+        [aged] = get_json(api, path)
+    assert (gapped["gap_samples"], gapped["gap_oldest_s"]) == (12, pytest.approx(45 + 90))
+    assert aged["gap_oldest_s"] == pytest.approx(45 + 90 + 60)
+    assert (closed["gap_samples"], closed["gap_oldest_s"]) == (0, None)
+    assert (unreported["gap_samples"], unreported["gap_oldest_s"]) == (0, None)
+    for field in ("gap_samples", "gap_oldest_s"):
+        assert "ingest" in schema["properties"][field]["description"]
+
+
 def test_confidence_is_the_calibrated_accuracy_and_coverage_is_apart(
     api: Api, region: Region
 ) -> None:

@@ -44,6 +44,7 @@ from kyoso.influx.lineprotocol import (
     escape_measurement,
     escape_tag,
     format_field_value,
+    gaps_point,
     interval_ns,
     line,
     sample_point,
@@ -370,6 +371,18 @@ def test_description_and_status_points() -> None:
     )
     written = datetime(2026, 1, 12, 23, 0, tzinfo=UTC)
     assert read(status_point(status, written_at=written))[3] == timestamp_ns(written)
+
+
+def test_gap_report_points() -> None:
+    """Stamped with the store's write time, like a status; the ingest's own time of the
+    report is a field."""
+    counted = datetime(2026, 1, 12, 23, 0, tzinfo=UTC)
+    assert gaps_point("gw-01", 12, 45.0, counted, written_at=1768258890123456789) == (
+        "gaps,gateway=gw-01 missing=12i,oldest_s=45.0,at_ns=1768258800000000000i "
+        "1768258890123456789"
+    )
+    oldest = read(gaps_point("gw-01", 0, 0, counted, written_at=1))[2]["oldest_s"]
+    assert isinstance(oldest, float)  # always a float field, whatever number it is given
 
 
 def test_a_display_name_with_a_line_break_is_refused() -> None:

@@ -410,7 +410,7 @@ def test_hostile_input_never_crashes_the_ingest_nor_leaves_the_schema(
             "results"
         ]
         measurements = {v[0] for s in results[0].get("series", []) for v in s["values"]}
-        assert measurements <= {"samples", "machines", "gateway_status"}, measurements
+        assert measurements <= {"samples", "machines", "gateway_status", "gaps"}, measurements
         tags = {v[0] for s in results[1].get("series", []) for v in s["values"]}
         assert tags <= {"gateway", "machine"}, tags
         fields = {

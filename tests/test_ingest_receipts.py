@@ -13,7 +13,7 @@ from kyoso.contract import (
     StoreReceipt,
     decode,
 )
-from kyoso.ingest.receipts import Gap, Receipts, ReplayGuard, SeqRanges
+from kyoso.ingest.receipts import Gap, GatewayGaps, Receipts, ReplayGuard, SeqRanges
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -90,6 +90,28 @@ def test_gaps_are_the_holes_no_worker_has_taken_and_age_until_closed() -> None:
     assert receipts.gaps() == [Gap("f1", "gw-01", "s1", missing=2, oldest_s=60.0)]
     receipts.taken("f1", "gw-01", "s1", [6, 7])
     assert receipts.gaps() == []
+
+
+def test_a_gateways_gaps_are_due_for_the_store_when_first_known_and_when_they_change() -> None:
+    """Summed over the gateway's sessions, the oldest hole's age; not again as it ages."""
+    clock = Clock()
+    receipts = Receipts("ingest-1", clock=clock)
+    receipts.taken("f1", "gw-01", "s1", [0, 1, 5])  # 2 to 4 missing
+    receipts.taken("f1", "gw-02", "s3", [0, 1])
+    assert receipts.due_gaps() == [
+        GatewayGaps("f1", "gw-01", missing=3, oldest_s=0.0, at=T0),
+        GatewayGaps("f1", "gw-02", missing=0, oldest_s=0.0, at=T0),  # known: none missing
+    ]
+    clock.now += 60
+    assert receipts.due_gaps() == []  # older holes, the same gaps
+    receipts.taken("f1", "gw-01", "s2", [0, 3])  # a new session, with 1 and 2 missing
+    later = T0 + timedelta(seconds=60)
+    assert receipts.due_gaps() == [GatewayGaps("f1", "gw-01", 5, oldest_s=60.0, at=later)]
+    receipts.taken("f1", "gw-01", "s1", [2, 3, 4])  # the oldest hole is replayed
+    assert receipts.due_gaps() == [GatewayGaps("f1", "gw-01", 2, oldest_s=0.0, at=later)]
+    receipts.heard(_receipt("ingest-2", [(1, 2)], session="s2"))  # another worker took them
+    assert receipts.due_gaps() == [GatewayGaps("f1", "gw-01", 0, oldest_s=0.0, at=later)]
+    assert receipts.due_gaps() == []
 
 
 def test_a_restarted_worker_goes_on_from_its_own_retained_receipt() -> None:

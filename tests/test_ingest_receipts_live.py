@@ -29,6 +29,7 @@ from kyoso.contract import (
 from kyoso.ingest.http import health_server
 from kyoso.ingest.receipts import SeqRanges
 from kyoso.ops import HttpConfig
+from kyoso.store import GapReport
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +115,35 @@ def test_gaps_are_seen_until_the_missing_samples_are_replayed(
             assert json.loads(health)["gaps"] == []
         finally:
             worker.call(endpoint.stop())
+    publisher.close()
+
+
+def test_the_store_tells_a_gateways_gaps_until_the_samples_are_replayed(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """What the API's gateway view reads: the ingest writes each gateway's gaps to the
+    store when they change, 0 once they close."""
+    messages = gateway_messages("okada", "gw-1", ["m1"], 30, NOW, session=SESSION)
+    publisher = Publisher(broker)
+    with running_ingest(settings_for(broker, tmp_path)) as worker:
+        ingest = worker.ingest
+        assert ingest is not None
+
+        def reported() -> GapReport | None:
+            gaps: dict[str, GapReport] = worker.call(ingest.store.gateway_gaps("okada"))
+            return gaps.get("gw-1")
+
+        publisher.publish_all(messages[:10] + messages[20:])  # seq 11 to 20 lost
+        wait_until(lambda: getattr(reported(), "missing", None) == 10, what="10 missing stored")
+        opened = reported()
+        assert opened is not None
+        assert opened.oldest_s >= 0.0
+        publisher.publish_all(messages[10:20])  # the outbox replays them
+        wait_until(lambda: getattr(reported(), "missing", None) == 0, what="closed gaps stored")
+        closed = reported()
+        assert closed is not None
+        assert closed.oldest_s == 0.0
+        assert closed.at >= opened.at
     publisher.close()
 
 

@@ -97,13 +97,15 @@ def age_s(newest: datetime | None, now: datetime) -> float | None:
     return None if newest is None else round(max(0.0, (now - newest).total_seconds()), 3)
 
 
-_WHEN: Final = frozenset({"as_of", "data_age_s"})
-"""When figures were computed and how old their data was: not figures themselves."""
+_WHEN: Final = frozenset({"as_of", "data_age_s", "gap_oldest_s"})
+"""When figures were computed and how old their data (or a gateway's oldest gap) was, all
+growing as an answer is served again: not figures themselves."""
 
 
 def figures_tag(data: bytes | dict[str, Any]) -> str:
-    """A digest of a JSON answer's figures (its text, or parsed): everything but ``as_of``
-    and ``data_age_s``, at any depth, so that it changes when a figure does and only then."""
+    """A digest of a JSON answer's figures (its text, or parsed): everything but the ages
+    and times of :data:`_WHEN`, at any depth, so that it changes when a figure does and only
+    then."""
 
     def strip(node: Any) -> Any:
         if isinstance(node, dict):

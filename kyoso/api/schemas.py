@@ -28,6 +28,14 @@ class GatewayOut(_Body):
         description="Online: when it connected. Offline: when it was last heard (its last "
         "sample or status received), not its last will's connect time."
     )
+    gap_samples: int = Field(
+        description="Its samples that no ingest worker has taken (lost, or not yet replayed "
+        "from its outbox), as the ingest last reported them; 0: none reported."
+    )
+    gap_oldest_s: float | None = Field(
+        description="How long the oldest of those holes has been open, as the ingest saw it, "
+        "measured when this answer is sent; null: no gap."
+    )
 
 
 class FactoryOut(_Body):

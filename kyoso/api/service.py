@@ -28,7 +28,7 @@ from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.repair import RepairRecord, stop
 from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState
-from kyoso.store import StateRun, StateWindow, StoredSample, StoreReader
+from kyoso.store import GapReport, StateRun, StateWindow, StoredSample, StoreReader
 
 from .bookings import BookingStore
 
@@ -67,6 +67,8 @@ class FactoryView:
     gateways: list[GatewayStatus]
     heard: dict[str, datetime]
     """When each gateway's latest sample of any machine was received (last heard of)."""
+    gaps: dict[str, GapReport]
+    """Each reported gateway's samples no ingest worker has taken (the ingest's last word)."""
     offline: bool
     newest: datetime | None
     """When the newest sample of any machine ended (None: no sample yet)."""
@@ -240,10 +242,11 @@ class CapacityService:
 
     async def _view(self, factory: str) -> FactoryView:
         as_of = self.now()
-        descriptions, statuses, latest = await asyncio.gather(
+        descriptions, statuses, latest, gaps = await asyncio.gather(
             self.store.machines(factory),
             self.store.gateway_status(factory),
             self.store.latest_samples(factory),
+            self.store.gateway_gaps(factory),
         )
         stale_after = self.rules.stale_after_s
         unreadable = await self._unreadable(factory, as_of, latest)
@@ -264,7 +267,7 @@ class CapacityService:
             known = heard.get(stored.gateway, stored.received_at)
             heard[stored.gateway] = max(known, stored.received_at)
         return FactoryView(
-            factory, as_of, machines, statuses, heard, offline, max(ends, default=None)
+            factory, as_of, machines, statuses, heard, gaps, offline, max(ends, default=None)
         )
 
     async def _unreadable(

@@ -8,8 +8,9 @@ becomes, are in docs/storage.md (sections 2 and 3).
 
 What a rewrite must replace is always written, because InfluxDB merges field sets when a
 point is written again at the same key: hence all six state durations and
-``ideal_cycle_time_s`` as 0.0 when absent. A status point is stamped with the time it is
-written: the current status is the last one written (see :mod:`kyoso.store.base`).
+``ideal_cycle_time_s`` as 0.0 when absent. Status and gap report points are stamped with
+the time they are written: the current one is the last one written (see
+:mod:`kyoso.store.base`).
 
 Why :func:`sample_point` does not escape: it is the ingest's hot path (one call per sample)
 and a sample's tag values and field keys are contract ids and names
@@ -43,6 +44,7 @@ __all__ = [
     "escape_measurement",
     "escape_tag",
     "format_field_value",
+    "gaps_point",
     "interval_ns",
     "line",
     "sample_point",
@@ -337,3 +339,16 @@ def status_point(status: GatewayStatus, *, written_at: datetime | int) -> str:
         "ts_ns": timestamp_ns(status.ts),
     }
     return line("gateway_status", {"gateway": status.gateway}, fields, written_at)
+
+
+def gaps_point(
+    gateway: str, missing: int, oldest_s: float, at: datetime, *, written_at: datetime | int
+) -> str:
+    """The ``gaps`` line of a gateway's gap report, at ``written_at`` (the store's write
+    time, as for a status), with when the ingest counted the gaps as ``at_ns``."""
+    fields: dict[str, FieldValue] = {
+        "missing": missing,
+        "oldest_s": float(oldest_s),
+        "at_ns": timestamp_ns(at),
+    }
+    return line("gaps", {"gateway": gateway}, fields, written_at)

@@ -100,7 +100,11 @@ class ReceiptsConfig(ConfigModel):
         "else the client id (each worker of a shared group needs its own).",
     )
     interval_s: float = Field(
-        1.0, gt=0, le=60, description="Receipts with new samples are published this often."
+        1.0,
+        gt=0,
+        le=60,
+        description="Receipts with new samples are published, and gateways' gaps that "
+        "changed written to the store, this often.",
     )
 
 

@@ -13,7 +13,9 @@ to the gateway, and the holes in it, told to the operator (docs/contract.md, 8.6
 - **Gaps** are the holes between the lowest and the highest sequence number taken of a
   session: samples lost, or not yet replayed. Each hole keeps the time it was first seen,
   so the age of the oldest one tells a hole that is closing from one that never will (the
-  gateway dropped those samples, or lost them).
+  gateway dropped those samples, or lost them). The gaps of each gateway, summed over its
+  sessions, are written to the store when this worker first knows the gateway and again
+  whenever they change (:meth:`Receipts.due_gaps`), for the API's gateway view.
 - **Replays that differ**: a sequence number taken before and sent again with another
   machine or time is not the same sample (the contract forbids reusing one); the last
   ``REPLAY_MEMORY`` numbers of each session are remembered to refuse it (dead letter
@@ -42,7 +44,7 @@ from kyoso.contract import (
     stored_topic,
 )
 
-__all__ = ["REPLAY_MEMORY", "Gap", "Receipts", "ReplayGuard", "SeqRanges"]
+__all__ = ["REPLAY_MEMORY", "Gap", "GatewayGaps", "Receipts", "ReplayGuard", "SeqRanges"]
 
 REPLAY_MEMORY: Final = 100_000
 """Sequence numbers per session whose machine and time are remembered."""
@@ -51,6 +53,8 @@ REPLAY_SESSIONS: Final = 4096
 
 _Key = tuple[str, str, str]
 """(factory, gateway, session)."""
+_Figure = tuple[int, float | None]
+"""A gateway's gaps: samples missing, and when its oldest hole was first seen (None: none)."""
 
 
 class SeqRanges:
@@ -111,6 +115,19 @@ class Gap:
     """How long the oldest hole has been seen."""
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayGaps:
+    """The gaps of one gateway over all its sessions, to write to the store."""
+
+    factory: str
+    gateway: str
+    missing: int
+    """Sequence numbers in the holes of its sessions; 0: none."""
+    oldest_s: float
+    """How long its oldest hole had been seen at ``at``; 0.0 without one."""
+    at: datetime
+
+
 @dataclass(slots=True)
 class _Session:
     own: SeqRanges = field(default_factory=SeqRanges)
@@ -134,6 +151,8 @@ class Receipts:
         self._clock = clock
         self._sessions: dict[_Key, _Session] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self._written: dict[tuple[str, str], _Figure] = {}
+        """The gaps of each gateway last handed out by :meth:`due_gaps`."""
 
     def taken(self, factory: str, gateway: str, session: str, seqs: Iterable[int]) -> None:
         """Samples this worker has written or dead-lettered."""
@@ -162,15 +181,40 @@ class Receipts:
     def gaps(self) -> list[Gap]:
         """Every session with holes, the oldest hole first."""
         now = self._clock()
+        found = [Gap(*key, missing, now - opened) for key, missing, opened in self._holes(now)]
+        return sorted(found, key=lambda gap: -gap.oldest_s)
+
+    def due_gaps(self) -> list[GatewayGaps]:
+        """The gaps to write to the store now, per gateway, each handed out once: those of
+        every gateway this worker had not told of yet, and those that changed since (more
+        or fewer samples missing, or another oldest hole; not the holes ageing), with
+        ``missing`` 0 for a gateway whose gaps closed."""
+        now = self._clock()
+        figures: dict[tuple[str, str], _Figure] = {key[:2]: (0, None) for key in self._sessions}
+        for (factory, gateway, _), missing, opened in self._holes(now):
+            total, oldest = figures[factory, gateway]
+            first = opened if oldest is None else min(opened, oldest)
+            figures[factory, gateway] = (total + missing, first)
+        due, at = [], datetime.fromtimestamp(now, UTC)
+        for (factory, gateway), figure in sorted(figures.items(), key=lambda item: item[0]):
+            if self._written.get((factory, gateway)) != figure:
+                self._written[factory, gateway] = figure
+                missing, since = figure
+                oldest_s = 0.0 if since is None else now - since
+                due.append(GatewayGaps(factory, gateway, missing, oldest_s, at))
+        return due
+
+    def _holes(self, now: float) -> list[tuple[_Key, int, float]]:
+        """Each session with holes: the numbers missing, and when its oldest hole was first
+        seen (remembering, for each hole, when it was first seen)."""
         found = []
-        for (factory, gateway, session), entry in self._sessions.items():
+        for key, entry in self._sessions.items():
             holes = entry.union().holes()
             entry.seen = {hole: _first_seen(hole, entry.seen, now) for hole in holes}
             if holes:
                 missing = sum(last - first + 1 for first, last in holes)
-                oldest = now - min(entry.seen.values())
-                found.append(Gap(factory, gateway, session, missing, oldest))
-        return sorted(found, key=lambda gap: -gap.oldest_s)
+                found.append((key, missing, min(entry.seen.values())))
+        return found
 
     def _session(self, key: _Key) -> _Session:
         found = self._sessions.get(key)

@@ -21,7 +21,9 @@ batches are written at once. Writing a batch:
    reason ``replay_conflict``.
 6. The batch's samples are **taken** (:mod:`kyoso.ingest.receipts`): the receipts telling
    the gateways to delete them from their outboxes go out within ``receipts.interval_s``.
-   Receipts of the other workers only update what this one knows of the gaps.
+   Receipts of the other workers only update what this one knows of the gaps. Each
+   gateway's gaps are written to the store as they change, by a task of their own, off
+   this path (:meth:`Ingest._write_gaps`).
 
 Only then are the batch's messages acknowledged, and batches are acknowledged in the order
 they were received (MQTT asks PUBACKs in receive order). A store failure (unreachable,
@@ -39,6 +41,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TypeVar
 
 from prometheus_client import Histogram
@@ -135,6 +138,7 @@ class Ingest:
             for i in range(self.settings.batch.max_in_flight)
         ]
         workers.append(asyncio.create_task(self._publish_receipts(), name="ingest-receipts"))
+        workers.append(asyncio.create_task(self._write_gaps(), name="ingest-gaps"))
         await self.consumer.start()
         try:
             await stop.wait()
@@ -226,6 +230,21 @@ class Ingest:
         while True:
             await asyncio.sleep(self.settings.receipts.interval_s)
             self._send_receipts()
+
+    async def _write_gaps(self) -> None:
+        """Every ``receipts.interval_s``, each gateway's gaps that changed into the store
+        (for the API's gateway view). A failing store is retried by :meth:`_persist`, this
+        task waiting meanwhile, not the samples; a refusal (permanent) is logged and the
+        gateway's gaps are written again once they change."""
+        while True:
+            await asyncio.sleep(self.settings.receipts.interval_s)
+            for gaps in self.receipts.due_gaps():
+                name = f"the gaps of {gaps.factory}/{gaps.gateway}"
+                args = (gaps.factory, gaps.gateway, gaps.missing, gaps.oldest_s, gaps.at)
+                try:
+                    await self._persist(name, partial(self.store.write_gaps, *args))
+                except StoreRefusedError as exc:
+                    log.warning("the store refused %s: %s", name, exc)
 
     def _send_receipts(self) -> None:
         """Publish the receipts with new samples (kept for later while disconnected)."""

@@ -69,6 +69,13 @@ or at the window's ``end`` may thus be ongoing; it is going on now only if its l
 is the machine's latest. Only samples inside the window count, so a run that began before
 ``start`` is reported from its first sample ending after ``start``. Runs are sorted by
 machine, then start; ``end < start`` raises ``ValueError``.
+
+**Gap reports** (:class:`GapReport`) tell, per (factory, gateway), how many of the gateway's
+samples no ingest worker has taken (lost, or not yet replayed: docs/contract.md, 8.6) and
+how long the oldest hole had been open when the ingest counted them. As for statuses, the
+report **last written** is kept, whatever its ``at``: several ingest workers write them, by
+their own clocks. ``missing`` 0 means the gaps closed. A factory with only gap reports is
+one :meth:`StoreReader.factories` lists.
 """
 
 import math
@@ -84,6 +91,7 @@ __all__ = [
     "MAX_BUCKETS",
     "BucketGrid",
     "CounterWindow",
+    "GapReport",
     "Refusal",
     "RunRow",
     "SampleGroup",
@@ -212,6 +220,25 @@ class StateRun:
     """The run's last sample ended in the state (its ``state`` field)."""
 
 
+@dataclass(frozen=True, slots=True)
+class GapReport:
+    """A gateway's gaps over all its sessions, as an ingest worker last wrote them."""
+
+    missing: int
+    """Samples no ingest worker has taken; 0: none (the gaps closed)."""
+    oldest_s: float
+    """How long the oldest hole had been open at ``at``; 0.0 without one."""
+    at: datetime
+    """When the ingest counted them (UTC)."""
+
+    def oldest_s_at(self, now: datetime) -> float | None:
+        """How long the oldest hole has been open at ``now`` (None: no gap). A report is
+        written when the gaps change, not as they age, so the hole aged since ``at``."""
+        if not self.missing:
+            return None
+        return self.oldest_s + max(0.0, (now - self.at).total_seconds())
+
+
 RunRow = tuple[str, datetime, datetime, float, bool]
 """A sample considered for runs: ``(machine, interval start, ts, seconds of the state,
 whether it ended in the state)``, times aware."""
@@ -260,12 +287,19 @@ class StoreWriter(Protocol):
         statuses of one gateway in the order the broker delivered them."""
         ...
 
+    async def write_gaps(
+        self, factory: str, gateway: str, missing: int, oldest_s: float, at: datetime
+    ) -> None:
+        """Keep the gap report **last written** per (factory, gateway), whatever its ``at``
+        (when the ingest counted: ``ValueError`` if naive); ``missing`` 0: its gaps closed."""
+        ...
+
 
 class StoreReader(Protocol):
     """What the capacity service needs; every query is confined to one factory."""
 
     async def factories(self) -> list[str]:
-        """Every factory with a stored sample, description or status, sorted."""
+        """Every factory with a stored sample, description, status or gap report, sorted."""
         ...
 
     async def machines(self, factory: str) -> list[MachineDescription]:
@@ -274,6 +308,10 @@ class StoreReader(Protocol):
 
     async def gateway_status(self, factory: str) -> list[GatewayStatus]:
         """The status last written per gateway, sorted by gateway."""
+        ...
+
+    async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
+        """The gap report last written per gateway (those never reported are absent)."""
         ...
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:

@@ -13,9 +13,10 @@ Design, and why:
 - **Descriptions** are points at ``updated_at``: the latest point per machine is current,
   so an older description arriving late is simply not the latest, and an equal
   ``updated_at`` overwrites. Removing one deletes all of the machine's points.
-- **Statuses** are points at the store's write time, strictly increasing in this process,
-  so the latest point is the status last written, whatever the gateway's ``ts`` (kept as
-  ``ts_ns``). With several ingest workers the order across them follows their clocks.
+- **Statuses and gap reports** are points at the store's write time, strictly increasing in
+  this process, so the latest point is the one last written, whatever the gateway's ``ts``
+  (kept as ``ts_ns``) or the report's ``at`` (``at_ns``). With several ingest workers the
+  order across them follows their clocks.
 - **Reads** are InfluxQL confined to the factory's database; a factory without one (or a
   reserved id) has empty results.
 
@@ -48,15 +49,13 @@ SQLite store prorates each sample on its own and needs no such assumption.
 
 import asyncio
 import contextlib
-import json
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Final, Self
 
 from kyoso.contract import (
     MAX_INTERVAL_S,
@@ -78,6 +77,7 @@ from kyoso.influx.lineprotocol import (
     LineProtocolError,
     database_name,
     description_point,
+    gaps_point,
     interval_ns,
     sample_point,
     status_point,
@@ -87,6 +87,7 @@ from kyoso.influx.lineprotocol import (
 from .base import (
     BucketGrid,
     CounterWindow,
+    GapReport,
     Refusal,
     SampleGroup,
     StateRun,
@@ -101,30 +102,21 @@ from .base import (
     check_window,
     window_buckets,
 )
+from .influx_rows import Row, datetime_of, description_of, status_of, stored_sample_of
 
 __all__ = ["InfluxStore"]
 
-log = logging.getLogger(__name__)
-
 Bucket = tuple[datetime, datetime]
-Row = dict[str, Any]
 Cells = dict[str, dict[int, dict[str, float]]]
 """Sums by machine, bucket index and field name."""
 
 _STATES: Final = tuple(MachineState)
 _STATE_FIELDS: Final = tuple(f"{state.value}_s" for state in _STATES)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_INTERVAL_NS: Final = int(MAX_INTERVAL_S * 1e9)
 _MISSING_DATABASE: Final = "database not found"
 _STATEMENTS_PER_REQUEST: Final = 200
 """Exact reads of straddling samples in one query (a URL of some 40 kB, a GET's limit
 being the server's header size: 1 MB in InfluxDB 1.x)."""
-_SAMPLE_FIELDS: Final = frozenset(
-    {"seq", "session", "interval_s", "start_ns", "state", "alarm", "missing"}
-    | {"received_ns", "time", "machine", "gateway", *_STATE_FIELDS}
-)
-_COUNTER_PARTS: Final = frozenset({"delta", "total"})
-_SIGNAL_PARTS: Final = frozenset({"last", "mean", "min", "max", "count"})
 _LATEST: Final = "SELECT * FROM {} GROUP BY {} ORDER BY time DESC LIMIT 1"
 # The window queries of the module docstring: sums per machine and bucket, the first sample
 # after the window, a straddling sample's own fields. Formatted with field names and
@@ -180,7 +172,7 @@ class InfluxStore:
     def __init__(self, config: InfluxConfig) -> None:
         self.config = config
         self._writer: InfluxWriter | None = None
-        self._status_ns = 0
+        self._written_ns = 0
 
     async def open(self) -> Self:
         """Start the HTTP client."""
@@ -263,10 +255,15 @@ class InfluxStore:
             await self._query(database, delete, {"machine": machine})
 
     async def write_status(self, status: GatewayStatus) -> None:
-        database = self._database(status.factory)
-        self._status_ns = max(time.time_ns(), self._status_ns + 1)
-        point = partial(status_point, status, written_at=self._status_ns)
-        await self._write_point(database, point)
+        point = partial(status_point, status, written_at=self._write_time())
+        await self._write_point(self._database(status.factory), point)
+
+    async def write_gaps(
+        self, factory: str, gateway: str, missing: int, oldest_s: float, at: datetime
+    ) -> None:
+        check_aware(at, "at")
+        point = partial(gaps_point, gateway, missing, oldest_s, at, written_at=self._write_time())
+        await self._write_point(self._database(factory), point)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -278,15 +275,22 @@ class InfluxStore:
 
     async def machines(self, factory: str) -> list[MachineDescription]:
         rows = await self._read(factory, _LATEST.format("machines", "machine"))
-        return sorted((_description(factory, row) for row in rows), key=lambda d: d.machine)
+        return sorted((description_of(factory, row) for row in rows), key=lambda d: d.machine)
 
     async def gateway_status(self, factory: str) -> list[GatewayStatus]:
         rows = await self._read(factory, _LATEST.format("gateway_status", "gateway"))
-        return sorted((_status(factory, row) for row in rows), key=lambda s: s.gateway)
+        return sorted((status_of(factory, row) for row in rows), key=lambda s: s.gateway)
+
+    async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
+        rows = await self._read(factory, _LATEST.format("gaps", "gateway"))
+        return {
+            r["gateway"]: GapReport(r["missing"], float(r["oldest_s"]), datetime_of(r["at_ns"]))
+            for r in rows
+        }
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         rows = await self._read(factory, _LATEST.format("samples", "machine"))
-        found = ((row["machine"], _stored_sample(row)) for row in rows)
+        found = ((row["machine"], stored_sample_of(row)) for row in rows)
         return {machine: sample for machine, sample in found if sample is not None}
 
     async def state_seconds(
@@ -329,8 +333,8 @@ class InfluxStore:
         return chain_runs(
             (
                 r["machine"],
-                _datetime(r["start_ns"]),
-                _datetime(r["time"]),
+                datetime_of(r["start_ns"]),
+                datetime_of(r["time"]),
                 float(r[field]),
                 r["state"] == state.value,
             )
@@ -446,6 +450,11 @@ class InfluxStore:
             raise StoreError("store is not open")
         return self._writer
 
+    def _write_time(self) -> int:
+        """Now in ns, strictly increasing in this process (a status or gap report point)."""
+        self._written_ns = max(time.time_ns(), self._written_ns + 1)
+        return self._written_ns
+
     def _database(self, factory: str) -> str:
         """The factory's database, to write; a reserved factory id cannot be kept."""
         try:
@@ -527,82 +536,3 @@ def _values(row: Row, quantity: _Quantity, prefix: str = "") -> dict[str, float]
         for key, value in row.items()
         if value is not None and key.startswith(prefix) and quantity.owns(key[len(prefix) :])
     }
-
-
-def _datetime(ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-def _description(factory: str, row: Row) -> MachineDescription:
-    return MachineDescription.model_validate(
-        {
-            "factory": factory,
-            "gateway": row["gateway"],
-            "machine": row["machine"],
-            "name": row["name"],
-            "updated_at": _datetime(row["time"]),
-            "capabilities": json.loads(row["capabilities"]),
-            "ideal_cycle_time_s": float(row["ideal_cycle_time_s"]) or None,
-            "calendar": json.loads(row["calendar"]),
-            "sharing": {"capacity": row["share_capacity"], "kpis": row["share_kpis"]},
-        }
-    )
-
-
-def _status(factory: str, row: Row) -> GatewayStatus:
-    fields = {key: row[key] for key in ("gateway", "session", "status", "reason", "software")}
-    return GatewayStatus.model_validate(
-        {"factory": factory, "ts": _datetime(row["ts_ns"]), **fields}
-    )
-
-
-def _stored_sample(row: Row) -> StoredSample | None:
-    """A ``samples`` point read back: fixed fields by name, the others by their suffix.
-    InfluxDB's JSON writes whole floats as integers, hence the ``float()``.
-
-    None for a point without a field every sample is written with (one InfluxDB holds only
-    part of): it is no sample, and the machine has none, rather than the read failing."""
-    required = ("gateway", "seq", "session", "interval_s", "state", "received_ns")
-    lacking = [key for key in (*required, *_STATE_FIELDS) if row.get(key) is None]
-    if lacking:
-        log.warning(
-            "the latest samples point of machine %r at %s lacks %s: read as no sample",
-            row.get("machine"),
-            _datetime(row["time"]).isoformat(),
-            ", ".join(lacking),
-        )
-        return None
-    durations = {
-        state: float(row[field])
-        for state, field in zip(_STATES, _STATE_FIELDS, strict=True)
-        if row[field]  # zero durations are not reported (base.py)
-    }
-    counters: dict[str, dict[str, int]] = {}
-    signals: dict[str, dict[str, float]] = {}
-    for key, value in row.items():
-        if value is None or key in _SAMPLE_FIELDS:
-            continue
-        name, _, part = key.rpartition("_")
-        if part in _COUNTER_PARTS:
-            total = part == "total" and value < 0  # stored as total - 2**64
-            counters.setdefault(name, {})[part] = value + 2**64 if total else value
-        elif part in _SIGNAL_PARTS:
-            signals.setdefault(name, {})[part] = value if part == "count" else float(value)
-        else:
-            raise StoreError(f"samples field {key!r} is not one this store writes")
-    sample = Sample.model_validate(
-        {
-            "machine": row["machine"],
-            "seq": row["seq"],
-            "ts": _datetime(row["time"]),
-            "interval_s": float(row["interval_s"]),
-            "state": row["state"],
-            "durations_s": durations,
-            "counters": counters,
-            "signals": signals,
-            "alarm": row.get("alarm"),
-            "missing": row["missing"].split(",") if row.get("missing") else [],
-        }
-    )
-    received_at = _datetime(row["received_ns"])
-    return StoredSample(row["gateway"], row["session"], sample, received_at)

@@ -44,6 +44,7 @@ from kyoso.contract import (
 from .base import (
     BucketGrid,
     CounterWindow,
+    GapReport,
     Refusal,
     SampleGroup,
     StateRun,
@@ -93,6 +94,9 @@ CREATE TABLE IF NOT EXISTS descriptions (
 CREATE TABLE IF NOT EXISTS statuses (
     factory TEXT NOT NULL, gateway TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (factory, gateway)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gaps (
+    factory TEXT NOT NULL, gateway TEXT NOT NULL, missing INTEGER NOT NULL,
+    oldest_s REAL NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (factory, gateway)) WITHOUT ROWID;
 """
 
 # One pass over the window's rows. A sample wholly inside one bucket is summed into group
@@ -245,11 +249,17 @@ class SqliteStore:
         row = (status.factory, status.gateway, status.model_dump_json())
         await self._call(self._sql, sql, row)
 
+    async def write_gaps(
+        self, factory: str, gateway: str, missing: int, oldest_s: float, at: datetime
+    ) -> None:
+        row = (factory, gateway, missing, oldest_s, _us(check_aware(at, "at")))
+        await self._call(self._sql, "INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?)", row)
+
     # --- reads ------------------------------------------------------------------------
 
     async def factories(self) -> list[str]:
         sql = """SELECT factory FROM series UNION SELECT factory FROM descriptions
-                 UNION SELECT factory FROM statuses ORDER BY 1"""
+                 UNION SELECT factory FROM statuses UNION SELECT factory FROM gaps ORDER BY 1"""
         return [r[0] for r in await self._call(self._sql, sql, ())]
 
     async def machines(self, factory: str) -> list[MachineDescription]:
@@ -261,6 +271,11 @@ class SqliteStore:
         sql = "SELECT body FROM statuses WHERE factory = ? ORDER BY gateway"
         rows = await self._call(self._sql, sql, (factory,))
         return [GatewayStatus.model_validate_json(r[0]) for r in rows]
+
+    async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
+        sql = "SELECT gateway, missing, oldest_s, at FROM gaps WHERE factory = ? ORDER BY gateway"
+        rows = await self._call(self._sql, sql, (factory,))
+        return {gateway: GapReport(n, oldest_s, _dt(at)) for gateway, n, oldest_s, at in rows}
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         rows = await self._call(self._sql, _LATEST, (factory,))

@@ -85,22 +85,27 @@ async def list_machines(
 async def list_gateways(
     request: Request, factory: Id, service: Service, caller: Caller
 ) -> Response:
-    """The last status of each of the factory's gateways."""
+    """The last status of each of the factory's gateways, and its samples missing."""
     await own_factory(service, caller, factory)
     view = await service.view(factory)
-    body = [
-        GatewayOut(
-            gateway=g.gateway,
-            status=g.status,
-            reason=g.reason,
-            since=max(g.ts, view.heard.get(g.gateway, g.ts))
-            if g.reason == "connection_lost"
-            else g.ts,
+    now = service.now()
+    body = []
+    for g in view.gateways:
+        gaps = view.gaps.get(g.gateway)
+        oldest_s = None if gaps is None else gaps.oldest_s_at(now)
+        body.append(
+            GatewayOut(
+                gateway=g.gateway,
+                status=g.status,
+                reason=g.reason,
+                since=max(g.ts, view.heard.get(g.gateway, g.ts))
+                if g.reason == "connection_lost"
+                else g.ts,
+                gap_samples=0 if gaps is None else gaps.missing,
+                gap_oldest_s=None if oldest_s is None else round(oldest_s, 3),
+            )
         )
-        for g in view.gateways
-    ]
-    age = age_s(view.as_of, service.now())
-    return cached(request, body, service.rules.cache_ttl_s, age_s=age)
+    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(view.as_of, now))
 
 
 @router.get("/factories/{factory}/machines/{machine}", response_model=MachineOut, responses=CACHED)
