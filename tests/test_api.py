@@ -179,7 +179,7 @@ def test_an_offline_gateway_withdraws_its_factorys_capacity(region: Region, tmp_
 
 @contextlib.asynccontextmanager
 async def _service(
-    region: Region, tmp_path: Path, cache_ttl_s: float
+    region: Region, tmp_path: Path, cache_ttl_s: float, view_ttl_s: float | None = None
 ) -> AsyncIterator[tuple[CapacityService, SqliteStore, Clocks]]:
     """A capacity service over a copy of the region, 30 s after its end, on clocks the test
     moves."""
@@ -191,7 +191,10 @@ async def _service(
                 CapacityService(
                     store,
                     bookings,
-                    CapacityRules(cache_ttl_s=cache_ttl_s),
+                    CapacityRules(
+                        cache_ttl_s=cache_ttl_s,
+                        view_ttl_s=cache_ttl_s if view_ttl_s is None else view_ttl_s,
+                    ),
                     clock=clocks.now,
                     monotonic=clocks.monotonic,
                 ),
@@ -223,6 +226,42 @@ def test_figures_older_than_the_time_to_live_are_computed_again_before_they_are_
             assert second.offline
             assert second.as_of == clocks.wall
             assert service.cache_counts()["views"]["expired"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_state_change_reaches_the_capacity_within_the_views_time_to_live(
+    region: Region, tmp_path: Path
+) -> None:
+    """The live view is read again after view_ttl_s (1 s); capacity figures are computed
+    again as soon as its evidence changes (here a machine broken down), not only when
+    cache_ttl_s (5 s) is over, and are kept while nothing but time has changed."""
+    horizon = timedelta(hours=24)
+
+    async def scenario() -> None:
+        async with _service(region, tmp_path, cache_ttl_s=5, view_ttl_s=1) as (
+            service,
+            store,
+            clocks,
+        ):
+            first = await service.capacity("okada-machining", horizon)
+            clocks.ticks = 1.5  # a new view, the same evidence
+            assert await service.capacity("okada-machining", horizon) is first
+            latest = (await store.latest_samples("okada-machining"))["cnc-02"].sample
+            down = latest.model_copy(
+                update={
+                    "seq": latest.seq + 1,
+                    "ts": latest.ts + timedelta(seconds=300),
+                    "state": MachineState.DOWN,
+                    "durations_s": {MachineState.DOWN: 300.0},
+                }
+            )
+            await store.write_samples("okada-machining", GATEWAY, "history", [down])
+            clocks.ticks = 3.0  # within cache_ttl_s of the first figures
+            second = await service.capacity("okada-machining", horizon)
+            assert second is not first
+            [row] = [m for m in second.machines if m.machine == "cnc-02"]
+            assert "down" in row.figures.reasons
 
     asyncio.run(scenario())
 

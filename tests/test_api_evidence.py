@@ -260,7 +260,8 @@ def test_ages_are_measured_when_the_answer_is_served(region: Region, tmp_path: P
     """A cached answer served 4 s after it was computed says its data is 4 s older, with
     HTTP Age 4 (a client cache keeps it 4 s less), and the same figures (same ETag)."""
     clocks = Clocks(region.end + timedelta(seconds=30))
-    with running_api(region, tmp_path, rules=CapacityRules(cache_ttl_s=5), clocks=clocks) as api:
+    rules = CapacityRules(cache_ttl_s=5, view_ttl_s=5)
+    with running_api(region, tmp_path, rules=rules, clocks=clocks) as api:
         paths = ["/v1/factories/okada-machining/capacity", "/v1/capacity", "/v1/factories"]
         first = {p: api.client.get(p, headers=api.headers("admin")) for p in paths}
         clocks.advance(4)

@@ -2,9 +2,11 @@
 
 Nothing here survives a restart or needs to: every figure is recomputed from the store
 (telemetry, descriptions, statuses) and the booking file, so API replicas run side by side
-and agree. Computed figures are cached for ``cache_ttl_s`` (a factory's live view and its
-capacity per horizon) and learnt load profiles for ``profile_ttl_s``; concurrent requests
-for the same figure share one computation.
+and agree. A factory's live view is read again after ``view_ttl_s`` (1 s), its capacity per
+horizon computed again after ``cache_ttl_s`` (5 s) or as soon as the view's evidence
+changes (a machine's state, a stop, an offline, stale or unreadable machine, a machine
+described or withdrawn), and learnt load profiles after ``profile_ttl_s``; concurrent
+requests for the same figure share one computation.
 
 **Staleness.** A machine whose latest sample is older than ``stale_after_s`` (or that has
 none) is *stale*, and a factory is *offline* when every gateway it has reported is offline
@@ -72,6 +74,25 @@ class FactoryView:
     offline: bool
     newest: datetime | None
     """When the newest sample of any machine ended (None: no sample yet)."""
+
+
+def _evidence_key(view: FactoryView, minor_stop_max_s: float) -> Hashable:
+    """What of a view decides capacity figures, but for time passing: capacity is computed
+    again when it changes (a stop turning into a breakdown included)."""
+    return (
+        view.offline,
+        tuple(
+            (
+                name,
+                m.description.updated_at,
+                m.stale,
+                m.unreadable,
+                None if m.latest is None else m.latest.sample.state,
+                m.down_for_s is not None and m.down_for_s >= minor_stop_max_s,
+            )
+            for name, m in view.machines.items()
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +232,7 @@ class CapacityService:
         self.rules = rules
         self._clock = clock
         self._backfilling = backfilling
-        self._views = _Cache(rules.cache_ttl_s, monotonic, serve_stale=False)
+        self._views = _Cache(rules.view_ttl_s, monotonic, serve_stale=False)
         self._capacity = _Cache(rules.cache_ttl_s, monotonic, serve_stale=False)
         self._profiles = _Cache(rules.profile_ttl_s, monotonic, serve_stale=True)
 
@@ -341,11 +362,12 @@ class CapacityService:
 
     async def capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
         """Every described machine's capacity over the horizon from now (cached briefly),
-        computed from the factory's current view: the capacity and ``/v1/factories`` (its
-        offline flags, its machines) always tell of the same moment of the store."""
+        computed from a view with the same evidence as the factory's current one: the
+        capacity and ``/v1/factories`` (its offline flags, its machines) never disagree."""
         view = await self.view(factory)
         return await self._capacity.get(
-            (factory, horizon, view.as_of), lambda: self._compute_capacity(view, horizon)
+            (factory, horizon, _evidence_key(view, self.rules.minor_stop_max_s)),
+            lambda: self._compute_capacity(view, horizon),
         )
 
     async def _compute_capacity(self, view: FactoryView, horizon: timedelta) -> FactoryCapacity:

@@ -47,11 +47,18 @@ class CapacityRules(ConfigModel):
         description="The prior of the repair time: a broken-down machine without breakdowns "
         "on record is expected back after this long (capacity/repair.py learns the rest).",
     )
+    view_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="A factory's live view (machine states, offline flags, data ages) is "
+        "read from the store at most this long before an answer.",
+    )
     cache_ttl_s: float = Field(
         5.0,
         ge=0,
-        description="No answer carries figures computed longer ago than this: the bound on "
-        "their age (the data's own age is data_age_s).",
+        description="No answer carries capacity figures computed longer ago than this; they "
+        "are computed again at once when the live view's evidence changes (a state, a stop, "
+        "an offline or unreadable machine).",
     )
     profile_ttl_s: float = Field(
         600.0, ge=0, description="How long a machine's learnt load profile is reused."
