@@ -127,3 +127,17 @@ def test_a_silent_device_makes_unknown_time_and_missing_values() -> None:
     assert second.missing == ["kw"]
     assert second.counters["good"].delta == 0  # the last reading stands, nothing new
     assert t.sample(MONDAY_NOON + 20) is None  # an empty interval yields no sample
+
+
+def test_an_early_close_needs_a_change_between_polls_and_a_sample_to_close() -> None:
+    """The first poll has no previous state to differ from; a change seen at the moment a
+    sample closed has nothing to close and waits for the next poll."""
+    t = MachineTracker(tracker().config, CALENDAR, MONDAY_NOON, min_sample_s=1.0)
+    assert t.observe(MONDAY_NOON + 1, {"code": 3, "n": 1, "kw": 1.0}, set()) is None
+    assert t.sample(MONDAY_NOON + 10) is not None
+    assert t.observe(MONDAY_NOON + 10, {"code": 1, "n": 2, "kw": 1.0}, set()) is None
+    early = t.observe(MONDAY_NOON + 11, {"code": 1, "n": 4, "kw": 1.0}, set())
+    assert early is not None
+    assert (early.interval_s, early.durations_s, early.state) == (1, {S.IDLE: 1.0}, S.IDLE)
+    assert early.counters["good"].delta == 3  # the readings at 10 s and 11 s
+    assert t.observe(MONDAY_NOON + 12, {"code": 1, "n": 5, "kw": 1.0}, set()) is None

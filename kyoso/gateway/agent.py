@@ -2,7 +2,9 @@
 
 One asyncio event loop, one task per machine, so that a dead or slow device delays only
 itself (units behind one serial line share it, as they must). Every sample goes into the
-durable outbox first; the publisher drains it to the regional broker.
+durable outbox first; the publisher drains it to the regional broker. Samples close at the
+end of every publish interval, and at once when a poll sees a machine's state change
+(:mod:`kyoso.gateway.machine`), so that a change reaches the broker within a poll.
 
 Time comes from a clock (wall time by default), so that tests and demos can run against
 simulated factories faster than real time: every period in the configuration is in clock
@@ -106,8 +108,16 @@ class Gateway:
     async def start(self) -> None:
         """Connect the publisher and the sensors; trackers start counting from now."""
         start = self.clock.now()
+        # Each poll reads when its task runs, late by a varying amount under load: the first
+        # poll scheduled min_sample_s after an early close may read a little sooner than that
+        # after it. Half a poll of slack lets it close (the guard holds on the schedule).
+        min_sample_s = self.config.min_sample_s
+        if min_sample_s is not None:
+            min_sample_s = max(0.0, min_sample_s - self.config.poll_interval_s / 2)
         self.trackers = {
-            m.id: MachineTracker(m, self.config.calendars[m.calendar], start)
+            m.id: MachineTracker(
+                m, self.config.calendars[m.calendar], start, min_sample_s=min_sample_s
+            )
             for m in self.config.machines
         }
         await self.publisher.start()
@@ -125,11 +135,14 @@ class Gateway:
         self.outbox.close()
 
     async def poll(self, machine: str) -> None:
-        """Poll one machine once and feed its tracker."""
+        """Poll one machine once and feed its tracker; a sample that closed early because
+        the state changed goes to the publisher at once."""
         at = self.clock.now()
         reading = await self.sources[machine].poll()
         self.polls[machine] += 1
-        self.trackers[machine].observe(at, reading.values, set(reading.missing))
+        changed = self.trackers[machine].observe(at, reading.values, set(reading.missing))
+        if changed is not None:
+            self.publisher.submit([changed])
 
     def emit(self, end: float) -> list[int]:
         """Close every machine's interval at ``end``; submit the samples; return their seqs."""

@@ -204,6 +204,15 @@ class GatewayConfig(ConfigModel):
     publish_interval_s: float = Field(
         default=10.0, gt=0, le=3600, description="Sample interval: one sample per machine."
     )
+    min_sample_s: float | None = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="A poll that sees a machine's state change closes its sample there and "
+        "publishes it at once, at most once per this many seconds of the poll schedule per "
+        "machine (a change within it waits); null: samples close only every "
+        "publish_interval_s.",
+    )
     calendars: dict[Id, ShiftCalendar] = Field(min_length=1)
     machines: Annotated[list[MachineConfig], Field(min_length=1, max_length=500)]
 

@@ -7,6 +7,14 @@ cancel over many transitions). A sample closes the interval since the previous s
 state durations that sum to its length, counter deltas, and signal statistics. Time
 without a successful read of the state is ``unknown``.
 
+A sample closes at the end of every publish interval, and also early, when a poll sees the
+state change: when the state at a poll differs from the state at the previous poll, the
+tracker closes the sample at that poll's time (its readings included), so that the new
+state is published at once rather than at the interval's end; the next sample starts
+there, and samples still tile time. Against a flapping state, at most one sample per
+``min_sample_s`` closes early: a change within it waits for the first poll after it, or
+for the interval's end, whichever comes first (``min_sample_s`` None: no early closes).
+
 Counters cannot lie: a device that answers once with 0, or with garbage, must not add a
 million parts. Each counter keeps a baseline, the last *accepted* reading (the published
 ``total``), and books parts as follows (:class:`CounterTracker`):
@@ -259,8 +267,16 @@ class _Interval:
 class MachineTracker:
     """Accumulates one machine's polls into samples; see the module docstring."""
 
-    def __init__(self, config: MachineConfig, calendar: ShiftCalendar, start: float) -> None:
+    def __init__(
+        self,
+        config: MachineConfig,
+        calendar: ShiftCalendar,
+        start: float,
+        *,
+        min_sample_s: float | None = None,
+    ) -> None:
         self.config = config
+        self.min_sample_s = min_sample_s
         self.deriver = StateDeriver(config.state, calendar)
         self.state = MachineState.UNKNOWN
         self.alarm: int | None = None
@@ -276,14 +292,24 @@ class MachineTracker:
             for name, counter in config.counters.items()
         }
         self._interval = _Interval()
+        self._polled: MachineState | None = None
+        """The state at the previous poll (None before the first)."""
+        self._unreported = False
+        """A poll saw the state change since the last sample closed."""
+        self._early_at = -math.inf
+        """When a sample last closed early."""
 
     @property
     def implausible(self) -> dict[str, int]:
         """Per counter, the readings refused as implausible since the tracker started."""
         return {name: counter.implausible for name, counter in self._counters.items()}
 
-    def observe(self, at: float, values: Mapping[str, Value], missing: Collection[str]) -> None:
-        """Take one poll made at ``at``; ``missing`` names the fields it could not read."""
+    def observe(
+        self, at: float, values: Mapping[str, Value], missing: Collection[str]
+    ) -> Sample | None:
+        """Take one poll made at ``at``; ``missing`` names the fields it could not read.
+        Return the sample it closed early, ending at ``at``, when the state changed (see the
+        module docstring), else None."""
         self._advance(at)
         self.state = self.deriver.derive(values, at)
         alarm_rule = self.config.state.alarm
@@ -306,6 +332,19 @@ class MachineTracker:
             value = values.get(name)
             if value is not None and not isinstance(value, str):
                 self._interval.signals[name].add(float(value))
+        return self._close_on_change(at)
+
+    def _close_on_change(self, at: float) -> Sample | None:
+        if self.min_sample_s is None:
+            return None
+        previous, self._polled = self._polled, self.state
+        self._unreported |= previous is not None and previous != self.state
+        if not self._unreported or at - self._early_at < self.min_sample_s:
+            return None
+        sample = self.sample(at)
+        if sample is not None:
+            self._early_at = at
+        return sample
 
     def sample(self, end: float) -> Sample | None:
         """Close the interval at ``end`` and return its sample (None if it is empty)."""
@@ -339,6 +378,7 @@ class MachineTracker:
             missing=missing,
         )
         self._sample_start = end
+        self._unreported = False
         return sample
 
     def _advance(self, at: float) -> None:
