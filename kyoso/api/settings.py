@@ -15,7 +15,7 @@ from kyoso.capacity.rules import CapacityRules
 from kyoso.store.choice import StoreChoice
 from kyoso.validation import FileSettings, load_yaml_settings
 
-from .limits import RequestLimits
+from .limits_config import RequestLimits
 
 __all__ = ["ENV_PREFIX", "ApiSettings", "load_settings"]
 
