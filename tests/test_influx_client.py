@@ -13,6 +13,7 @@ import email.utils
 import gzip
 import http.server
 import logging
+import random
 import socket
 import threading
 import time
@@ -245,6 +246,103 @@ def test_a_missing_database_is_created_or_refused(influxdb: InfluxDB) -> None:
         assert count(influxdb, database) == 3
     finally:
         influxdb.drop_database(database)
+
+
+EDGE_SEQ = 8700
+"""``sample(EDGE_SEQ).ts`` is 2026-01-19T00:00Z, where two 7-day shard groups meet (1.x
+aligns them on Mondays)."""
+
+
+@pytest.mark.integration
+def test_first_writes_racing_to_new_databases_lose_nothing(influxdb: InfluxDB) -> None:
+    """Every point a write reports written is stored, however the first writes to a new
+    database interleave with each other's 404s and CREATE DATABASE statements.
+
+    In each round two writers (two ingest workers) race to three new databases. Per
+    database, a first wave of calls from both starts within a few milliseconds: 404s,
+    CREATE DATABASE from each writer, the writes again (a later call may find the database
+    made). A second wave starts as soon as one call of the first has returned: it goes
+    straight in while the others may still be creating the database. A late CREATE
+    DATABASE lands on the database being written. The calls write the same series at
+    disjoint times on both sides of a shard-group edge (one call straddles it), so shard
+    groups, shards and series are created by racing calls too. Rounds alternate gzip
+    between the writers, and the default retention policy with an explicit ``autogen``.
+    """
+    rounds, databases, first_wave, second_wave, size = 20, 3, 6, 4, 60
+    calls = first_wave + second_wave
+    jitter = random.Random(20260112)  # spreads some calls; the checks do not depend on it
+    # Call k writes slot (3 k) mod 10 of ten slots around the edge: each wave has both sides,
+    # and slot 5 straddles the edge.
+    starts = [EDGE_SEQ + ((3 * k) % calls - calls // 2) * size - size // 2 for k in range(calls)]
+    seqs = [range(start, start + size) for start in starts]
+    batches = [
+        [sample_point("mori", "gw-01", SESSION, sample(seq, f"m{seq % 10}")) for seq in slot]
+        for slot in seqs
+    ]
+    created: list[str] = []
+
+    async def call(
+        writer: InfluxWriter, database: str, k: int, landed: asyncio.Event
+    ) -> WriteResult:
+        if k >= first_wave:
+            await landed.wait()
+        if k >= 4:  # the first four start together, the others a few milliseconds apart
+            await asyncio.sleep(jitter.uniform(0, 0.005))
+        result = await writer.write(database, batches[k])
+        landed.set()
+        return result
+
+    async def late_create(writer: InfluxWriter, database: str, landed: asyncio.Event) -> None:
+        await landed.wait()
+        await asyncio.sleep(jitter.uniform(0, 0.005))
+        await writer.ensure_database(database)
+
+    async def race(n: int, names: list[str]) -> list[list[WriteResult]]:
+        rp = "autogen" if n % 4 >= 2 else None
+        zipped = n % 2 == 0
+        async with (
+            InfluxWriter(config(influxdb.url, gzip=zipped, retention_policy=rp)) as a,
+            InfluxWriter(config(influxdb.url, gzip=not zipped, retention_policy=rp)) as b,
+        ):
+
+            async def one(database: str) -> list[WriteResult]:
+                landed = asyncio.Event()
+                late = asyncio.create_task(late_create(b, database, landed))
+                writes = (call((a, b)[k % 2], database, k, landed) for k in range(calls))
+                results = await asyncio.gather(*writes)
+                await late
+                return results
+
+            return await asyncio.gather(*(one(database) for database in names))
+
+    raced_creates = 0
+    try:
+        for n in range(rounds):
+            names = [f"race_{uuid.uuid4().hex}" for _ in range(databases)]
+            created += names
+            for database, results in zip(names, run(race(n, names)), strict=True):
+                reported = sum(result.written for result in results)
+                stored = count(influxdb, database)
+                if stored != reported:
+                    answer = influxdb.query('SELECT "seq" FROM "samples"', database)
+                    series = answer["results"][0].get("series", [])
+                    kept = {row[1] for row in series[0]["values"]} if series else set()
+                    pytest.fail(
+                        f"round {n}: {database} holds {stored} of the {reported} points "
+                        "reported written; missing by call: "
+                        f"{ {k: len(set(s) - kept) for k, s in enumerate(seqs) if set(s) - kept} }"
+                        f"; requests by call: {[r.requests for r in results]}"
+                    )
+                assert [(r.written, r.rejected) for r in results] == [(size, ())] * calls
+                # The race happened: the first request met no database; the second wave
+                # went straight in.
+                assert any(r.requests >= 2 for r in results[:first_wave])
+                assert [r.requests for r in results[first_wave:]] == [1] * second_wave
+                raced_creates += sum(r.requests >= 2 for r in results) >= 2
+    finally:
+        for database in created:
+            influxdb.drop_database(database)
+    assert raced_creates > 0  # some database saw two CREATE DATABASE race each other
 
 
 # --- credentials ------------------------------------------------------------------------
