@@ -1,7 +1,9 @@
 """The Kyoso message contract, shared by gateway, simulators, ingest and API.
 
 It imports only the standard library and pydantic, so any component (or an integrator's
-gateway) can depend on it alone. See docs/contract.md for the wire format.
+gateway) can depend on it alone. See docs/contract.md for the wire format. The ingest's
+compiled decoder of sample batches, :mod:`kyoso.contract.wire`, also needs msgspec, and is
+imported by name only.
 """
 
 from .calendar import Break, Maintenance, Shift, ShiftCalendar

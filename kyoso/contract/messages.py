@@ -10,7 +10,7 @@ import itertools
 import math
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Final, Literal, Protocol, Self
 
 from pydantic import (
     AwareDatetime,
@@ -296,7 +296,7 @@ def decode(topic: str, payload: bytes) -> Message:
         message = model.model_validate_json(payload, strict=True, context=_WIRE)
     except ValidationError as exc:
         raise _classify(exc) from exc
-    _check_origin(where, message)
+    check_origin(where, message)
     return message
 
 
@@ -314,7 +314,16 @@ def _classify(exc: ValidationError) -> ContractError:
     return ContractError("schema", details + more)
 
 
-def _check_origin(where: Topic, message: Message) -> None:
+class _Origin(Protocol):
+    @property
+    def factory(self) -> str: ...
+    @property
+    def gateway(self) -> str: ...
+
+
+def check_origin(where: Topic, message: _Origin) -> None:
+    """Raise :class:`ContractError` ``spoofed`` unless ``message`` names the factory,
+    gateway (and machine or worker) of the topic it came on."""
     if (message.factory, message.gateway) != (where.factory, where.gateway):
         raise ContractError(
             "spoofed",

@@ -17,18 +17,21 @@ and a sample's tag values and field keys are contract ids and names
 (``[a-z0-9][a-z0-9_-]*``), which line protocol never needs to escape. It checks each with
 one regular expression instead (once: the ids and names seen are remembered), checks that
 every number is a finite float or a 64-bit integer, and refuses anything else, so the
-promise above holds for samples not built by the contract's validation too.
+promise above holds for samples not built by the contract's validation too. The numbers
+of a :class:`~kyoso.contract.wire.WireSample` are not checked again: the ingest's decoder
+(:mod:`kyoso.contract.wire`), the only maker of them, checked them.
 """
 
 import functools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample, check_id
+from kyoso.contract import GatewayStatus, MachineDescription, MachineState, check_id
+from kyoso.contract.wire import SampleLike, WireSample
 
 __all__ = [
     "CAPACITY_DATABASE_SUFFIX",
@@ -221,63 +224,95 @@ def sample_point(
     factory: str,
     gateway: str,
     session: str,
-    sample: Sample,
+    sample: SampleLike,
     *,
     received_at: datetime | int | None = None,
 ) -> str:
     """The ``samples`` line of one sample (``factory`` picks the database, not a tag);
     ``received_at`` (a datetime or nanoseconds), when given, is kept as ``received_ns``.
-    Ids and names are checked, not escaped (module docstring)."""
+    Ids and names are checked, not escaped; numbers are checked unless the sample is a
+    :class:`~kyoso.contract.wire.WireSample`, whose decoder checked them (module
+    docstring)."""
     counters, signals, missing = sample.counters, sample.signals, sample.missing
-    _plain((factory, gateway, session, sample.machine, *counters, *signals, *missing))
-    ts = timestamp_ns(sample.ts)
-    interval, durations = sample.interval_s, sample.durations_s
-    running, setup, down, idle, planned, unknown = states = [
-        durations.get(state, 0.0) for state in _STATES
-    ]
-    _check_numbers((interval, *states), ())
-    ints = [sample.seq, ts - interval_ns(interval)]
-    floats: list[float] = []  # of the signals
-    parts = [
-        f"samples,gateway={gateway},machine={sample.machine} seq={ints[0]}i,"
-        f'session="{session}",interval_s={interval!r},start_ns={ints[1]}i,'
+    machine = sample.machine
+    _plain((factory, gateway, session, machine, *counters, *signals, *missing))
+    moment = sample.ts
+    if moment.tzinfo is None:
+        raise LineProtocolError(f"timestamp {moment.isoformat()} has no time zone")
+    ts = (moment - _EPOCH) // _MICROSECOND * 1000
+    if not MIN_TIME_NS <= ts <= MAX_TIME_NS:
+        raise LineProtocolError(f"timestamp {moment.isoformat()} is outside InfluxDB's range")
+    interval, get = sample.interval_s, sample.durations_s.get
+    if type(sample) is not WireSample:
+        _check_sample_numbers(sample)
+    running, setup, down = get(_RUNNING, 0.0), get(_SETUP, 0.0), get(_DOWN, 0.0)
+    idle, planned, unknown = get(_IDLE, 0.0), get(_PLANNED, 0.0), get(_UNKNOWN, 0.0)
+    start = ts - max(1, round(interval * 1e9))  # interval_ns, inline: once per sample
+    text = (
+        f"samples,gateway={gateway},machine={machine} seq={sample.seq}i,"
+        f'session="{session}",interval_s={interval!r},start_ns={start}i,'
         f'state="{sample.state.value}",running_s={running!r},setup_s={setup!r},'
         f"down_s={down!r},idle_s={idle!r},planned_stop_s={planned!r},unknown_s={unknown!r}"
-    ]
+    )
     for name in sorted(counters):
         counter = counters[name]
-        delta, total = counter.delta, counter.total
-        ints.append(delta)
-        parts.append(f",{name}_delta={delta}i")
-        if total is not None:
+        if (total := counter.total) is None:
+            text += f",{name}_delta={counter.delta}i"
+        else:
             if total > _INT64_MAX:  # a raw 64-bit reading: two's complement (module docstring)
                 total -= 2**64
-            ints.append(total)
-            parts.append(f",{name}_total={total}i")
+            text += f",{name}_delta={counter.delta}i,{name}_total={total}i"
     for name in sorted(signals):
         stats = signals[name]
-        last, mean, low, high, count = stats.last, stats.mean, stats.min, stats.max, stats.count
-        floats += (last, mean, low, high)
-        ints.append(count)
-        parts.append(
-            f",{name}_last={last!r},{name}_mean={mean!r},{name}_min={low!r},"
-            f"{name}_max={high!r},{name}_count={count}i"
+        text += (
+            f",{name}_last={stats.last!r},{name}_mean={stats.mean!r},{name}_min={stats.min!r},"
+            f"{name}_max={stats.max!r},{name}_count={stats.count}i"
         )
     if (alarm := sample.alarm) is not None:
-        ints.append(alarm)
-        parts.append(f",alarm={alarm}i")
+        text += f",alarm={alarm}i"
     if missing:
-        parts.append(f',missing="{",".join(missing)}"')
+        text += f',missing="{",".join(missing)}"'
     if received_at is not None:
         received = timestamp_ns(received_at) if isinstance(received_at, datetime) else received_at
-        ints.append(received)
-        parts.append(f",received_ns={received}i")
-    parts.append(f" {ts}")
-    _check_numbers(floats, ints)
-    return "".join(parts)
+        if type(received) is not int or not _INT64_MIN <= received <= _INT64_MAX:
+            raise LineProtocolError(f"received_at {received!r} is not a 64-bit integer")
+        text += f",received_ns={received}i"
+    return f"{text} {ts}"
 
 
-_STATES: Final = tuple(MachineState)
+def _check_sample_numbers(sample: SampleLike) -> None:
+    """Refuse what :func:`sample_point` would format but line protocol would misread: a
+    float field that is not a finite ``float`` (``repr`` of anything else is no number), or
+    an integer field that is not an ``int`` within signed 64 bits (a bool is no integer)."""
+    durations, counters, signals = sample.durations_s, sample.counters, sample.signals
+    floats = [sample.interval_s, *durations.values()]
+    ints = [sample.seq, *(c.delta for c in counters.values())]
+    for counter in counters.values():
+        if (total := counter.total) is not None:  # two's complement above 2**63 - 1
+            ints.append(
+                total - 2**64 if type(total) is int and _INT64_MAX < total < 2**64 else total
+            )
+    for stats in signals.values():
+        floats += (stats.last, stats.mean, stats.min, stats.max)
+        ints.append(stats.count)
+    if sample.alarm is not None:
+        ints.append(sample.alarm)
+    for value in floats:
+        if type(value) is not float or value - value != 0.0:  # NaN and infinities
+            raise LineProtocolError(f"float field value {value!r} is not a finite float")
+    for number in ints:
+        if type(number) is not int or not _INT64_MIN <= number <= _INT64_MAX:
+            raise LineProtocolError(f"integer {number!r} does not fit in a signed 64-bit field")
+
+
+_RUNNING, _SETUP, _DOWN, _IDLE, _PLANNED, _UNKNOWN = (
+    MachineState.RUNNING,
+    MachineState.SETUP,
+    MachineState.DOWN,
+    MachineState.IDLE,
+    MachineState.PLANNED_STOP,
+    MachineState.UNKNOWN,
+)
 _PLAIN_SEEN: Final[set[str]] = set()
 """Ids and names :func:`_plain` has checked already: they repeat in every sample."""
 _PLAIN_SEEN_MAX: Final = 100_000
@@ -294,18 +329,6 @@ def _plain(texts: tuple[str, ...]) -> None:
         if len(seen) >= _PLAIN_SEEN_MAX:
             seen.clear()
         seen.add(text)
-
-
-def _check_numbers(floats: Sequence[float], ints: Sequence[int]) -> None:
-    """Refuse what :func:`sample_point` formatted but line protocol would misread: a float
-    field that is not a finite ``float`` (``repr`` of anything else is no number), or an
-    integer field that is not an ``int`` within signed 64 bits (a bool is no integer)."""
-    for value in floats:
-        if type(value) is not float or value - value != 0.0:  # NaN and infinities
-            raise LineProtocolError(f"float field value {value!r} is not a finite float")
-    for number in ints:
-        if type(number) is not int or not _INT64_MIN <= number <= _INT64_MAX:
-            raise LineProtocolError(f"integer {number!r} does not fit in a signed 64-bit field")
 
 
 def _compact_json(value: object) -> str:

@@ -15,7 +15,9 @@ after a reconnect or a crash, so nothing the ingest received is lost with it.
   connection is therefore not sent (:attr:`Incoming.generation`): the redelivered copy is
   written again (idempotent) and acknowledged then.
 - **Validation in paho's thread**: each message is decoded against the contract as it
-  arrives (:func:`kyoso.contract.decode`), so the event loop only routes decoded messages.
+  arrives (sample batches by the compiled decoder of :mod:`kyoso.contract.wire`, the others
+  by :func:`kyoso.contract.decode`), so the event loop only routes decoded messages. They
+  reach the loop in bulk: one wake-up takes every message received since the last one.
 - **Shared subscriptions**: with ``shared_group``, samples come through
   ``$share/<group>/…``, split between the group's workers. Status and descriptions are
   subscribed by every worker: the broker sends retained messages only to plain
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -41,7 +44,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from kyoso.contract import SUBSCRIPTIONS, ContractError, Message, TopicKind, decode, parse_topic
+from kyoso.contract import (
+    SUBSCRIPTIONS,
+    ContractError,
+    Message,
+    TopicError,
+    TopicKind,
+    decode,
+    parse_topic,
+)
+from kyoso.contract.wire import WireBatch, decode_samples
 from kyoso.mqtt import new_client
 
 from .config import MqttConfig
@@ -64,7 +76,7 @@ class Incoming:
     payload: bytes
     received: float
     """Wall-clock receive time (``time.time()``)."""
-    message: Message | None = None
+    message: Message | WireBatch | None = None
     error: ContractError | None = None
     withdrawn: tuple[str, str, str] | None = None
     """(factory, gateway, machine) of an empty retained description: the machine is gone."""
@@ -88,11 +100,20 @@ def classify(generation: int, mid: int, qos: int, topic: str, payload: bytes) ->
                 return make(withdrawn=(where.factory, where.gateway, where.machine))
             if where.kind in (TopicKind.STATUS, TopicKind.STORED):
                 return make(cleared=True)
+        if _kind(topic) is TopicKind.SAMPLES:
+            return make(message=decode_samples(topic, payload))
         return make(message=decode(topic, payload))
     except ContractError as exc:
         return make(error=exc)
     except ValueError as exc:  # parse_topic's TopicError
         return make(error=ContractError("topic", str(exc)))
+
+
+def _kind(topic: str) -> TopicKind | None:
+    try:
+        return parse_topic(topic).kind
+    except TopicError:
+        return None  # the decoder words the refusal
 
 
 class MqttConsumer:
@@ -107,6 +128,9 @@ class MqttConsumer:
         self.connected = False
         self.connects = 0
         self.connected_event = asyncio.Event()
+        self._inbox: deque[Incoming] = deque()
+        self._waking = False
+        """A call of :meth:`_drain` is due on the loop."""
 
     @property
     def filters(self) -> list[str]:
@@ -222,7 +246,20 @@ class MqttConsumer:
                 time.time(),
                 error=error,
             )
-        self._to_loop(self._deliver, incoming)
+        self._inbox.append(incoming)
+        if not self._waking:
+            self._waking = True
+            self._to_loop(self._drain)
+
+    # --- the event loop -------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Deliver every message received so far (reset first: a message appended while
+        this runs is delivered by it or by the call it schedules)."""
+        self._waking = False
+        inbox, deliver = self._inbox, self._deliver
+        while inbox:
+            deliver(inbox.popleft())
 
     def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
         loop = self._loop

@@ -37,12 +37,12 @@ from typing import Final
 from kyoso.contract import (
     MAX_RECEIPT_RANGES,
     MAX_RECEIPT_SESSIONS,
-    Sample,
     SessionReceipt,
     StoreReceipt,
     encode,
     stored_topic,
 )
+from kyoso.contract.wire import SampleLike
 
 __all__ = ["REPLAY_MEMORY", "Gap", "GatewayGaps", "Receipts", "ReplayGuard", "SeqRanges"]
 
@@ -261,7 +261,7 @@ class ReplayGuard:
         self.memory = memory
         self._known: dict[_Key, OrderedDict[int, tuple[str, datetime]]] = {}
 
-    def conflict(self, key: _Key, sample: Sample) -> str | None:
+    def conflict(self, key: _Key, sample: SampleLike) -> str | None:
         """Why ``sample`` is not the sample first taken under its number (None: it is, or
         the number is new); a new number is remembered."""
         known = self._known.get(key)

@@ -46,7 +46,8 @@ from typing import TypeVar
 
 from prometheus_client import Histogram
 
-from kyoso.contract import GatewayStatus, MachineDescription, Sample, SampleBatch, StoreReceipt
+from kyoso.contract import GatewayStatus, MachineDescription, StoreReceipt
+from kyoso.contract.wire import SampleLike, WireBatch
 from kyoso.store import (
     SampleGroup,
     Store,
@@ -65,7 +66,7 @@ __all__ = ["Ingest", "IngestStats"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _Letter = tuple[str, str, str, bytes]
-_Groups = dict[tuple[str, str, str], list[tuple[Incoming, Sample]]]
+_Groups = dict[tuple[str, str, str], list[tuple[Incoming, SampleLike]]]
 """Samples by (factory, gateway, session), each with the message that carried it."""
 
 
@@ -271,7 +272,7 @@ class Ingest:
         await self._dead_letter(letters)
         await self._dead_letter(await self._write_samples(groups))
         for incoming in batch.messages:  # written or dead-lettered: taken
-            if isinstance(message := incoming.message, SampleBatch):
+            if isinstance(message := incoming.message, WireBatch):
                 seqs = (sample.seq for sample in message.samples)
                 self.receipts.taken(message.factory, message.gateway, message.session, seqs)
         assert batch.control_done is not None
@@ -294,7 +295,7 @@ class Ingest:
             message = incoming.message
             if incoming.error is not None:
                 letters.append(_letter(incoming, incoming.error.reason, str(incoming.error)))
-            elif isinstance(message, SampleBatch):
+            elif isinstance(message, WireBatch):
                 key = (message.factory, message.gateway, message.session)
                 for sample in message.samples:
                     if (problem := self._implausible(sample.ts, now, past=True)) is not None:
@@ -434,7 +435,7 @@ class Ingest:
 def _kind(incoming: Incoming) -> str:
     if incoming.error is not None:
         return "refused"
-    if isinstance(incoming.message, SampleBatch):
+    if isinstance(incoming.message, WireBatch):
         return "samples"
     if isinstance(incoming.message, StoreReceipt):
         return "receipts"
@@ -447,5 +448,5 @@ def _letter(incoming: Incoming, reason: str, detail: str) -> _Letter:
     return (incoming.topic, reason, detail, incoming.payload)
 
 
-def _about(sample: Sample, problem: str) -> str:
+def _about(sample: SampleLike, problem: str) -> str:
     return f"sample machine={sample.machine} seq={sample.seq} ts={sample.ts.isoformat()}: {problem}"

@@ -85,6 +85,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample
+from kyoso.contract.wire import SampleLike
 
 __all__ = [
     "ADJOIN",
@@ -158,7 +159,7 @@ class SampleGroup:
     factory: str
     gateway: str
     session: str
-    samples: Sequence[Sample]
+    samples: Sequence[SampleLike]
     received_at: datetime | None = None
     """When the ingest received them (default: now), reported by ``latest_samples``."""
 
@@ -258,7 +259,7 @@ class StoreWriter(Protocol):
         factory: str,
         gateway: str,
         session: str,
-        samples: Sequence[Sample],
+        samples: Sequence[SampleLike],
         *,
         received_at: datetime | None = None,
     ) -> list[Refusal]:

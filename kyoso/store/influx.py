@@ -62,8 +62,8 @@ from kyoso.contract import (
     GatewayStatus,
     MachineDescription,
     MachineState,
-    Sample,
 )
+from kyoso.contract.wire import SampleLike
 from kyoso.influx.client import (
     InfluxAuthError,
     InfluxConfig,
@@ -206,7 +206,7 @@ class InfluxStore:
         factory: str,
         gateway: str,
         session: str,
-        samples: Sequence[Sample],
+        samples: Sequence[SampleLike],
         *,
         received_at: datetime | None = None,
     ) -> list[Refusal]:

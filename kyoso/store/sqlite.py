@@ -40,6 +40,7 @@ from kyoso.contract import (
     Sample,
     check_id,
 )
+from kyoso.contract.wire import SampleLike
 
 from .base import (
     BucketGrid,
@@ -212,7 +213,7 @@ class SqliteStore:
         factory: str,
         gateway: str,
         session: str,
-        samples: Sequence[Sample],
+        samples: Sequence[SampleLike],
         *,
         received_at: datetime | None = None,
     ) -> list[Refusal]:
@@ -485,11 +486,20 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
-def _extra(sample: Sample) -> str | None:
+def _extra(sample: SampleLike) -> str | None:
     """What a window query never reads, as JSON (counter totals may exceed 64-bit ints)."""
-    if not (sample.counters or sample.signals or sample.missing):
+    counters, signals, missing = sample.counters, sample.signals, sample.missing
+    if not (counters or signals or missing):
         return None
-    return sample.model_dump_json(include={"counters", "signals", "missing"})
+    extra = {
+        "counters": {n: {"delta": c.delta, "total": c.total} for n, c in counters.items()},
+        "signals": {
+            n: {"last": s.last, "mean": s.mean, "min": s.min, "max": s.max, "count": s.count}
+            for n, s in signals.items()
+        },
+        "missing": list(missing),
+    }
+    return json.dumps(extra, separators=(",", ":"), allow_nan=False)
 
 
 def _stored_sample(row: Sequence[Any]) -> StoredSample:
