@@ -1,6 +1,7 @@
 """Store receipts and gaps, on their own: ranges, receipts of several workers, the age of
 holes, and replays that are not the sample first taken."""
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -122,6 +123,48 @@ def test_a_restarted_worker_goes_on_from_its_own_retained_receipt() -> None:
     receipt = decode("kyoso/v1/f1/gw-01/stored/ingest-1", payload)
     assert isinstance(receipt, StoreReceipt)
     assert receipt.sessions[0].ranges == [(0, 100)]
+
+
+@pytest.mark.parametrize("dealing", ["alternate", "random"])
+def test_workers_of_a_shared_group_see_no_gaps_when_none_are_missing(dealing: str) -> None:
+    """The broker deals a session's messages between two workers: each one's own numbers
+    alone are hundreds of ranges, more than a receipt holds. The group took them all, so
+    neither worker may see a gap, however long the session (here 3,000 messages)."""
+    clock = Clock()
+    workers = [Receipts("ingest-1", clock=clock), Receipts("ingest-2", clock=clock)]
+    deal = random.Random(7)
+    for message in range(3000):
+        who = message % 2 if dealing == "alternate" else deal.randrange(2)
+        workers[who].taken("f1", "gw-01", "s1", range(message * 20, message * 20 + 20))
+        if message % 10 == 9:  # receipts go out every interval, to every other worker
+            for me, other in (workers, workers[::-1]):
+                for topic, payload in me.due():
+                    receipt = decode(topic, payload)
+                    assert isinstance(receipt, StoreReceipt)
+                    other.heard(receipt)
+    assert [w.gaps() for w in workers] == [[], []]
+
+
+def test_a_worker_joining_late_reads_the_groups_receipts_without_false_gaps() -> None:
+    """A worker (re)starting hears only the retained receipts: they hold what the group
+    took, not one worker's share alone, so the holes between the shares are no gaps."""
+    clock = Clock()
+    workers = [Receipts("ingest-1", clock=clock), Receipts("ingest-2", clock=clock)]
+    retained: dict[str, bytes] = {}  # the broker keeps the last receipt of each topic
+    for message in range(2000):
+        me, other = workers[message % 2], workers[1 - message % 2]
+        me.taken("f1", "gw-01", "s1", [message])
+        for topic, payload in me.due():
+            retained[topic] = payload
+            receipt = decode(topic, payload)
+            assert isinstance(receipt, StoreReceipt)
+            other.heard(receipt)
+    late = Receipts("ingest-3", clock=clock)
+    for topic, payload in retained.items():
+        receipt = decode(topic, payload)
+        assert isinstance(receipt, StoreReceipt)
+        late.heard(receipt)
+    assert late.gaps() == []
 
 
 def _sample(seq: int, machine: str = "m1", at: datetime = T0) -> Sample:

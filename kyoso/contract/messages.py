@@ -240,8 +240,9 @@ class SessionReceipt(_Message):
 
 
 class StoreReceipt(_Envelope):
-    """What one ingest worker has written to the store of one gateway's samples; retained
-    on ``…/stored/<worker>``. The gateway keeps every sample until a receipt covers it."""
+    """What the ingest has taken of one gateway's samples, as one worker knows it (its own
+    and those of the other workers' receipts it heard); retained on ``…/stored/<worker>``.
+    The gateway keeps every sample until a receipt covers it."""
 
     factory: Id
     gateway: Id

@@ -8,8 +8,12 @@ to the gateway, and the holes in it, told to the operator (docs/contract.md, 8.6
   with new ones are published, retained, on ``…/<gateway>/stored/<worker>``. The gateway
   deletes what they cover from its outbox, and sends again what stays unconfirmed.
 - **Several workers** (a shared subscription) each publish their own receipt; every worker
-  reads all of them, so each knows what the region's ingest has taken as a whole. A worker
-  that restarts reads its own retained receipt back and goes on from it.
+  reads all of them, so each knows what the region's ingest has taken as a whole, and its
+  receipt tells that whole: its own numbers and those of the receipts it heard. The broker
+  deals a session's messages between the workers, so one worker's own numbers alone are
+  as many ranges as messages, more than a receipt holds: what fell out of the receipts
+  would be gaps to the others, and never close. The group's numbers are a few ranges. A
+  worker that restarts reads the retained receipts back and goes on from them.
 - **Gaps** are the holes between the lowest and the highest sequence number taken of a
   session: samples lost, or not yet replayed. Each hole keeps the time it was first seen,
   so the age of the oldest one tells a hole that is closing from one that never will (the
@@ -168,8 +172,10 @@ class Receipts:
             ranges = SeqRanges(entry.ranges)
             if receipt.worker == self.worker:
                 found.own.merge(ranges)
-            else:
+            elif (known := found.others.get(receipt.worker)) is None:
                 found.others[receipt.worker] = ranges
+            else:  # what was taken stays taken: a receipt's ranges only add
+                known.merge(ranges)
             found.touched = max(found.touched, receipt.ts.timestamp())
 
     def due(self) -> list[tuple[str, bytes]]:
@@ -242,7 +248,7 @@ class Receipts:
             worker=self.worker,
             ts=datetime.fromtimestamp(self._clock(), UTC),
             sessions=[
-                SessionReceipt(session=name, ranges=entry.own.ranges()[-MAX_RECEIPT_RANGES:])
+                SessionReceipt(session=name, ranges=entry.union().ranges()[-MAX_RECEIPT_RANGES:])
                 for name, entry in sessions[:MAX_RECEIPT_SESSIONS]
             ],
         )
