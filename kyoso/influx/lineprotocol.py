@@ -17,9 +17,9 @@ and a sample's tag values and field keys are contract ids and names
 (``[a-z0-9][a-z0-9_-]*``), which line protocol never needs to escape. It checks each with
 one regular expression instead (once: the ids and names seen are remembered), checks that
 every number is a finite float or a 64-bit integer, and refuses anything else, so the
-promise above holds for samples not built by the contract's validation too. The numbers
-of a :class:`~kyoso.contract.wire.WireSample` are not checked again: the ingest's decoder
-(:mod:`kyoso.contract.wire`), the only maker of them, checked them.
+promise above holds for samples not built by the contract's validation too. The machine,
+names and numbers of a :class:`~kyoso.contract.wire.WireSample` are not checked again: the
+ingest's decoder (:mod:`kyoso.contract.wire`), the only maker of them, checked them.
 """
 
 import functools
@@ -230,12 +230,16 @@ def sample_point(
 ) -> str:
     """The ``samples`` line of one sample (``factory`` picks the database, not a tag);
     ``received_at`` (a datetime or nanoseconds), when given, is kept as ``received_ns``.
-    Ids and names are checked, not escaped; numbers are checked unless the sample is a
-    :class:`~kyoso.contract.wire.WireSample`, whose decoder checked them (module
-    docstring)."""
+    Ids and names are checked, not escaped, and numbers are checked, but for what the
+    decoder of a :class:`~kyoso.contract.wire.WireSample` checked already: its machine, its
+    names and its numbers (module docstring)."""
     counters, signals, missing = sample.counters, sample.signals, sample.missing
     machine = sample.machine
-    _plain((factory, gateway, session, machine, *counters, *signals, *missing))
+    if type(sample) is WireSample:  # its machine and names checked by the decoder
+        _plain((factory, gateway, session))
+    else:
+        _plain((factory, gateway, session, machine, *counters, *signals, *missing))
+        _check_sample_numbers(sample)
     moment = sample.ts
     if moment.tzinfo is None:
         raise LineProtocolError(f"timestamp {moment.isoformat()} has no time zone")
@@ -243,15 +247,13 @@ def sample_point(
     if not MIN_TIME_NS <= ts <= MAX_TIME_NS:
         raise LineProtocolError(f"timestamp {moment.isoformat()} is outside InfluxDB's range")
     interval, get = sample.interval_s, sample.durations_s.get
-    if type(sample) is not WireSample:
-        _check_sample_numbers(sample)
     running, setup, down = get(_RUNNING, 0.0), get(_SETUP, 0.0), get(_DOWN, 0.0)
     idle, planned, unknown = get(_IDLE, 0.0), get(_PLANNED, 0.0), get(_UNKNOWN, 0.0)
     start = ts - max(1, round(interval * 1e9))  # interval_ns, inline: once per sample
     text = (
         f"samples,gateway={gateway},machine={machine} seq={sample.seq}i,"
         f'session="{session}",interval_s={interval!r},start_ns={start}i,'
-        f'state="{sample.state.value}",running_s={running!r},setup_s={setup!r},'
+        f'state="{_STATE_TEXT[sample.state]}",running_s={running!r},setup_s={setup!r},'
         f"down_s={down!r},idle_s={idle!r},planned_stop_s={planned!r},unknown_s={unknown!r}"
     )
     for name in sorted(counters):
@@ -273,11 +275,15 @@ def sample_point(
     if missing:
         text += f',missing="{",".join(missing)}"'
     if received_at is not None:
-        received = timestamp_ns(received_at) if isinstance(received_at, datetime) else received_at
-        if type(received) is not int or not _INT64_MIN <= received <= _INT64_MAX:
-            raise LineProtocolError(f"received_at {received!r} is not a 64-bit integer")
-        text += f",received_ns={received}i"
+        text += f",received_ns={_received_ns(received_at)}i"
     return f"{text} {ts}"
+
+
+def _received_ns(received_at: datetime | int) -> int:
+    received = timestamp_ns(received_at) if isinstance(received_at, datetime) else received_at
+    if type(received) is not int or not _INT64_MIN <= received <= _INT64_MAX:
+        raise LineProtocolError(f"received_at {received!r} is not a 64-bit integer")
+    return received
 
 
 def _check_sample_numbers(sample: SampleLike) -> None:
@@ -305,6 +311,7 @@ def _check_sample_numbers(sample: SampleLike) -> None:
             raise LineProtocolError(f"integer {number!r} does not fit in a signed 64-bit field")
 
 
+_STATE_TEXT: Final = {state: state.value for state in MachineState}
 _RUNNING, _SETUP, _DOWN, _IDLE, _PLANNED, _UNKNOWN = (
     MachineState.RUNNING,
     MachineState.SETUP,
