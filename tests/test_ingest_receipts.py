@@ -2,9 +2,12 @@
 holes, and replays that are not the sample first taken."""
 
 import random
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kyoso.contract import (
     MAX_RECEIPT_RANGES,
@@ -14,7 +17,14 @@ from kyoso.contract import (
     StoreReceipt,
     decode,
 )
-from kyoso.ingest.receipts import Gap, GatewayGaps, Receipts, ReplayGuard, SeqRanges
+from kyoso.ingest.receipts import (
+    REPLAY_MEMORY,
+    Gap,
+    GatewayGaps,
+    Receipts,
+    ReplayGuard,
+    SeqRanges,
+)
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -193,3 +203,44 @@ def test_a_number_sent_again_with_another_sample_is_refused(again: Sample, refus
     assert guard.conflict(key, _sample(5)) is None
     assert (guard.conflict(key, again) is not None) == refused
     assert guard.conflict(("f1", "gw-01", "s2"), again) is None  # another session
+
+
+def test_the_replay_memory_is_a_few_bytes_a_number_and_bounded() -> None:
+    """A regional ingest knows hundreds of sessions: each one's memory of its last
+    REPLAY_MEMORY numbers must cost bytes a number, not a Python object each."""
+    guard = ReplayGuard()
+    key = ("f1", "gw-01", "s1")
+    tracemalloc.start()
+    try:
+        for seq in range(3 * REPLAY_MEMORY):
+            assert guard.conflict(key, _sample(seq, machine=f"m{seq % 20}", at=T0)) is None
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 40 * REPLAY_MEMORY  # bytes
+    last = 3 * REPLAY_MEMORY - 1
+    for seq in (last, last - REPLAY_MEMORY + 1):  # still remembered
+        assert guard.conflict(key, _sample(seq, machine="other", at=T0)) is not None
+    assert guard.conflict(key, _sample(0, machine="other", at=T0)) is None  # long forgotten
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 40), st.booleans(), st.sampled_from(["m1", "m2"])),
+        max_size=300,
+    )
+)
+def test_the_replay_memory_judges_recent_numbers_as_a_full_record_would(
+    steps: list[tuple[int, bool, str]],
+) -> None:
+    """Numbers going up by leaps, and numbers sent again up to half the memory back: the
+    ring refuses exactly what a record of every number taken refuses."""
+    guard, record = ReplayGuard(memory=64), {}
+    key, top = ("f1", "gw-01", "s1"), 0
+    for leap, again, machine in steps:
+        seq = max(0, top - leap) if again else top + leap
+        top = max(top, seq)
+        sample = _sample(seq, machine=machine)
+        first = record.setdefault(seq, machine)
+        assert (guard.conflict(key, sample) is not None) == (first != machine)

@@ -32,7 +32,7 @@ sent again by the gateway and taken again (harmless), never lost.
 
 import bisect
 import time
-from collections import OrderedDict
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +51,7 @@ from kyoso.contract.wire import SampleLike
 __all__ = ["REPLAY_MEMORY", "Gap", "GatewayGaps", "Receipts", "ReplayGuard", "SeqRanges"]
 
 REPLAY_MEMORY: Final = 100_000
-"""Sequence numbers per session whose machine and time are remembered."""
+"""Sequence numbers per session whose machine and time are remembered (16 bytes each)."""
 REPLAY_SESSIONS: Final = 4096
 """Sessions remembered so (the ones first seen longest ago go first)."""
 
@@ -261,30 +261,64 @@ def _first_seen(hole: tuple[int, int], seen: dict[tuple[int, int], float], now: 
 
 
 class ReplayGuard:
-    """Remembers the machine and time of each session's last ``REPLAY_MEMORY`` numbers."""
+    """Remembers the machine and time of each session's last ``memory`` numbers (at least:
+    a power of two of them), as a 64-bit fingerprint in a ring of slots indexed by number:
+    16 bytes a number, grown as the session's numbers spread, never beyond."""
 
     def __init__(self, memory: int = REPLAY_MEMORY) -> None:
-        self.memory = memory
-        self._known: dict[_Key, OrderedDict[int, tuple[str, datetime]]] = {}
+        self.slots = 1 << max(0, memory - 1).bit_length()
+        self._known: dict[_Key, _Ring] = {}
 
     def conflict(self, key: _Key, sample: SampleLike) -> str | None:
-        """Why ``sample`` is not the sample first taken under its number (None: it is, or
-        the number is new); a new number is remembered."""
-        known = self._known.get(key)
-        if known is None:
-            known = self._known[key] = OrderedDict()
+        """Why ``sample`` is not the sample first taken under its number (None: it is, the
+        number is new, or it is older than what is remembered); a new number is
+        remembered."""
+        ring = self._known.get(key)
+        if ring is None:
+            ring = self._known[key] = _Ring(min(_FIRST_SLOTS, self.slots))
             if len(self._known) > REPLAY_SESSIONS:
                 del self._known[next(iter(self._known))]
-        was = known.get(sample.seq)
-        now = (sample.machine, sample.ts)
-        if was is None:
-            known[sample.seq] = now
-            if len(known) > self.memory:
-                known.popitem(last=False)
-            return None
-        if was == now:
-            return None
-        return (
-            f"seq {sample.seq} was taken as machine={was[0]} ts={was[1].isoformat()}, "
-            f"sent again as machine={now[0]} ts={now[1].isoformat()}"
-        )
+        seq, machine, ts = sample.seq, sample.machine, sample.ts
+        fingerprint = hash((machine, ts))
+        while True:
+            slot = seq & ring.mask
+            held = ring.seqs[slot]
+            if held == seq:
+                if ring.prints[slot] == fingerprint:
+                    return None
+                return (
+                    f"seq {seq} was taken as another sample (another machine or time), "
+                    f"sent again as machine={machine} ts={ts.isoformat()}"
+                )
+            if held > seq:  # the slot holds a later number: this one is older than the memory
+                return None
+            if held < 0 or ring.mask + 1 >= self.slots:
+                break
+            ring = self._known[key] = ring.grown(self.slots)  # the numbers spread: room
+        ring.seqs[slot] = seq
+        ring.prints[slot] = fingerprint
+        return None
+
+
+_FIRST_SLOTS: Final = 1024
+
+
+class _Ring:
+    """Numbers and fingerprints by slot ``seq & mask``; ``-1``: an empty slot."""
+
+    __slots__ = ("mask", "prints", "seqs")
+
+    def __init__(self, slots: int) -> None:
+        self.mask = slots - 1
+        self.seqs = array("q", [-1]) * slots
+        self.prints = array("q", bytes(8 * slots))
+
+    def grown(self, limit: int) -> "_Ring":
+        """A ring with twice the slots (at most ``limit``), holding what this one holds."""
+        bigger = _Ring(min(limit, 2 * (self.mask + 1)))
+        for seq, fingerprint in zip(self.seqs, self.prints, strict=True):
+            if seq >= 0:
+                slot = seq & bigger.mask
+                if seq > bigger.seqs[slot]:
+                    bigger.seqs[slot], bigger.prints[slot] = seq, fingerprint
+        return bigger
