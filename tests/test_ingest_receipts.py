@@ -236,7 +236,7 @@ def test_the_replay_memory_judges_recent_numbers_as_a_full_record_would(
 ) -> None:
     """Numbers going up by leaps, and numbers sent again up to half the memory back: the
     ring refuses exactly what a record of every number taken refuses."""
-    guard, record = ReplayGuard(memory=64), {}
+    guard, record = ReplayGuard(memory=64), dict[int, str]()
     key, top = ("f1", "gw-01", "s1"), 0
     for leap, again, machine in steps:
         seq = max(0, top - leap) if again else top + leap
