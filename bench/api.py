@@ -9,7 +9,8 @@
 2. **Server**: a platform key made with ``kyoso api keys create``, then ``kyoso api`` as
    its own process (uvicorn, one worker) on a free loopback port, configured only through
    ``KYOSO_API_*``. Data may not go stale during the run (it would withdraw capacity and
-   make answers cheaper): the staleness threshold is one hour, everything else is default.
+   make answers cheaper): the staleness threshold is one hour; the key's request rate is
+   not limited (the load stands for many callers); everything else is default.
 3. **Load**, from this process, loopback only, over kept-alive HTTP/1.1 connections of a
    small asyncio client (tens of microseconds of CPU a request: not the limit here):
 
@@ -18,6 +19,9 @@
      whatever the answers before it (on a new connection if none is free, up to
      ``--max-connections``), its latency counted from that scheduled time: a slow answer
      delays nobody's clock, so queueing is measured, not hidden (no coordinated omission);
+     then the same schedule for the trivial page below (what answering at that rate costs
+     alone) and, with ``--hog``, the regional query again with another process busy on one
+     core (``python -c "while True: pass"``, started before the phase and killed after it);
    - *closed loop* (the raw limits of the same server in the same run): ``--connections``
      connections each sending its next request when its answer arrives, for
      ``--closed-seconds``: the regional query; the same query with If-None-Match set to
@@ -27,10 +31,12 @@
 
 Printed: per phase, throughput, p50/p99/max latency, the server's CPU (% of one core, from
 /proc), this client's, and the answers by status; and the size of the regional answer.
+``--json PATH`` also writes them there (for ``python -m bench``).
 """
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -42,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from procstat import cpu_seconds, free_port
 
@@ -162,6 +168,10 @@ def start_server(workdir: Path, store: Path, keys: Path, port: int) -> subproces
         "KYOSO_API_KEYS": str(keys),
         "KYOSO_API_BOOKINGS_PATH": str(workdir / "bookings.sqlite3"),
         "KYOSO_API_CAPACITY__STALE_AFTER_S": "3600",
+        # The load stands for many platform callers, sent with one key: its fair-use rate
+        # (20/s by default) would answer most of it 429. Concurrency limits stay as they are.
+        "KYOSO_API_LIMITS__RATE_PER_S": "100000",
+        "KYOSO_API_LIMITS__BURST": "100000",
     }
     log = (workdir / "server.log").open("wb")
     return subprocess.Popen([str(KYOSO), "api"], env=env, stdout=log, stderr=log)
@@ -271,6 +281,25 @@ class Phase:
     late_s: float = 0.0
     """Open loop: the most a request was sent after its scheduled time."""
 
+    def figures(self) -> dict[str, Any]:
+        """The row's figures, for ``--json``."""
+        ordered = sorted(self.latencies_s)
+
+        def at(q: float) -> float | None:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+        return {
+            "name": self.name,
+            "requests_per_s": len(ordered) / self.wall_s,
+            "p50_s": at(0.5),
+            "p99_s": at(0.99),
+            "max_s": ordered[-1] if ordered else None,
+            "server_cpu_pct": 100 * self.server_cpu_s / self.wall_s,
+            "client_cpu_pct": 100 * self.client_cpu_s / self.wall_s,
+            "answers": dict(self.answers),
+            "late_s": self.late_s,
+        }
+
     def row(self) -> str:
         ordered = sorted(self.latencies_s)
 
@@ -362,7 +391,27 @@ async def wait_ready(port: int, server: subprocess.Popen[bytes], timeout_s: floa
     raise RuntimeError("kyoso api did not answer in time")
 
 
-async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> None:
+class Hog:
+    """Another process busy on one core while a phase runs: a loop that never sleeps,
+    killed (by its pid, through its handle) when the phase ends."""
+
+    def __init__(self) -> None:
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> "Hog":
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "while True: pass"
+        )
+        await asyncio.sleep(0.5)  # spinning before the first request
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> dict[str, Any]:
     pool = Pool(port, args.max_connections)
     regional = get(REGIONAL, port, key)
 
@@ -372,26 +421,36 @@ async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> None
     cold = await measured("cold: first " + REGIONAL, pid, first)
     _, size, etag = await pool.send(regional)
 
-    phases = [cold]
+    phases = {"cold": cold}
     rate, seconds, n, seconds_c = args.rate, args.seconds, args.connections, args.closed_seconds
-    phases.append(
-        await measured(
-            f"open loop {rate:g}/s: {REGIONAL}", pid, open_loop(pool, regional, rate, seconds)
-        )
+    phases["open"] = await measured(
+        f"open loop {rate:g}/s: {REGIONAL}", pid, open_loop(pool, regional, rate, seconds)
     )
-    late_s = phases[-1].late_s
+    late_s = phases["open"].late_s
     opened = pool.opened
-    closed = [(f"closed x{n}: {REGIONAL}", regional, OK)]
-    for name, request, status in closed:
-        phases.append(await measured(name, pid, closed_loop(pool, request, n, seconds_c, status)))
+    phases["open_trivial"] = await measured(
+        f"open loop {rate:g}/s: {TRIVIAL} (trivial)",
+        pid,
+        open_loop(pool, get(TRIVIAL, port), rate, seconds),
+    )
+    if args.hog:
+        async with Hog():
+            phases["open_hog"] = await measured(
+                f"open loop {rate:g}/s, a core busy: {REGIONAL}",
+                pid,
+                open_loop(pool, regional, rate, seconds),
+            )
+    phases["closed"] = await measured(
+        f"closed x{n}: {REGIONAL}", pid, closed_loop(pool, regional, n, seconds_c, OK)
+    )
     # A poller sends the ETag of its last answer: take it now, as a poller would have.
     _, _, current = await pool.send(regional)
     conditional = get(REGIONAL, port, key, current)
-    for name, request, status in [
-        (f"closed x{n}: same with If-None-Match", conditional, OK | {304}),
-        (f"closed x{n}: {TRIVIAL} (trivial)", get(TRIVIAL, port), OK),
+    for name, title, request, status in [
+        ("closed_etag", f"closed x{n}: same with If-None-Match", conditional, OK | {304}),
+        ("closed_trivial", f"closed x{n}: {TRIVIAL} (trivial)", get(TRIVIAL, port), OK),
     ]:
-        phases.append(await measured(name, pid, closed_loop(pool, request, n, seconds_c, status)))
+        phases[name] = await measured(title, pid, closed_loop(pool, request, n, seconds_c, status))
     pool.close()
 
     print(f"regional answer: {size} bytes, ETag {etag}")
@@ -402,8 +461,14 @@ async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> None
     print()
     header = f"{'phase':<44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
     print(f"{header} {'server':>8} {'client':>8}  answers")
-    for phase in phases:
+    for phase in phases.values():
         print(phase.row())
+    return {
+        "answer_bytes": size,
+        "late_s": late_s,
+        "connections_opened": opened,
+        "phases": {name: phase.figures() for name, phase in phases.items()},
+    }
 
 
 def main() -> int:
@@ -418,6 +483,10 @@ def main() -> int:
     parser.add_argument("--max-connections", type=int, default=256, help="open loop")
     parser.add_argument("--closed-seconds", type=float, default=8.0)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--hog", action="store_true", help="open loop again with another process busy on a core"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="kyoso-bench-api-"))
@@ -439,7 +508,10 @@ def main() -> int:
         port = free_port()
         server = start_server(workdir, workdir / "store.sqlite3", workdir / "keys.sqlite3", port)
         asyncio.run(wait_ready(port, server, 30.0))
-        asyncio.run(drive(args, port, key, server.pid))
+        figures = asyncio.run(drive(args, port, key, server.pid))
+        if args.json:
+            figures.update(factories=len(configs), machines=machines, samples=samples)
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
         if server is not None:
             server.terminate()

@@ -10,7 +10,8 @@ the register between running and setup, each flip at a random moment once the pr
 is visible, and times it until the store's latest sample of the machine (read every 20 ms)
 and the API's ``/v1/factories/{f}/machines/{m}`` (asked every 20 ms) show the new state.
 The raw limit beside it: QoS 1 publish to delivery through the same broker in the same run,
-and the poll period, which bounds how soon the gateway can see a change.
+and the poll period, which bounds how soon the gateway can see a change. ``--json PATH``
+also writes the figures there (for ``python -m bench``).
 
     .venv/bin/python bench/e2e.py --flips 20 --before-flips 5
 """
@@ -192,10 +193,15 @@ def _figures(values: list[float], unit: float = 1.0, digits: int = 2, suffix: st
     )
 
 
-def _report(label: str, flips: list[Flip]) -> None:
+def _summary(values: list[float]) -> dict[str, float]:
+    return {name: _percentile(values, q) for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
+
+
+def _report(label: str, flips: list[Flip]) -> dict[str, Any]:
+    stored, served = [f.stored - f.at for f in flips], [f.served - f.at for f in flips]
     print(f"{label}, {len(flips)} flips:")
-    print(f"  register -> store : {_figures([f.stored - f.at for f in flips])}")
-    print(f"  register -> API   : {_figures([f.served - f.at for f in flips])}")
+    print(f"  register -> store : {_figures(stored)}")
+    print(f"  register -> API   : {_figures(served)}")
     steps = {
         "register -> the poll that saw it (the sample's end)": [f.polled - f.wall for f in flips],
         "-> the ingest received it": [f.received - f.polled for f in flips],
@@ -205,6 +211,11 @@ def _report(label: str, flips: list[Flip]) -> None:
     print("  steps (p50 / max):")
     for name, values in steps.items():
         print(f"    {name}: {_percentile(values, 0.5):.3f} / {max(values):.3f} s")
+    return {
+        "flips": len(flips),
+        "register_to_store_s": _summary(stored),
+        "register_to_api_s": _summary(served),
+    }
 
 
 def _raw_broker(port: int, messages: int) -> list[float]:
@@ -306,7 +317,9 @@ async def _run_gateway(
         await asyncio.to_thread(_stop, gateway)
 
 
-async def _bench(work: Path, broker_port: int, api_port: int, key: str, args: Any) -> None:
+async def _bench(
+    work: Path, broker_port: int, api_port: int, key: str, args: Any
+) -> dict[str, Any]:
     factory = _factory()
     [machine] = factory.machines
     model = FlipModel(
@@ -323,6 +336,7 @@ async def _bench(work: Path, broker_port: int, api_port: int, key: str, args: An
         readers = Readers(store, api_port, key)
         endpoints = dict(servers.endpoints)
         runs = [(None, args.before_flips), (1.0, args.flips)]
+        figures = {}
         for min_sample_s, flips in runs:
             if not flips:
                 continue
@@ -331,7 +345,8 @@ async def _bench(work: Path, broker_port: int, api_port: int, key: str, args: An
                 flips=flips,
             )  # fmt: skip
             label = "before (min_sample_s: null)" if min_sample_s is None else "after (1.0)"
-            _report(label, done)
+            figures["before" if min_sample_s is None else "after"] = _report(label, done)
+        return figures
 
 
 def main() -> int:
@@ -341,6 +356,7 @@ def main() -> int:
         "--before-flips", type=int, default=5, help="flips with min_sample_s null (0: skip)"
     )
     parser.add_argument("--raw-messages", type=int, default=200, help="raw broker messages")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kyoso-bench-e2e-") as tmp:
         work = Path(tmp)
@@ -390,13 +406,17 @@ def main() -> int:
                 f"samples every {PUBLISH_S:g} s, kyoso ingest -> SQLite, kyoso api "
                 f"(cache_ttl_s {CACHE_TTL_S:g}); mosquitto, loopback, {os.cpu_count()} cores"
             )
-            asyncio.run(_bench(work, broker_port, api_port, key, args))
+            figures = asyncio.run(_bench(work, broker_port, api_port, key, args))
             raw = _raw_broker(broker_port, args.raw_messages)
             print(
                 f"raw limit: broker publish -> deliver (QoS 1, same broker): "
                 f"{_figures(raw, 1000, 2, 'ms')}; the gateway sees a change at its next "
                 f"poll: 0 to {POLL_S:g} s"
             )
+            figures["raw_broker_s"] = _summary(raw)
+            figures.update(poll_s=POLL_S, publish_s=PUBLISH_S, cache_ttl_s=CACHE_TTL_S)
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2) + "\n")
         except Exception:
             for log in sorted(work.glob("*.log")):
                 print(f"--- {log.name}\n{log.read_text()[-2000:]}", file=sys.stderr)

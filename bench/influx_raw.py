@@ -13,7 +13,8 @@ apart, and writes them into a fresh database three ways:
 
 Each run writes new points (later timestamps); the figures are points per second of wall
 time, and the influxd CPU time used. The line building rate (``sample_point``) is printed
-too, since the ingest pays it per sample.
+too, since the ingest pays it per sample. ``--json PATH`` also writes the figures there
+(for ``python -m bench``).
 
     .venv/bin/python bench/influx_raw.py --points 100000 --batch 5000
 """
@@ -26,9 +27,11 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from procstat import cpu_seconds, free_port, rss_mib
@@ -60,6 +63,7 @@ enabled = true
 bind-address = "127.0.0.1:{port}"
 auth-enabled = false
 log-enabled = false
+max-row-limit = 0
 pprof-enabled = false
 unix-socket-enabled = false
 [logging]
@@ -165,6 +169,51 @@ def raw_write(port: int, database: str, lines: list[str], batch: int, compress: 
     return elapsed
 
 
+def raw_write_parallel(
+    port: int, jobs: list[tuple[str, list[str]]], batch: int, connections: int
+) -> float:
+    """Wall time to POST every ``(database, lines)`` job in batches of ``batch`` lines,
+    uncompressed, over ``connections`` kept-alive connections at once (one thread each,
+    taking the next body when its answer is in). Bodies are built before the clock starts."""
+    bodies = [
+        (f"/write?{urlencode({'db': database, 'precision': 'ns'})}", "\n".join(chunk).encode())
+        for database, lines in jobs
+        for chunk in (lines[i : i + batch] for i in range(0, len(lines), batch))
+    ]
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    queue = iter(bodies)
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            while True:
+                with lock:
+                    job = next(queue, None)
+                if job is None:
+                    return
+                connection.request("POST", job[0], job[1], headers)
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status != 204:
+                    failures.append(f"{response.status} {answer[:200]!r}")
+                    return
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"write failed: {failures[0]}")
+    return elapsed
+
+
 async def _writer(port: int, database: str, lines: list[str], batch: int) -> float:
     config = InfluxConfig(url=f"http://127.0.0.1:{port}", max_batch_lines=batch)
     async with InfluxWriter(config) as writer:
@@ -181,6 +230,7 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=100_000, help="points per run")
     parser.add_argument("--batch", type=int, default=5000, help="lines per request")
     parser.add_argument("--machines", type=int, default=100, help="series (machines)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="kyoso-bench-influx-"))
@@ -198,6 +248,14 @@ def main() -> int:
         runs = {"raw": False, "raw gzip": True, "writer": None}
         built, build_s = _lines(bench_samples(args.points, args.machines, 0))
         size = sum(len(line) + 1 for line in built)
+        figures: dict[str, Any] = {
+            "points": args.points,
+            "batch": args.batch,
+            "machines": args.machines,
+            "line_building_per_s": args.points / build_s,
+            "bytes_per_line": size / args.points,
+            "runs": {},
+        }
         print(
             f"influxd 1.6.7, data in {workdir}; {args.points} points of 26 fields, "
             f"{args.machines} series, batches of {args.batch}"
@@ -218,6 +276,10 @@ def main() -> int:
             else:
                 elapsed = raw_write(port, database, lines, args.batch, compress)
             cpu = cpu_seconds(process.pid) - cpu0
+            figures["runs"][name] = {
+                "points_per_s": args.points / elapsed,
+                "influxd_cpu_pct": cpu / elapsed * 100,
+            }
             print(
                 f"{name:>9}: {args.points / elapsed:>10,.0f} points/s "
                 f"({args.points * 26 / elapsed:,.0f} field values/s), "
@@ -233,6 +295,9 @@ def main() -> int:
             f"points stored: {total} (expected {args.points * len(runs)}); "
             f"influxd RSS {rss_mib(process.pid):.0f} MiB"
         )
+        figures.update(stored=total, expected=args.points * len(runs))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
         return 0 if total == args.points * len(runs) else 1
     finally:
         process.terminate()

@@ -7,7 +7,8 @@ two states, two counters with totals, two signals, an alarm). Then, in one run:
 
 1. **raw InfluxDB**: the same samples as line protocol (``sample_point``), built beforehand,
    POSTed in batches of 5000 lines over one kept-alive connection, uncompressed, into each
-   factory's database: the most this InfluxDB takes here;
+   factory's database: the most this InfluxDB takes here; then the same over two
+   connections at once (the baseline of two ingest processes);
 2. **raw broker**: every message published at QoS 1 by one client and received at QoS 1 by
    one subscriber (paho, acknowledging at once, doing nothing with them): the most the
    broker and a paho client move here;
@@ -16,12 +17,21 @@ two states, two counters with totals, two signals, an alarm). Then, in one run:
    was stopped), and is timed from its first received sample to its last written one, read
    from its ``/metrics``. Every point is counted in InfluxDB afterwards. Then the same with
    two ingest processes in one shared-subscription group (the scale-out of docs/ingest.md),
-   the broker splitting the samples between them.
+   the broker splitting the samples between them. Each run prints the samples the ingest
+   received and wrote (its ``/metrics``) beside those stored, and on a shortfall the
+   missing ``(gateway, seq)`` ranges;
+4. **Node-RED** (``--nodered``): the plain flow of ``bench/nodered/`` (installed from npm
+   into ``bench/.cache/``, see ``bench/nodered.py``) over the same samples, found queued
+   in its persistent session the same way, timed from its first received batch to its last
+   written one, its points counted in InfluxDB.
+
+``--json PATH`` also writes the figures there (for ``python -m bench``).
 
     .venv/bin/python bench/ingest.py --gateways 10 --machines 20 --intervals 500 --workers 1 2
 """
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -33,12 +43,15 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
+import nodered
 import paho.mqtt.client as mqtt
-from influx_raw import bench_samples, raw_write, request, start_influxd
+from influx_raw import bench_samples, raw_write_parallel, request, start_influxd
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from procstat import cpu_seconds, free_port, rss_mib, start_mosquitto
 
@@ -47,6 +60,11 @@ from kyoso.influx.lineprotocol import sample_point
 
 Message = tuple[str, bytes, int]
 """Topic, payload, samples in it."""
+Missing = tuple[str, int, int]
+"""A run of samples not stored: ``factory/gateway``, first and last seq."""
+GATEWAY = "gw-01"
+STALL_S = 30.0
+"""A run whose counters have not moved for this long is over: its shortfall is reported."""
 
 
 def _workload(
@@ -61,12 +79,12 @@ def _workload(
         # Recent enough for the ingest's plausibility check (90 days by default).
         begin = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=intervals + 60)
         samples = bench_samples(machines * intervals, machines, 0, begin)
-        lines[factory] = [sample_point(factory, "gw-01", session, s) for s in samples]
-        topic = samples_topic(factory, "gw-01")
+        lines[factory] = [sample_point(factory, GATEWAY, session, s) for s in samples]
+        topic = samples_topic(factory, GATEWAY)
         messages = []
         for i in range(intervals):
             chunk = samples[i * machines : (i + 1) * machines]
-            batch = SampleBatch(factory=factory, gateway="gw-01", session=session, samples=chunk)
+            batch = SampleBatch(factory=factory, gateway=GATEWAY, session=session, samples=chunk)
             messages.append((topic, encode(batch), len(chunk)))
         by_gateway.append(messages)
     interleaved = [m for step in zip(*by_gateway, strict=True) for m in step]
@@ -136,11 +154,48 @@ def _metrics(port: int) -> dict[str, float]:
     return values
 
 
-def _count(influx_port: int, database: str) -> int:
-    query = urlencode({"db": database, "q": "SELECT count(seq) FROM samples"})
+def _seqs(influx_port: int, database: str, where: str = "") -> set[int]:
+    """The ``seq`` of every sample point stored in ``database``."""
+    statement = f"SELECT seq FROM samples {where}".strip()  # noqa: S608 - the bench's own ids
+    query = urlencode({"db": database, "q": statement})
     _, body = request(influx_port, "GET", f"/query?{query}")
-    series = json.loads(body)["results"][0].get("series", [])
-    return int(series[0]["values"][0][1]) if series else 0
+    result = json.loads(body)["results"][0]
+    if result.get("partial"):
+        raise RuntimeError(f"InfluxDB answered part of the seqs of {database}")
+    return {int(v[1]) for series in result.get("series", []) for v in series["values"]}
+
+
+def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted numbers as inclusive ranges of consecutive ones."""
+    ranges: list[tuple[int, int]] = []
+    for n in sorted(numbers):
+        if ranges and n == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], n)
+        else:
+            ranges.append((n, n))
+    return ranges
+
+
+def missing_ranges(
+    influx_port: int, databases: dict[str, str], per_factory: int, *, tag: bool = False
+) -> list[Missing]:
+    """``(factory/gateway, first, last)`` of every run of seqs not stored: each factory's
+    samples are seqs 0 to ``per_factory - 1`` of its one gateway. ``databases`` maps each
+    factory to its database; ``tag``: the factory is a tag there (Node-RED), not the
+    database."""
+    found = []
+    for factory, database in databases.items():
+        where = f"WHERE \"factory\" = '{factory}'" if tag else ""
+        stored = _seqs(influx_port, database, where)
+        gone = [seq for seq in range(per_factory) if seq not in stored]
+        found += [(f"{factory}/{GATEWAY}", lo, hi) for lo, hi in _ranges(gone)]
+    return found
+
+
+def _shown(ranges: list[Missing], limit: int = 20) -> str:
+    shown = ", ".join(f"{key} {lo}" + (f"-{hi}" if hi != lo else "") for key, lo, hi in ranges)
+    parts = shown.split(", ")
+    return ", ".join(parts[:limit]) + (f", ... ({len(parts)} ranges)" if len(parts) > limit else "")
 
 
 def _ingest(
@@ -153,7 +208,9 @@ def _ingest(
     workers: int,
 ) -> dict[str, float]:
     """Run ``workers`` ingest processes (one shared-subscription group when more than one)
-    over the messages queued for their sessions; time, CPU and memory of all of them."""
+    over the messages queued for their sessions; time, CPU and memory of all of them, and
+    the samples they received, wrote and stored. A run that stops moving for ``STALL_S``
+    ends there, with its shortfall."""
     ports = [free_port() for _ in range(workers)]
 
     def environment(worker: int) -> dict[str, str]:
@@ -216,28 +273,141 @@ def _ingest(
     total = sum(n for _, _, n in messages)
     processes = start()
     try:
-        began = None
-        cpu0 = 0.0
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            received = total_of("kyoso_ingest_samples_received_total")
-            now = time.perf_counter()
-            if began is None and received > 0:
-                began, cpu0 = now, sum(cpu_seconds(p.pid) for p in processes)
-            if total_of("kyoso_ingest_samples_written_total") >= total:
-                break
-            time.sleep(0.02)  # each scrape costs the ingest CPU: not too often
-        else:
-            raise RuntimeError(f"the ingest did not finish: {log.read_text()[-2000:]}")
-        assert began is not None
-        elapsed = now - began
-        cpu = sum(cpu_seconds(p.pid) for p in processes) - cpu0
-        rss = sum(rss_mib(p.pid) for p in processes)
-        dead = total_of("kyoso_ingest_dead_letters_total")
+        result = _until_written(total_of, processes, total, log)
+        result["rss"] = sum(rss_mib(p.pid) for p in processes)
+        result["dead"] = total_of("kyoso_ingest_dead_letters_total")
     finally:
         stop(processes)
-    stored = sum(_count(influx_port, f"ingest{workers}_{f}") for f in factories)
-    return {"elapsed": elapsed, "cpu": cpu, "rss": rss, "stored": stored, "dead": dead}
+    databases = {f: f"ingest{workers}_{f}" for f in factories}
+    result["stored"] = sum(nodered.count_points(influx_port, d) for d in databases.values())
+    return result
+
+
+def _until_written(
+    total_of: Callable[[str], float],
+    processes: list[subprocess.Popen[bytes]],
+    total: int,
+    log: Path,
+) -> dict[str, float]:
+    """Time and CPU from the first sample received to the last written (all ``total``, or
+    as many as were when nothing moved for ``STALL_S``), from the ingest's /metrics."""
+    began = None
+    cpu0 = 0.0
+    deadline = time.monotonic() + 600
+    progress, moved = (0.0, 0.0), time.monotonic()
+    while True:
+        received = total_of("kyoso_ingest_samples_received_total")
+        written = total_of("kyoso_ingest_samples_written_total")
+        now = time.perf_counter()
+        if began is None and received > 0:
+            began, cpu0 = now, sum(cpu_seconds(p.pid) for p in processes)
+        if written >= total:
+            break
+        if (received, written) != progress:
+            progress, moved = (received, written), time.monotonic()
+        elif time.monotonic() - moved > STALL_S or time.monotonic() > deadline:
+            print(
+                f"the ingest stopped at {written:.0f} of {total} written: "
+                f"{log.read_text()[-2000:]}",
+                file=sys.stderr,
+            )
+            break
+        time.sleep(0.02)  # each scrape costs the ingest CPU: not too often
+    if began is None:
+        raise RuntimeError(f"the ingest received nothing: {log.read_text()[-2000:]}")
+    return {
+        "elapsed": now - began,
+        "cpu": sum(cpu_seconds(p.pid) for p in processes) - cpu0,
+        "received": received,
+        "written": written,
+    }
+
+
+def _raw_influx(
+    influx_port: int, influxd_pid: int, lines: dict[str, list[str]], connections: int
+) -> dict[str, float]:
+    """The same samples as bulk line protocol over ``connections`` connections, each
+    factory into a fresh database of its own."""
+    for factory in lines:
+        request(
+            influx_port,
+            "POST",
+            "/query",
+            urlencode({"q": f'CREATE DATABASE "raw{connections}_{factory}"'}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    jobs = [(f"raw{connections}_{f}", factory_lines) for f, factory_lines in lines.items()]
+    total = sum(len(factory_lines) for factory_lines in lines.values())
+    cpu0 = cpu_seconds(influxd_pid)
+    elapsed = raw_write_parallel(influx_port, jobs, 5000, connections)
+    cpu = cpu_seconds(influxd_pid) - cpu0
+    label = "raw InfluxDB" if connections == 1 else f"raw Influx x{connections}"
+    print(
+        f"{label:<13}: {total / elapsed:>9,.0f} samples/s (bulk line protocol, "
+        f"{connections} connection{'s' if connections > 1 else ''}, influxd "
+        f"{cpu / elapsed * 100:.0f} % of a core)"
+    )
+    return {"samples_per_s": total / elapsed, "influxd_cpu_pct": cpu / elapsed * 100}
+
+
+def _report_ingest(
+    workers: int, result: dict[str, float], raw: float, total: int, missing: list[Missing]
+) -> dict[str, Any]:
+    rate = total / result["elapsed"]
+    label = f"ingest x{workers}" if workers > 1 else "ingest"
+    print(
+        f"{label:<13}: {rate:>9,.0f} samples/s broker -> InfluxDB "
+        f"({rate / raw * 100:.0f} % of raw InfluxDB over {workers} connection"
+        f"{'s' if workers > 1 else ''}; {workers} process"
+        f"{'es' if workers > 1 else ''} {result['cpu'] / result['elapsed'] * 100:.0f} % "
+        f"of a core, RSS {result['rss']:.0f} MiB; received {result['received']:.0f}, "
+        f"written {result['written']:.0f}, stored {result['stored']:.0f} of "
+        f"{total}, {result['dead']:.0f} dead letters)"
+    )
+    if missing:
+        print(f"{'':<13}  missing (gateway, seq): {_shown(missing)}")
+    return {
+        "samples_per_s": rate,
+        "cpu_pct": result["cpu"] / result["elapsed"] * 100,
+        "rss_mib": result["rss"],
+        "received": result["received"],
+        "written": result["written"],
+        "stored": result["stored"],
+        "dead_letters": result["dead"],
+        "missing": missing,
+    }
+
+
+def _report_nodered(
+    result: dict[str, float],
+    raw: float,
+    total: int,
+    missing: list[Missing],
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    rate = total / result["elapsed"]
+    print(
+        f"{'Node-RED':<13}: {rate:>9,.0f} samples/s broker -> InfluxDB "
+        f"({rate / raw * 100:.0f} % of raw InfluxDB; node-red "
+        f"{versions['node-red']} on Node.js {versions['node']}, "
+        f"{result['cpu'] / result['elapsed'] * 100:.0f} % of a core, RSS "
+        f"{result['rss']:.0f} MiB; written {result['written']:.0f}, failed "
+        f"{result['failed']:.0f}, stored {result['stored']:.0f} of {total}, "
+        f"{result['missing']:.0f} missing)"
+    )
+    if missing:
+        print(f"{'':<13}  missing (gateway, seq): {_shown(missing)}")
+    return {
+        "samples_per_s": rate,
+        "cpu_pct": result["cpu"] / result["elapsed"] * 100,
+        "rss_mib": result["rss"],
+        "written": result["written"],
+        "failed": result["failed"],
+        "stored": result["stored"],
+        "missing_count": result["missing"],
+        "missing": missing,
+        "versions": versions,
+    }
 
 
 def main() -> int:
@@ -252,7 +422,12 @@ def main() -> int:
         default=[1, 2],
         help="ingest runs: processes each (more than one share a subscription group)",
     )
+    parser.add_argument(
+        "--nodered", action="store_true", help="also the plain Node-RED flow (npm install)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    installed = nodered.install() if args.nodered else None
     workdir = Path(tempfile.mkdtemp(prefix="kyoso-bench-ingest-"))
     influxd, influx_port = start_influxd(workdir)
     broker, broker_port = start_mosquitto(str(workdir))
@@ -260,30 +435,30 @@ def main() -> int:
         time.sleep(0.5)
         messages, lines = _workload(args.gateways, args.machines, args.intervals)
         total = sum(n for _, _, n in messages)
+        per_factory = args.machines * args.intervals
         size = sum(len(p) for _, p, _ in messages)
         print(
             f"{len(messages)} messages of {args.machines} samples ({size / len(messages):,.0f} "
             f"bytes each), {total} samples from {args.gateways} gateways; influxd 1.6.7, "
             f"mosquitto 2.0, {os.cpu_count()} cores"
         )
-        elapsed = cpu = 0.0
-        for factory, factory_lines in lines.items():
-            request(
-                influx_port,
-                "POST",
-                "/query",
-                urlencode({"q": f'CREATE DATABASE "raw_{factory}"'}).encode(),
-                {"Content-Type": "application/x-www-form-urlencoded"},
-            )
-            cpu0 = cpu_seconds(influxd.pid)
-            elapsed += raw_write(influx_port, f"raw_{factory}", factory_lines, 5000, compress=False)
-            cpu += cpu_seconds(influxd.pid) - cpu0
-        raw_influx = total / elapsed
-        print(
-            f"raw InfluxDB : {raw_influx:>9,.0f} samples/s (bulk line protocol, one "
-            f"connection, influxd {cpu / elapsed * 100:.0f} % of a core)"
-        )
+        figures: dict[str, Any] = {
+            "samples": total,
+            "messages": len(messages),
+            "gateways": args.gateways,
+            "machines": args.machines,
+            "intervals": args.intervals,
+            "raw_influx": {},
+            "ingest": {},
+        }
+        for connections in sorted({1, *args.workers}):
+            raw = _raw_influx(influx_port, influxd.pid, lines, connections)
+            figures["raw_influx"][str(connections)] = raw
         elapsed = _raw_broker(broker_port, messages)
+        figures["raw_broker"] = {
+            "samples_per_s": total / elapsed,
+            "messages_per_s": len(messages) / elapsed,
+        }
         print(
             f"raw broker   : {total / elapsed:>9,.0f} samples/s "
             f"({len(messages) / elapsed:,.0f} messages/s, QoS 1 in and out, nothing done)"
@@ -293,16 +468,36 @@ def main() -> int:
             result = _ingest(
                 workdir, broker_port, influx_port, messages, list(lines), workers=workers
             )
-            rate = total / result["elapsed"]
-            label = f"ingest x{workers}" if workers > 1 else "ingest"
-            print(
-                f"{label:<13}: {rate:>9,.0f} samples/s broker -> InfluxDB "
-                f"({rate / raw_influx * 100:.0f} % of raw InfluxDB; {workers} process"
-                f"{'es' if workers > 1 else ''} {result['cpu'] / result['elapsed'] * 100:.0f} % "
-                f"of a core, RSS {result['rss']:.0f} MiB; stored {result['stored']:.0f} of "
-                f"{total}, {result['dead']:.0f} dead letters)"
+            missing = []
+            if result["stored"] != total:
+                databases = {f: f"ingest{workers}_{f}" for f in lines}
+                missing = missing_ranges(influx_port, databases, per_factory)
+            raw_rate = figures["raw_influx"][str(workers)]["samples_per_s"]
+            figures["ingest"][str(workers)] = _report_ingest(
+                workers, result, raw_rate, total, missing
             )
             complete &= result["stored"] == total
+        if installed is not None:
+            queue = functools.partial(_publish, broker_port, messages)
+            result = nodered.measure(
+                installed,
+                workdir=workdir,
+                broker_port=broker_port,
+                influx_port=influx_port,
+                total=total,
+                queue=queue,
+                stall_s=STALL_S,
+            )
+            missing = []
+            if result["stored"] != total:
+                databases = dict.fromkeys(lines, nodered.DATABASE)
+                missing = missing_ranges(influx_port, databases, per_factory, tag=True)
+            raw_rate = figures["raw_influx"]["1"]["samples_per_s"]
+            figures["nodered"] = _report_nodered(
+                result, raw_rate, total, missing, installed.versions()
+            )
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
         return 0 if complete else 1
     finally:
         for process in (broker, influxd):
