@@ -286,12 +286,7 @@ def decode(topic: str, payload: bytes) -> Message:
     machine named in the payload are those of the topic (a gateway cannot speak for
     another).
     """
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise ContractError("oversize", f"payload of {len(payload)} bytes > {MAX_MESSAGE_BYTES}")
-    try:
-        where = parse_topic(topic)
-    except TopicError as exc:
-        raise ContractError("topic", str(exc)) from exc
+    where = checked_topic(topic, payload)
     model = _BY_KIND[where.kind]
     try:
         message = model.model_validate_json(payload, strict=True, context=_WIRE)
@@ -299,6 +294,18 @@ def decode(topic: str, payload: bytes) -> Message:
         raise _classify(exc) from exc
     check_origin(where, message)
     return message
+
+
+def checked_topic(topic: str, payload: bytes) -> Topic:
+    """Where a message received on ``topic`` comes from; raise :class:`ContractError` for
+    an oversize payload or a topic outside the contract (the first checks of
+    :func:`decode`)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ContractError("oversize", f"payload of {len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        return parse_topic(topic)
+    except TopicError as exc:
+        raise ContractError("topic", str(exc)) from exc
 
 
 def _classify(exc: ValidationError) -> ContractError:

@@ -36,16 +36,16 @@ from .messages import (
     DURATION_TOLERANCE_S,
     MAX_COUNTER_DELTA,
     MAX_INTERVAL_S,
-    MAX_MESSAGE_BYTES,
     MAX_SAMPLES_PER_BATCH,
     ContractError,
     SampleBatch,
     _utc,
     check_origin,
+    checked_topic,
     decode,
 )
 from .states import MachineState
-from .topics import TopicError, TopicKind, parse_topic
+from .topics import TopicKind
 
 __all__ = [
     "CounterLike",
@@ -141,12 +141,9 @@ _Alarm = Annotated[int, Meta(ge=0, le=2**32 - 1)] | None
 _Missing = Annotated[list[str], Meta(max_length=64)]
 
 
-class WireSample(_Wire, frozen=True):
-    """A :class:`~.messages.Sample`'s values; ``ts`` in UTC."""
-
+class _SampleFields(_Wire, frozen=True, kw_only=True):
     machine: str
     seq: _Seq
-    ts: datetime
     interval_s: _Interval
     state: MachineState
     durations_s: _Durations
@@ -154,6 +151,12 @@ class WireSample(_Wire, frozen=True):
     signals: _Signals = field(default_factory=dict)
     alarm: _Alarm = None
     missing: _Missing = field(default_factory=list)
+
+
+class WireSample(_SampleFields, frozen=True, kw_only=True):
+    """A :class:`~.messages.Sample`'s values; ``ts`` in UTC."""
+
+    ts: datetime
 
 
 class WireBatch(_Wire, frozen=True):
@@ -166,19 +169,10 @@ class WireBatch(_Wire, frozen=True):
     samples: list[WireSample]
 
 
-class _Sample(_Wire, frozen=True):
+class _Sample(_SampleFields, frozen=True, kw_only=True):
     """A sample as read, its timestamp still text (RFC 3339 only, as the models read it)."""
 
-    machine: str
-    seq: _Seq
     ts: str
-    interval_s: _Interval
-    state: MachineState
-    durations_s: _Durations
-    counters: _Counters = field(default_factory=dict)
-    signals: _Signals = field(default_factory=dict)
-    alarm: _Alarm = None
-    missing: _Missing = field(default_factory=list)
 
 
 class _Batch(_Wire, frozen=True):
@@ -221,12 +215,7 @@ def _check(text: str, pattern: re.Pattern[str], seen: set[str]) -> None:
 def decode_samples(topic: str, payload: bytes) -> WireBatch:
     """The sample batch received on ``topic``; raise :class:`~.messages.ContractError` if
     the contract refuses it (module docstring)."""
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise ContractError("oversize", f"payload of {len(payload)} bytes > {MAX_MESSAGE_BYTES}")
-    try:
-        where = parse_topic(topic)
-    except TopicError as exc:
-        raise ContractError("topic", str(exc)) from exc
+    where = checked_topic(topic, payload)
     if where.kind is not TopicKind.SAMPLES:
         raise ContractError("topic", f"{topic!r} is not a samples topic")
     try:
@@ -311,16 +300,16 @@ def _sample(item: _Sample, moments: dict[str, datetime]) -> WireSample:
         if not set(missing).isdisjoint(signals.keys() | counters.keys()):
             raise _RefusedError
     return WireSample(
-        machine,
-        item.seq,
-        moment,
-        interval_s,
-        item.state,
-        durations,
-        counters,
-        signals,
-        item.alarm,
-        missing,
+        machine=machine,
+        seq=item.seq,
+        ts=moment,
+        interval_s=interval_s,
+        state=item.state,
+        durations_s=durations,
+        counters=counters,
+        signals=signals,
+        alarm=item.alarm,
+        missing=missing,
     )
 
 
