@@ -19,9 +19,13 @@
      whatever the answers before it (on a new connection if none is free, up to
      ``--max-connections``), its latency counted from that scheduled time: a slow answer
      delays nobody's clock, so queueing is measured, not hidden (no coordinated omission);
-     then the same schedule for the trivial page below (what answering at that rate costs
-     alone) and, with ``--hog``, the regional query again with another process busy on one
-     core (``python -c "while True: pass"``, started before the phase and killed after it);
+     with ``--hog``, straight after it, the same again with another process busy on one
+     core (``python -c "while True: pass"``, started half a second before and killed after
+     the phase), and the trivial page below on that schedule with that core busy; then the
+     trivial page on the quiet machine (what answering at that rate costs alone). A
+     steady stream finds its figures computed ahead; a request after a pause longer than
+     the live views' time to live waits for them (the *cold* phase and the first requests
+     after the idle spell before the closed loop below);
    - *closed loop* (the raw limits of the same server in the same run): ``--connections``
      connections each sending its next request when its answer arrives, for
      ``--closed-seconds``: the regional query; the same query with If-None-Match set to
@@ -428,18 +432,23 @@ async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> dict
     )
     late_s = phases["open"].late_s
     opened = pool.opened
-    phases["open_trivial"] = await measured(
-        f"open loop {rate:g}/s: {TRIVIAL} (trivial)",
-        pid,
-        open_loop(pool, get(TRIVIAL, port), rate, seconds),
-    )
-    if args.hog:
+    if args.hog:  # straight after the quiet phase: the same stream, a core taken from it
         async with Hog():
             phases["open_hog"] = await measured(
                 f"open loop {rate:g}/s, a core busy: {REGIONAL}",
                 pid,
                 open_loop(pool, regional, rate, seconds),
             )
+            phases["open_hog_trivial"] = await measured(
+                f"open loop {rate:g}/s, a core busy: {TRIVIAL} (trivial)",
+                pid,
+                open_loop(pool, get(TRIVIAL, port), rate, seconds),
+            )
+    phases["open_trivial"] = await measured(
+        f"open loop {rate:g}/s: {TRIVIAL} (trivial)",
+        pid,
+        open_loop(pool, get(TRIVIAL, port), rate, seconds),
+    )
     phases["closed"] = await measured(
         f"closed x{n}: {REGIONAL}", pid, closed_loop(pool, regional, n, seconds_c, OK)
     )

@@ -47,6 +47,7 @@ from kyoso.contract import (
     SignalStats,
 )
 from kyoso.store import CounterWindow, GapReport, SampleGroup, StateRun, StateWindow, Store
+from kyoso.store.base import chain_runs
 
 __all__ = ["T0", "Run", "StoreContract", "at", "make_sample"]
 
@@ -456,6 +457,30 @@ class StoreContract:
         ]
         assert run(store.state_runs("z", S.DOWN, at(0), at(240))) == []
 
+    def test_run_rows_are_the_samples_runs_are_made_of(self, store: Store, run: Run) -> None:
+        """state_run_rows gives the samples state_runs chains: chained, they are its runs,
+        whatever the window and the samples' order."""
+        samples = [
+            ending_in(S.DOWN, make_sample("m1", 60, 60, {S.RUNNING: 40, S.DOWN: 20}, seq=1)),
+            make_sample("m1", 120, 60, {S.DOWN: 60}, seq=2),
+            make_sample("m1", 180, 60, {S.DOWN: 20, S.RUNNING: 40}, seq=3),  # ends running
+            ending_in(S.DOWN, make_sample("m1", 300, 60, {S.RUNNING: 55, S.DOWN: 5}, seq=4)),
+            make_sample("m2", 150, 30, {S.RUNNING: 20, S.DOWN: 10}, seq=5),
+        ]
+        run(store.write_samples("a", GW, SESSION, samples))
+        for start, end in [(at(0), at(300)), (at(61), at(180)), (at(180), at(300))]:
+            rows = run(store.state_run_rows("a", S.DOWN, start, end))
+            assert chain_runs(reversed(rows)) == run(store.state_runs("a", S.DOWN, start, end))
+        rows = run(store.state_run_rows("a", S.DOWN, at(0), at(300)))
+        assert sorted(rows) == [
+            ("m1", at(0), at(60), 20.0, True),
+            ("m1", at(60), at(120), 60.0, True),
+            ("m1", at(120), at(180), 20.0, False),
+            ("m1", at(240), at(300), 5.0, True),
+            ("m2", at(120), at(150), 10.0, False),
+        ]
+        assert run(store.state_run_rows("z", S.DOWN, at(0), at(300))) == []
+
     @pytest.mark.parametrize(
         ("start", "end"),
         [
@@ -469,6 +494,8 @@ class StoreContract:
     ) -> None:
         with pytest.raises(ValueError, match=r"aware|before"):
             run(store.state_runs("a", S.DOWN, start, end))
+        with pytest.raises(ValueError, match=r"aware|before"):
+            run(store.state_run_rows("a", S.DOWN, start, end))
 
     # --- isolation, empty results, time zones ---------------------------------------------
 

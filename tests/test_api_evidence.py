@@ -21,12 +21,15 @@ from apikit import (
     running_api,
 )
 
+from kyoso.api.bookings import BookingStore
+from kyoso.api.service import CapacityService
 from kyoso.capacity.confidence import confidence
 from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import MachineState, Sample
 from kyoso.store import SqliteStore
 
 DAYS = 9
+DAY = timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
@@ -418,3 +421,31 @@ def test_confidence_is_the_calibrated_accuracy_and_coverage_is_apart(
 
     [row] = [r for r in body["machines"] if r["machine"] == "cnc-01"]
     assert row["confidence"] == pytest.approx(confidence(asyncio.run(observed())), abs=1e-4)
+
+
+@pytest.mark.parametrize("hours", [0.5, 3.0, 30.0])
+def test_a_stop_is_timed_from_its_start_as_a_day_of_runs_tells(
+    region: Region, tmp_path: Path, hours: float
+) -> None:
+    """The live view reads the last hours of down runs first and a day only for a stop that
+    may have begun before them: the time down is what one read of the day tells, a stop of
+    hours counted whole and one longer than a day counted as a day (as ever)."""
+    down = {MachineState.DOWN: 300.0}
+    copied = _ending_with(region, tmp_path / "region", MachineState.DOWN, [down] * int(hours * 12))
+
+    async def observed() -> tuple[float | None, float]:
+        async with SqliteStore(copied.path) as store:
+            service = CapacityService(
+                store, BookingStore(tmp_path / "bookings.sqlite3"), CapacityRules(),
+                clock=(region.end + timedelta(seconds=30)).timestamp,
+            )  # fmt: skip
+            view = await service.view("okada-machining")
+            end = max(view.as_of, region.end)
+            runs = await store.state_runs("okada-machining", MachineState.DOWN, end - DAY, end)
+            [run] = [r for r in runs if r.machine == "cnc-02" and r.ongoing and r.end == region.end]
+            service.bookings.close()
+            return view.machines["cnc-02"].down_for_s, (run.end - run.start).total_seconds()
+
+    down_for_s, whole_day_s = asyncio.run(observed())
+    assert down_for_s == whole_day_s
+    assert down_for_s == min(hours * 3600, DAY.total_seconds())

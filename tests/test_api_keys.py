@@ -22,6 +22,7 @@ from kyoso.api.keys import (
     ApiKeyStore,
     KeyNameError,
     KeyStoreError,
+    Lookup,
     MissingKeyStoreError,
     Principal,
     Scope,
@@ -183,6 +184,29 @@ def test_a_revocation_reaches_another_process_within_the_cache_ttl(
         clock.now += 0.01
         assert api.authenticate(new.key) is None
     assert CACHE_TTL_S <= 5.0  # the bound the module documents
+
+
+def test_a_key_looked_up_lately_is_answered_from_memory_alone(tmp_path: Path) -> None:
+    """What the event loop asks (authenticate_cached) is what authenticate answers, when
+    memory can tell: a key looked up within the cache's time, or a string no key is like;
+    the file is for the rest, and for a key another thread is looking up meanwhile."""
+    clock = ManualClock()
+    with ApiKeyStore(tmp_path / "keys.sqlite3", create=True, clock=clock) as store:
+        new = store.create("okada dashboard", OKADA)
+        assert store.authenticate_cached("not a key") is None
+        assert store.authenticate_cached(new.key) is Lookup.FILE  # never looked up
+        principal = store.authenticate(new.key)
+        assert store.authenticate_cached(new.key) == principal
+        other = new.key[:-1] + ("X" if new.key[-1] != "X" else "Y")  # its id, not its hash
+        assert store.authenticate_cached(other) is None
+        with store._lock:  # another thread reads the file: the loop does not wait for it
+            assert store.authenticate_cached(new.key) is Lookup.FILE
+        clock.now += CACHE_TTL_S
+        assert store.authenticate_cached(new.key) is Lookup.FILE  # too old: read again
+        store.revoke(new.info.key_id)
+        assert store.authenticate_cached(new.key) is Lookup.FILE  # revoked here: forgotten
+        assert store.authenticate(new.key) is None
+        assert store.authenticate_cached(new.key) is None  # read again: known revoked
 
 
 def test_only_a_hash_of_the_key_is_stored(tmp_path: Path) -> None:

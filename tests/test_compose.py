@@ -304,6 +304,8 @@ def test_the_ingest_and_api_environment() -> None:
     data = [Path(target) for source, target, _ in _mounts(api_service) if source == "api-data"]
     assert api.keys.parent in data
     assert api.bookings_path.parent in data
+    assert api.profile_cache_path is not None
+    assert api.profile_cache_path.parent in data
     assert f"{data[0]}/first-admin.key" in api_service["command"][0]
 
 

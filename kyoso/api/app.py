@@ -25,6 +25,7 @@ from fastapi_offline import FastAPIOffline
 
 from kyoso import __version__
 
+from .aged import AgedBodies
 from .deps import invalid
 from .keys import ApiKeyStore
 from .limits import LIMITED, Limiter, RequestLimits
@@ -120,7 +121,7 @@ def create_app(
         redoc_url=None,  # served below, under a policy
     )
     app.state.service = service
-    app.state.region_bodies = {}
+    app.state.bodies = AgedBodies()
     app.state.keys = keys
     app.state.limiter = limiter = Limiter(
         limits or RequestLimits(), expensive=_EXPENSIVE, clock=monotonic

@@ -53,8 +53,9 @@ class BookingStore:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the file."""
-        self._db.close()
+        """Close the file (once a call under way in another thread is done)."""
+        with self._lock:
+            self._db.close()
 
     def declared(self, factory: str) -> dict[str, list[Booking]]:
         """The bookings of each machine of ``factory`` that declares its load."""

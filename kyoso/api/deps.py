@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from kyoso.capacity.forecast import CapacityFigures
 
-from .keys import ApiKeyStore, Principal, ScopeKind
+from .keys import ApiKeyStore, Lookup, Principal, ScopeKind
 from .schemas import (
     Problem,
 )
@@ -150,7 +150,8 @@ def cached(
     return Response(data, media_type="application/json", headers=headers)
 
 
-def _service(request: Request) -> CapacityService:
+async def _service(request: Request) -> CapacityService:
+    """The app's service (a coroutine: FastAPI runs a plain function in a thread)."""
     service: CapacityService = request.app.state.service
     return service
 
@@ -161,8 +162,12 @@ async def _principal(
 ) -> Principal:
     keys: ApiKeyStore = request.app.state.keys
     found = None
-    if credentials is not None:
-        found = await asyncio.to_thread(keys.authenticate, credentials.credentials)
+    if credentials is not None:  # a thread only when the key is not known in memory
+        cached = keys.authenticate_cached(credentials.credentials)
+        if cached is Lookup.FILE:
+            found = await asyncio.to_thread(keys.authenticate, credentials.credentials)
+        else:
+            found = cached
     if found is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

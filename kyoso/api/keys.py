@@ -38,10 +38,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 from kyoso.contract import InvalidIdError, check_id
 
@@ -169,6 +169,12 @@ def check_key_name(name: str) -> str:
             "without leading or trailing spaces"
         )
     return name
+
+
+class Lookup(Enum):
+    """What :meth:`ApiKeyStore.authenticate_cached` answers when it cannot tell."""
+
+    FILE = "the key store file must be read"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,15 +352,24 @@ class ApiKeyStore:
         away before the database is read. The caller strips the ``Bearer`` or header
         framing and answers None with 401, whatever the reason, so that nothing is learnt.
         """
-        if len(presented) != KEY_LENGTH:
+        key_id = _key_id(presented)
+        return None if key_id is None else _verdict(self._entry(key_id), presented)
+
+    def authenticate_cached(self, presented: str) -> Principal | Literal[Lookup.FILE] | None:
+        """What :meth:`authenticate` answers, if that is known without reading the file
+        (nor waiting for another thread that does): :attr:`Lookup.FILE` otherwise. An event
+        loop may call it, and call :meth:`authenticate` in a thread only then."""
+        key_id = _key_id(presented)
+        if key_id is None:
             return None
-        match = _KEY_RE.fullmatch(presented)
-        if match is None:
-            return None
-        entry = self._entry(match[1])
-        if entry is None or not hmac.compare_digest(entry.digest, _digest(presented)):
-            return None
-        return None if entry.revoked else entry.principal
+        if not self._lock.acquire(blocking=False):
+            return Lookup.FILE
+        try:
+            cached = self._cache.get(key_id)
+            fresh = cached is not None and self._clock() - cached.fetched_at < self._cache_ttl_s
+        finally:
+            self._lock.release()
+        return _verdict(cached, presented) if fresh else Lookup.FILE
 
     def _entry(self, key_id: str) -> _Entry | None:
         now = self._clock()
@@ -373,6 +388,20 @@ class ApiKeyStore:
             )
             self._cache[key_id] = entry
             return entry
+
+
+def _key_id(presented: str) -> str | None:
+    """The key id of a string shaped like a key (None for any other: no file read)."""
+    if len(presented) != KEY_LENGTH:
+        return None
+    match = _KEY_RE.fullmatch(presented)
+    return None if match is None else match[1]
+
+
+def _verdict(entry: "_Entry | None", presented: str) -> Principal | None:
+    if entry is None or not hmac.compare_digest(entry.digest, _digest(presented)):
+        return None
+    return None if entry.revoked else entry.principal
 
 
 def _digest(key: str) -> bytes:

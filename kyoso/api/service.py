@@ -1,12 +1,14 @@
 """The capacity service's read model: what the API answers, computed from the store.
 
-Nothing here survives a restart or needs to: every figure is recomputed from the store
+No figure here survives a restart or needs to: every figure is computed from the store
 (telemetry, descriptions, statuses) and the booking file, so API replicas run side by side
-and agree. A factory's live view is read again after ``view_ttl_s`` (1 s), its capacity per
-horizon computed again after ``cache_ttl_s`` (5 s) or as soon as the view's evidence
+and agree. A factory's live view is read again within ``view_ttl_s`` (1 s), its capacity
+per horizon computed again within ``cache_ttl_s`` (5 s) or as soon as the view's evidence
 changes (a machine's state, a stop, an offline, stale or unreadable machine, a machine
-described or withdrawn), and learnt load profiles after ``profile_ttl_s``; concurrent
-requests for the same figure share one computation.
+described or withdrawn): ahead of those bounds, in the background, while requests are
+served (kyoso/api/cache.py); concurrent requests for the same figure share one
+computation. Learnt load profiles are brought up to date every ``profile_ttl_s``, hour by
+hour, and may be kept between restarts (kyoso/api/learning.py).
 
 **Staleness.** A machine whose latest sample is older than ``stale_after_s`` (or that has
 none) is *stale*, and a factory is *offline* when every gateway it has reported is offline
@@ -16,29 +18,39 @@ never sell capacity on stale data.
 """
 
 import asyncio
-import logging
+import functools
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, TypeVar, cast
+from typing import Final
 
-from kyoso.capacity.aggregate import FactoryCapacity
+from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
 from kyoso.capacity.assess import Evidence, assess
-from kyoso.capacity.forecast import LoadProfile, forecast
+from kyoso.capacity.forecast import forecast
+from kyoso.capacity.history import FactoryHistory
 from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.repair import RepairRecord, stop
 from kyoso.capacity.rules import CapacityRules
-from kyoso.contract import GatewayStatus, MachineDescription, MachineState
-from kyoso.store import GapReport, StateRun, StateWindow, StoredSample, StoreReader
+from kyoso.contract import MAX_INTERVAL_S, GatewayStatus, MachineDescription, MachineState
+from kyoso.store import GapReport, StoredSample, StoreReader
+from kyoso.store.base import ADJOIN
 
 from .bookings import BookingStore
+from .cache import FreshCache
+from .learning import HistoryLearner
+from .profile_file import ProfileFile
 
 __all__ = ["CapacityService", "FactoryView", "MachineKpis", "MachineView"]
 
-_T = TypeVar("_T")
-log = logging.getLogger(__name__)
 _DOWN_RUN_SPAN: Final = timedelta(days=1)
+_RECENT_RUN_SPAN: Final = timedelta(hours=2)
+"""Down runs are first looked for this far back: most stops began within it."""
+_WHOLE_AFTER: Final = timedelta(seconds=MAX_INTERVAL_S) + ADJOIN
+"""A run found in a window of runs that starts this long after the window does is whole: no
+earlier sample can chain to its first one (kyoso/store/base.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,33 +86,52 @@ class FactoryView:
     offline: bool
     newest: datetime | None
     """When the newest sample of any machine ended (None: no sample yet)."""
+    read_at: float
+    """When it was read, on the service's monotonic clock (what its figures' age counts from)."""
+    evidence: Hashable
+    """What of it decides capacity figures (:func:`_evidence_key`)."""
 
 
-def _evidence_key(view: FactoryView, minor_stop_max_s: float) -> Hashable:
+class _Evidence:
+    """A view's evidence as a cache key: hashed once (a key is looked up for every factory
+    of every regional request), compared in full."""
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: Hashable) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, _Evidence) and self._hash == other._hash and self.value == other.value
+        )
+
+
+def _evidence_key(
+    offline: bool, machines: dict[str, MachineView], minor_stop_max_s: float
+) -> _Evidence:
     """What of a view decides capacity figures, but for time passing: capacity is computed
     again when it changes (a stop turning into a breakdown included)."""
-    return (
-        view.offline,
-        tuple(
-            (
-                name,
-                m.description.updated_at,
-                m.stale,
-                m.unreadable,
-                None if m.latest is None else m.latest.sample.state,
-                m.down_for_s is not None and m.down_for_s >= minor_stop_max_s,
-            )
-            for name, m in view.machines.items()
-        ),
+    return _Evidence(
+        (
+            offline,
+            tuple(
+                (
+                    name,
+                    m.description.updated_at,
+                    m.stale,
+                    m.unreadable,
+                    None if m.latest is None else m.latest.sample.state,
+                    m.down_for_s is not None and m.down_for_s >= minor_stop_max_s,
+                )
+                for name, m in machines.items()
+            ),
+        )
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _Learnt:
-    """What a machine's history teaches: its load profile and its breakdowns."""
-
-    profile: LoadProfile
-    repairs: RepairRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,109 +140,6 @@ class MachineKpis:
 
     machine: str
     performance: Performance
-
-
-class _Cache:
-    """Values by key for a time to live.
-
-    A key asked for the first time is computed while the caller waits (concurrent callers
-    share that one computation). What happens once its time to live is over depends on what
-    is cached. Figures served to a client (``serve_stale`` false) are never older than the
-    time to live: the next caller waits for them to be computed again, and so do the
-    callers arriving meanwhile; a failure reaches them all, never an old value. What only
-    shapes figures (learnt load profiles, ``serve_stale`` true) is served while one refresh
-    runs in the background, so no request waits for it after the first. At most
-    ``max_entries`` keys are kept: the ones read longest ago go first (a client cycling
-    through horizons cannot fill the memory).
-    """
-
-    def __init__(
-        self,
-        ttl_s: float,
-        clock: Callable[[], float],
-        *,
-        serve_stale: bool,
-        max_entries: int = 256,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self.serve_stale = serve_stale
-        self._clock = clock
-        self._entries: dict[Hashable, _Entry] = {}
-        self._refreshing: set[asyncio.Task[None]] = set()
-        self.counts = {"hit": 0, "miss": 0, "expired": 0, "refresh": 0, "refresh_failed": 0}
-        """Lookups answered from the cache, computed (new, or too old to serve), and
-        background refreshes started and failed."""
-
-    async def get(self, key: Hashable, compute: Callable[[], Awaitable[_T]]) -> _T:
-        entry = self._entries.pop(key, None)
-        outcome = "miss" if entry is None else "hit"
-        if (
-            entry is not None
-            and not self.serve_stale
-            and entry.value.done()
-            and entry.expires <= self._clock()
-        ):
-            entry, outcome = None, "expired"  # too old to serve: computed while callers wait
-        self.counts[outcome] += 1
-        if entry is None:
-            entry = _Entry(asyncio.get_running_loop().create_future(), 0.0)
-            self._store(key, entry)
-            await self._fill(key, entry, compute)
-        else:
-            self._entries[key] = entry  # now the most recently read
-            if entry.expires <= self._clock() and entry.value.done() and not entry.refreshing:
-                entry.refreshing = True
-                self.counts["refresh"] += 1
-                task = asyncio.create_task(self._refresh(key, entry, compute))
-                self._refreshing.add(task)
-                task.add_done_callback(self._refreshing.discard)
-        return cast(_T, await asyncio.shield(entry.value))
-
-    def _store(self, key: Hashable, entry: "_Entry") -> None:
-        self._entries[key] = entry
-        while len(self._entries) > self.max_entries:
-            del self._entries[next(iter(self._entries))]
-
-    async def _fill(
-        self, key: Hashable, entry: "_Entry", compute: Callable[[], Awaitable[_T]]
-    ) -> None:
-        try:
-            value = await compute()
-        except BaseException as exc:
-            if self._entries.get(key) is entry:
-                del self._entries[key]
-            entry.value.set_exception(exc)
-            entry.value.exception()  # retrieved: waiters re-raise it
-            raise
-        entry.value.set_result(value)
-        entry.expires = self._clock() + self.ttl_s
-
-    async def _refresh(
-        self, key: Hashable, entry: "_Entry", compute: Callable[[], Awaitable[_T]]
-    ) -> None:
-        fresh = _Entry(asyncio.get_running_loop().create_future(), 0.0)
-        try:
-            await self._fill(key, fresh, compute)
-        except Exception:  # keep serving the value we have; the next read tries again
-            log.warning("refreshing %r failed; serving the previous value", key, exc_info=True)
-            self.counts["refresh_failed"] += 1
-            entry.refreshing = False
-            return
-        if self._entries.get(key) is entry:
-            self._entries[key] = fresh
-
-    def forget(self, match: Callable[[Hashable], bool]) -> None:
-        """Drop the entries whose key matches (their data changed)."""
-        for key in [k for k in self._entries if match(k)]:
-            del self._entries[key]
-
-
-@dataclass(slots=True)
-class _Entry:
-    value: "asyncio.Future[object]"
-    expires: float
-    refreshing: bool = False
 
 
 class CapacityService:
@@ -226,27 +154,55 @@ class CapacityService:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         backfilling: Callable[[], bool] = lambda: False,
+        kept: ProfileFile | None = None,
     ) -> None:
         self.store = store
         self.bookings = bookings
         self.rules = rules
         self._clock = clock
+        self._monotonic = monotonic
         self._backfilling = backfilling
-        self._views = _Cache(rules.view_ttl_s, monotonic, serve_stale=False)
-        self._capacity = _Cache(rules.cache_ttl_s, monotonic, serve_stale=False)
-        self._profiles = _Cache(rules.profile_ttl_s, monotonic, serve_stale=True)
+        self._views: FreshCache[FactoryView] = FreshCache(
+            rules.view_ttl_s, monotonic, serve_stale=False
+        )
+        self._factories: FreshCache[list[str]] = FreshCache(
+            rules.view_ttl_s, monotonic, serve_stale=False
+        )
+        self._capacity: FreshCache[FactoryCapacity] = FreshCache(
+            rules.cache_ttl_s, monotonic, serve_stale=False
+        )
+        self._profiles: FreshCache[FactoryHistory] = FreshCache(
+            rules.profile_ttl_s, monotonic, serve_stale=True
+        )
+        self._learner = HistoryLearner(store, rules, kept)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="kyoso-capacity")
+        """Where the forecasts' CPU work runs, one at a time: off the event loop, and never
+        more than one thread contending with it for the interpreter."""
+
+    async def close(self) -> None:
+        """Stop what runs in the background, before the store and the bookings close."""
+        for cache in (self._views, self._factories, self._capacity, self._profiles):
+            await cache.close()
+        await self._learner.close()
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, factory: str, *, history: bool = False) -> None:
         """Recompute the factory's capacity on the next request (its bookings changed), and
         with ``history`` its load profiles too (history was written into its past)."""
         self._capacity.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
         if history:
-            self._profiles.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
+            self._profiles.forget(lambda key: key == factory)
+            self._learner.forget(factory)
 
     def cache_counts(self) -> dict[str, dict[str, int]]:
         """Each cache's lookups by outcome (for ``/metrics``)."""
-        caches = {"views": self._views, "capacity": self._capacity, "profiles": self._profiles}
-        return {name: dict(cache.counts) for name, cache in caches.items()}
+        views = {k: n + self._factories.counts[k] for k, n in self._views.counts.items()}
+        caches = {
+            "capacity": self._capacity.counts,
+            "profiles": self._profiles.counts,
+            "history": self._learner.counts,
+        }
+        return {"views": views, **{name: dict(counts) for name, counts in caches.items()}}
 
     def now(self) -> datetime:
         """The service's clock (UTC)."""
@@ -255,14 +211,14 @@ class CapacityService:
     async def factories(self) -> list[str]:
         """Every factory the store knows (cached briefly, like the views: every request
         for a factory checks that it exists)."""
-        return await self._views.get(("factories",), self.store.factories)  # no id is a tuple
+        return await self._factories.get(None, self.store.factories)
 
     async def view(self, factory: str) -> FactoryView:
         """The factory's machines, gateways and staleness now (cached briefly)."""
-        return await self._views.get(factory, lambda: self._view(factory))
+        return await self._views.get(factory, lambda: self._view(factory), _read_at)
 
     async def _view(self, factory: str) -> FactoryView:
-        as_of = self.now()
+        read_at, as_of = self._monotonic(), self.now()
         descriptions, statuses, latest, gaps = await asyncio.gather(
             self.store.machines(factory),
             self.store.gateway_status(factory),
@@ -288,7 +244,16 @@ class CapacityService:
             known = heard.get(stored.gateway, stored.received_at)
             heard[stored.gateway] = max(known, stored.received_at)
         return FactoryView(
-            factory, as_of, machines, statuses, heard, gaps, offline, max(ends, default=None)
+            factory,
+            as_of,
+            machines,
+            statuses,
+            heard,
+            gaps,
+            offline,
+            max(ends, default=None),
+            read_at,
+            _evidence_key(offline, machines, self.rules.minor_stop_max_s),
         )
 
     async def _unreadable(
@@ -314,81 +279,70 @@ class CapacityService:
         """How long each machine down now has been down: from the start of its down run
         going on at its latest sample to that sample's end (asked of the store only when
         some machine is down; runs are looked for over the last ``_DOWN_RUN_SPAN``, so a
-        longer stop counts as that long)."""
+        longer stop counts as that long). The ``_RECENT_RUN_SPAN`` before those samples is
+        read first: a run that began well within it is the same in the longer window, which
+        is read only for the others (a factory's day of samples, every second, cost more
+        than the rest of its live view)."""
         down = {m: s.sample.ts for m, s in latest.items() if s.sample.state is MachineState.DOWN}
         if not down:
             return {}
         end = max(as_of, *down.values())
-        runs = await self.store.state_runs(factory, MachineState.DOWN, end - _DOWN_RUN_SPAN, end)
-        going = {r.machine: r for r in runs if r.ongoing}  # sorted by start: the last wins
+        whole = end - _DOWN_RUN_SPAN
         found: dict[str, float] = {}
-        for machine, ts in down.items():
-            run = going.get(machine)
-            started = run.start if run is not None and run.end == ts else ts
-            found[machine] = (ts - started).total_seconds()
+        for start in dict.fromkeys((max(whole, min(down.values()) - _RECENT_RUN_SPAN), whole)):
+            runs = await self.store.state_runs(factory, MachineState.DOWN, start, end)
+            going = {r.machine: r for r in runs if r.ongoing}  # sorted by start: last wins
+            for machine, ts in down.items():
+                run = going.get(machine)
+                if run is not None and run.end == ts:
+                    if start == whole or run.start > start + _WHOLE_AFTER:
+                        found[machine] = (ts - run.start).total_seconds()
+                elif start == whole:
+                    found[machine] = 0.0  # no run of its latest sample: down since it ended
+            down = {m: ts for m, ts in down.items() if m not in found}
+            if not down:
+                break
         return found
 
-    async def _learnt(self, factory: str, view: FactoryView) -> dict[str, "_Learnt"]:
-        """Each machine's load profile and breakdowns over the lookback (cached for
-        ``profile_ttl_s``; history up to the last whole hour)."""
-
-        async def compute() -> dict[str, _Learnt]:
-            end = view.as_of.replace(minute=0, second=0, microsecond=0)
-            start = end - self.rules.lookback
-            windows, runs = await asyncio.gather(
-                self.store.state_seconds(factory, None, start, end, 3600.0),
-                self.store.state_runs(factory, MachineState.DOWN, start, end),
-            )
-            by_machine: dict[str, list[StateWindow]] = {}
-            for window in windows:
-                by_machine.setdefault(window.machine, []).append(window)
-            runs_of: dict[str, list[StateRun]] = {}
-            for run in runs:
-                runs_of.setdefault(run.machine, []).append(run)
-            return await asyncio.to_thread(
-                lambda: {
-                    m: _Learnt(
-                        LoadProfile.build(
-                            by_machine.get(m, []), v.description.calendar, start, end
-                        ),
-                        RepairRecord.learn(runs_of.get(m, []), self.rules, end),
-                    )
-                    for m, v in view.machines.items()
-                }
-            )
-
-        # Keyed by the machines too: a machine described since is learnt at once.
-        return await self._profiles.get((factory, tuple(view.machines)), compute)
+    async def _history(self, factory: str, as_of: datetime) -> FactoryHistory:
+        """What the factory's history up to the last whole hour teaches (learnt anew every
+        ``profile_ttl_s``, hour by hour: kyoso/api/learning.py)."""
+        return await self._profiles.get(factory, lambda: self._learner.learn(factory, as_of))
 
     async def capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
         """Every described machine's capacity over the horizon from now (cached briefly),
         computed from a view with the same evidence as the factory's current one: the
         capacity and ``/v1/factories`` (its offline flags, its machines) never disagree."""
         view = await self.view(factory)
-        return await self._capacity.get(
-            (factory, horizon, _evidence_key(view, self.rules.minor_stop_max_s)),
-            lambda: self._compute_capacity(view, horizon),
-        )
+        return await self._capacity.get(*self._refreshed(view, horizon))
 
     async def _compute_capacity(self, view: FactoryView, horizon: timedelta) -> FactoryCapacity:
-        learnt = await self._learnt(view.factory, view)
-        declared = await asyncio.to_thread(self.bookings.declared, view.factory)
+        history = await self._history(view.factory, view.as_of)
         backfilling = self._backfilling()
-        machines = await asyncio.to_thread(  # CPU (an hour loop per machine): off the loop
-            lambda: [
-                assess(
-                    machine.description,
-                    learnt[name].profile,
-                    self._evidence(view, machine, learnt[name].repairs),
-                    as_of=view.as_of,
-                    horizon=horizon,
-                    rules=self.rules,
-                    bookings=declared.get(name),
-                    backfilling=backfilling,
+
+        def assessed() -> list[MachineCapacity]:
+            declared = self.bookings.declared(view.factory)
+            machines = []
+            for name, machine in view.machines.items():
+                learnt = history.learnt(machine.description)
+                evidence = self._evidence(view, machine, learnt.repairs)
+                machines.append(
+                    assess(
+                        machine.description,
+                        learnt.profile,
+                        evidence,
+                        as_of=view.as_of,
+                        horizon=horizon,
+                        rules=self.rules,
+                        bookings=declared.get(name),
+                        backfilling=backfilling,
+                    )
                 )
-                for name, machine in view.machines.items()
-            ]
-        )
+                time.sleep(0)  # the event loop may have the interpreter: it need not wait 5 ms
+            return machines
+
+        # The bookings' read and the CPU work (an hour loop per machine): off the loop.
+        machines = await asyncio.get_running_loop().run_in_executor(self._worker, assessed)
         return FactoryCapacity(
             view.factory, view.as_of, horizon, view.offline, view.newest, machines
         )
@@ -410,7 +364,7 @@ class CapacityService:
         known of it), None for a machine that works."""
         view = await self.view(factory)
         found = view.machines[machine]
-        learnt = (await self._learnt(factory, view))[machine]
+        learnt = (await self._history(factory, view.as_of)).learnt(found.description)
         if found.stale or view.offline or found.unreadable:
             return self.rules.repair_estimate_s
         stopped = stop(found.down_for_s, learnt.repairs, self.rules)
@@ -427,7 +381,7 @@ class CapacityService:
         begin = max(start, view.as_of)
         if end <= begin:
             return 0.0, 0.0
-        learnt = (await self._learnt(factory, view))[machine]
+        learnt = (await self._history(factory, view.as_of)).learnt(found.description)
         stopped = stop(found.down_for_s, learnt.repairs, self.rules)
         figures = forecast(
             found.description.calendar,
@@ -444,7 +398,8 @@ class CapacityService:
         worked (its bookings and expected load): what a neighbour must take if it cannot."""
         view = await self.view(factory)
         found = view.machines[machine]
-        profile = (await self._learnt(factory, view))[machine].profile
+        history = await self._history(factory, view.as_of)
+        profile = history.learnt(found.description).profile
         declared = await asyncio.to_thread(self.bookings.declared, factory)
         figures = forecast(
             found.description.calendar, profile, view.as_of, span, bookings=declared.get(machine)
@@ -452,9 +407,60 @@ class CapacityService:
         return figures.committed_s
 
     async def region(self, horizon: timedelta) -> list[FactoryCapacity]:
-        """The capacity of every factory over the horizon."""
-        factories = await self.factories()
-        return list(await asyncio.gather(*(self.capacity(f, horizon) for f in factories)))
+        """The capacity of every factory over the horizon: what can be served at once, and
+        what cannot waited for, concurrently; again if, meanwhile, some figures passed their
+        bound (no answer carries figures older than ``cache_ttl_s``, unless computing them
+        takes about as long, when the third try is served)."""
+        for again in range(3):
+            ready = {f: self._ready_view(f) for f in await self.factories()}
+            late = [f for f, view in ready.items() if view is None]
+            waited_views = await asyncio.gather(*(self.view(f) for f in late))
+            views = {f: v for f, v in ready.items() if v is not None}
+            views |= zip(late, waited_views, strict=True)
+            found: dict[str, tuple[FactoryCapacity, float] | None] = {}  # with when born
+            served: dict[Hashable, tuple[FactoryView, float]] = {}  # by key: view, born
+            for factory in ready:  # in the factories' order
+                view = views[factory]
+                key = (factory, horizon, view.evidence)
+                found[factory] = peeked = self._capacity.peek(key)
+                if peeked is not None:
+                    served[key] = (view, peeked[1])
+            if any(self._capacity.due(key, born) for key, (_, born) in served.items()):
+                # The region's figures are computed again together, those due within half
+                # their life too: its answer changes once (kyoso/api/cache.py), not per
+                # factory.
+                half = self.rules.cache_ttl_s / 2
+                self._capacity.refresh(
+                    [
+                        self._refreshed(view, horizon)
+                        for key, (view, born) in served.items()
+                        if self._capacity.due(key, born, within_s=half)
+                    ]
+                )
+            wait = [f for f, capacity in found.items() if capacity is None]
+            waited = await asyncio.gather(
+                *(self._capacity.fetch(*self._refreshed(views[f], horizon)) for f in wait)
+            )
+            found |= zip(wait, waited, strict=True)
+            answer = [capacity for capacity in found.values() if capacity is not None]
+            oldest = min((born for _, born in answer), default=math.inf)
+            if again == 2 or self._capacity.fresh(oldest):
+                break
+        return [capacity for capacity, _ in answer]
+
+    def _ready_view(self, factory: str) -> FactoryView | None:
+        return self._views.ready(factory, functools.partial(self._view, factory), _read_at)
+
+    def _refreshed(
+        self, view: FactoryView, horizon: timedelta
+    ) -> tuple[Hashable, Callable[[], Awaitable[FactoryCapacity]], Callable[[object], float]]:
+        """The capacity's cache key for ``view``, how to compute it, and when its figures
+        were born: when the view they come from was read."""
+        return (
+            (view.factory, horizon, view.evidence),
+            lambda: self._compute_capacity(view, horizon),
+            lambda _: view.read_at,
+        )
 
     async def kpis(
         self, factory: str, start: datetime, end: datetime, machine: str | None = None
@@ -479,3 +485,7 @@ class CapacityService:
             )
             result.append(MachineKpis(window.machine, performance))
         return result
+
+
+def _read_at(view: FactoryView) -> float:
+    return view.read_at

@@ -38,6 +38,11 @@ class ApiSettings(StoreChoice, FileSettings):
     bookings_path: Path = Field(
         Path("var/bookings.sqlite3"), description="Bookings factories declare through the API."
     )
+    profile_cache_path: Path | None = Field(
+        Path("var/profiles.sqlite3"),
+        description="Learnt load profiles kept between restarts, so that the first answer "
+        "reads only the hours since (null: learn them from the store at every start).",
+    )
     capacity: CapacityRules = Field(default_factory=CapacityRules)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     snapshots: bool = Field(

@@ -88,8 +88,16 @@ class CapacitySum:
 def summed(machines: Sequence[MachineCapacity]) -> CapacitySum:
     """The machines' figures added, their confidences and coverages weighed by planned
     time."""
-    figures = sum((m.figures for m in machines), CapacityFigures(0.0, 0.0, 0.0, 0.0))
-    total = figures.total_s
+    total = committed = unattainable = available = 0.0
+    reasons: dict[str, None] = {}
+    for machine in machines:  # as CapacityFigures.__add__ would, without a sum per step
+        f = machine.figures
+        total += f.total_s
+        committed += f.committed_s
+        unattainable += f.unattainable_s
+        available += f.available_s
+        reasons.update(dict.fromkeys(f.reasons))
+    figures = CapacityFigures(total, committed, unattainable, available, tuple(reasons))
 
     def weighed(share: Callable[[MachineCapacity], float]) -> float:
         return sum(share(m) * m.figures.total_s for m in machines) / total if total > 0 else 0.0

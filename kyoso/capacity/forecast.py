@@ -30,6 +30,7 @@ time without data and ``unknown`` time neither count as idle nor as load; they l
 planned busy time of the lookback) and the confidence (:mod:`.confidence`).
 """
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,9 +45,13 @@ __all__ = [
     "HOURS_PER_WEEK",
     "Booking",
     "CapacityFigures",
+    "HourLoad",
     "LoadProfile",
     "ProfileMethod",
+    "WeekHour",
     "forecast",
+    "hour_load",
+    "week_hours",
 ]
 
 HOURS_PER_WEEK: Final = 168
@@ -96,24 +101,33 @@ class LoadProfile:
     ) -> "LoadProfile":
         """The profile of the hourly ``windows`` of one machine over ``[start, end)``."""
         zone = ZoneInfo(calendar.timezone)
+        seen = [load for load in map(hour_load, windows) if load[3] > 0]
+        return cls.of_week_hours(
+            (
+                (_hour_of_week(begin, zone), busy, lost, seen_s)
+                for begin, busy, lost, seen_s in seen
+            ),
+            min((load[0] for load in seen), default=None),
+            calendar.planned_seconds(start, end),
+            end,
+        )
+
+    @classmethod
+    def of_week_hours(
+        cls, hours: Iterable["WeekHour"], first: datetime | None, planned_s: float, end: datetime
+    ) -> "LoadProfile":
+        """The profile of one machine's observed hours, in time order, the first of them
+        beginning at ``first``, over a window ending at ``end`` with ``planned_s`` of
+        planned time: what :meth:`build` does with windows, for whatever kept their sums
+        (:class:`~kyoso.capacity.history.LoadHistory`)."""
         busy = [0.0] * HOURS_PER_WEEK
         lost = [0.0] * HOURS_PER_WEEK
         seen = [0.0] * HOURS_PER_WEEK
-        first: datetime | None = None
-        for window in windows:
-            s = window.seconds
-            running, setup = s.get(MachineState.RUNNING, 0.0), s.get(MachineState.SETUP, 0.0)
-            down, idle = s.get(MachineState.DOWN, 0.0), s.get(MachineState.IDLE, 0.0)
-            observed = running + setup + down + idle
-            if observed <= 0:
-                continue
-            first = window.start if first is None else min(first, window.start)
-            hour = _hour_of_week(window.start, zone)
-            busy[hour] += running + setup
-            lost[hour] += down
+        for hour, busy_s, lost_s, observed in hours:
+            busy[hour] += busy_s
+            lost[hour] += lost_s
             seen[hour] += observed
         observed_s = math.fsum(seen)
-        planned_s = calendar.planned_seconds(start, end)
         if observed_s <= 0 or first is None:
             zeros = (0.0,) * HOURS_PER_WEEK
             return cls(zeros, zeros, 0.0, planned_s, "no_history")
@@ -132,6 +146,23 @@ class LoadProfile:
         )
 
 
+HourLoad = tuple[datetime, float, float, float]
+"""An hour (or window) of one machine's history: its start, and its busy (running + setup),
+lost (down) and observed (running, setup, down and idle) seconds."""
+WeekHour = tuple[int, float, float, float]
+"""An observed hour of one machine's history: its place in the local week (Monday 00:00 is
+0), and its busy, lost and observed seconds."""
+
+
+def hour_load(window: StateWindow) -> HourLoad:
+    """What a window of state seconds tells a load profile."""
+    s = window.seconds
+    running, setup = s.get(MachineState.RUNNING, 0.0), s.get(MachineState.SETUP, 0.0)
+    down, idle = s.get(MachineState.DOWN, 0.0), s.get(MachineState.IDLE, 0.0)
+    busy = running + setup
+    return window.start, busy, down, busy + down + idle
+
+
 def _shrunk(amount: float, observed: float, prior: float) -> float:
     return (amount + _PRIOR_S * prior) / (observed + _PRIOR_S)
 
@@ -139,6 +170,14 @@ def _shrunk(amount: float, observed: float, prior: float) -> float:
 def _hour_of_week(moment: datetime, zone: ZoneInfo) -> int:
     local = moment.astimezone(zone)
     return local.weekday() * 24 + local.hour
+
+
+@functools.lru_cache(maxsize=64)
+def week_hours(timezone: str, first: datetime, count: int) -> tuple[int, ...]:
+    """The place in the local week of ``count`` hours from ``first``: the same weeks of
+    hours for every machine of a time zone, converted once."""
+    zone = ZoneInfo(timezone)
+    return tuple(_hour_of_week(first + i * _HOUR, zone) for i in range(count))
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,24 @@ class CapacityRules(ConfigModel):
         "an offline or unreadable machine).",
     )
     profile_ttl_s: float = Field(
-        600.0, ge=0, description="How long a machine's learnt load profile is reused."
+        600.0,
+        ge=0,
+        description="Learnt load profiles and repair records are brought up to date this "
+        "often, from the hours since (kyoso/api/learning.py).",
+    )
+    profile_reread_h: float = Field(
+        24.0,
+        ge=0,
+        le=24 * 365,
+        description="Each update of the learnt profiles reads this many hours before the "
+        "last again: history written this late (an outbox replayed after an outage) counts.",
+    )
+    profile_relearn_h: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 365,
+        description="The whole lookback is read again this often (history written later "
+        "into the past counts from then); kept profiles older than this are not used.",
     )
     snapshot_interval_s: float = Field(
         60.0, gt=0, description="Capacity snapshots for the dashboards, every this long."

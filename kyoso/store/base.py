@@ -79,10 +79,10 @@ one :meth:`StoreReader.factories` lists.
 """
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
 
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample
 from kyoso.contract.wire import SampleLike
@@ -93,6 +93,7 @@ __all__ = [
     "BucketGrid",
     "CounterWindow",
     "GapReport",
+    "ParseMemo",
     "Refusal",
     "RunRow",
     "SampleGroup",
@@ -111,6 +112,9 @@ __all__ = [
     "check_window",
     "window_buckets",
 ]
+
+_R = TypeVar("_R", bound=Hashable)
+_V = TypeVar("_V")
 
 MAX_BUCKETS: Final = 100_000
 """Most buckets one window query may ask for (a year of 6-minute buckets)."""
@@ -356,6 +360,14 @@ class StoreReader(Protocol):
         """
         ...
 
+    async def state_run_rows(
+        self, factory: str, state: MachineState, start: datetime, end: datetime
+    ) -> list[RunRow]:
+        """The samples :meth:`state_runs` chains into runs (in any order), so that
+        ``chain_runs(rows)`` is what it returns: who keeps runs up to date reads only the
+        new samples, and chains them with those it kept."""
+        ...
+
 
 class Store(StoreWriter, StoreReader, Protocol):
     """A store both written and read (one embedded process, or the test suite)."""
@@ -452,3 +464,25 @@ def _run(chain: list[RunRow]) -> StateRun:
     end = last_ts if last_ended else min(last_begin + timedelta(seconds=last_s), last_ts)
     seconds = math.fsum(row[3] for row in chain)
     return StateRun(machine, start.astimezone(UTC), end.astimezone(UTC), seconds, last_ended)
+
+
+class ParseMemo(Generic[_R, _V]):
+    """The object last parsed from each stored row, reused while the row is unchanged.
+
+    The capacity service reads every factory's descriptions and latest samples every second
+    (its live view); validating them again (some 200 µs a description) cost more than the
+    queries did. Rows are named by what they describe (a factory and a machine): one entry
+    each, replaced when the row changes. The objects are frozen, so sharing them is safe."""
+
+    def __init__(self, parse: Callable[[_R], _V]) -> None:
+        self._parse = parse
+        self._known: dict[Hashable, tuple[_R, _V]] = {}
+
+    def __call__(self, name: Hashable, row: _R) -> _V:
+        """The object of ``row`` (stored under ``name``), parsed only if it changed."""
+        known = self._known.get(name)
+        if known is not None and known[0] == row:
+            return known[1]
+        value = self._parse(row)
+        self._known[name] = (row, value)
+        return value

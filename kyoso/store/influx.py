@@ -51,7 +51,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
@@ -88,7 +87,9 @@ from .base import (
     BucketGrid,
     CounterWindow,
     GapReport,
+    ParseMemo,
     Refusal,
+    RunRow,
     SampleGroup,
     StateRun,
     StateWindow,
@@ -102,7 +103,18 @@ from .base import (
     check_window,
     window_buckets,
 )
-from .influx_rows import Row, datetime_of, description_of, status_of, stored_sample_of
+from .influx_rows import (
+    COUNTER_QUANTITY,
+    STATE_QUANTITY,
+    Quantity,
+    Row,
+    datetime_of,
+    description_of_raw,
+    raw_row,
+    row_values,
+    status_of,
+    stored_sample_of_raw,
+)
 
 __all__ = ["InfluxStore"]
 
@@ -137,31 +149,6 @@ _EXACT: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Quantity:
-    """What a window query sums per bucket: the state durations, or the counter deltas."""
-
-    sums: str
-    """Aggregates, each column named ``sum_<field>``."""
-    firsts: str
-    """``FIRST`` of each summed field, named ``first_<field>``; empty if not exact."""
-    fields: str
-    """The summed fields in a raw select."""
-    owns: Callable[[str], bool]
-    """Whether a field is summed (``interval_s`` too, for states: the covered time)."""
-
-
-_STATE_QUANTITY: Final = _Quantity(
-    sums=", ".join(f'SUM("{f}") AS "sum_{f}"' for f in (*_STATE_FIELDS, "interval_s")),
-    firsts="".join(f', FIRST("{f}") AS "first_{f}"' for f in _STATE_FIELDS),
-    fields=", ".join(f'"{f}"' for f in _STATE_FIELDS),
-    owns=frozenset((*_STATE_FIELDS, "interval_s")).__contains__,
-)
-_COUNTER_QUANTITY: Final = _Quantity(
-    sums="SUM(/_delta$/)", firsts="", fields="/_delta$/", owns=lambda f: f.endswith("_delta")
-)
-
-
 class InfluxStore:
     """The :class:`~kyoso.store.base.Store` on InfluxDB's v1 HTTP API (see the module
     docstring). Use ``async with InfluxStore(config) as store:``, or :meth:`open` and
@@ -173,6 +160,8 @@ class InfluxStore:
         self.config = config
         self._writer: InfluxWriter | None = None
         self._written_ns = 0
+        self._descriptions = ParseMemo(description_of_raw)
+        self._latest = ParseMemo(stored_sample_of_raw)
 
     async def open(self) -> Self:
         """Start the HTTP client."""
@@ -275,7 +264,8 @@ class InfluxStore:
 
     async def machines(self, factory: str) -> list[MachineDescription]:
         rows = await self._read(factory, _LATEST.format("machines", "machine"))
-        return sorted((description_of(factory, row) for row in rows), key=lambda d: d.machine)
+        found = (self._descriptions((factory, r["machine"]), raw_row(factory, r)) for r in rows)
+        return sorted(found, key=lambda d: d.machine)
 
     async def gateway_status(self, factory: str) -> list[GatewayStatus]:
         rows = await self._read(factory, _LATEST.format("gateway_status", "gateway"))
@@ -290,7 +280,10 @@ class InfluxStore:
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         rows = await self._read(factory, _LATEST.format("samples", "machine"))
-        found = ((row["machine"], stored_sample_of(row)) for row in rows)
+        found = (
+            (row["machine"], self._latest((factory, row["machine"]), raw_row(factory, row)))
+            for row in rows
+        )
         return {machine: sample for machine, sample in found if sample is not None}
 
     async def state_seconds(
@@ -303,7 +296,7 @@ class InfluxStore:
     ) -> list[StateWindow]:
         buckets = window_buckets(start, end, bucket_s)
         result = []
-        for name, (w0, w1), cell in await self._windows(_STATE_QUANTITY, factory, machine, buckets):
+        for name, (w0, w1), cell in await self._windows(STATE_QUANTITY, factory, machine, buckets):
             seconds = {s: cell.get(f, 0.0) for s, f in zip(_STATES, _STATE_FIELDS, strict=True)}
             no_data_s = max(0.0, (w1 - w0).total_seconds() - cell.get("interval_s", 0.0))
             result.append(StateWindow(name, w0, w1, seconds, no_data_s))
@@ -318,7 +311,7 @@ class InfluxStore:
         bucket_s: float | None = None,
     ) -> list[CounterWindow]:
         buckets = window_buckets(start, end, bucket_s)
-        windows = await self._windows(_COUNTER_QUANTITY, factory, machine, buckets)
+        windows = await self._windows(COUNTER_QUANTITY, factory, machine, buckets)
         return [
             CounterWindow(name, w0, w1, {field[: -len("_delta")]: v for field, v in cell.items()})
             for name, (w0, w1), cell in windows
@@ -327,10 +320,15 @@ class InfluxStore:
     async def state_runs(
         self, factory: str, state: MachineState, start: datetime, end: datetime
     ) -> list[StateRun]:
+        return chain_runs(await self.state_run_rows(factory, state, start, end))
+
+    async def state_run_rows(
+        self, factory: str, state: MachineState, start: datetime, end: datetime
+    ) -> list[RunRow]:
         start, end = check_window(start, end)
         field, bounds = f"{state.value}_s", {"start": timestamp_ns(start), "end": timestamp_ns(end)}
         rows = await self._read(factory, _RUNS.format(field=field), bounds)
-        return chain_runs(
+        return [
             (
                 r["machine"],
                 datetime_of(r["start_ns"]),
@@ -339,12 +337,12 @@ class InfluxStore:
                 r["state"] == state.value,
             )
             for r in rows
-        )
+        ]
 
     # --- window queries ---------------------------------------------------------------
 
     async def _windows(
-        self, quantity: _Quantity, factory: str, machine: str | None, buckets: list[Bucket]
+        self, quantity: Quantity, factory: str, machine: str | None, buckets: list[Bucket]
     ) -> list[tuple[str, Bucket, dict[str, float]]]:
         """The prorated sums per reported machine and bucket, sorted by machine and start."""
         database = self._readable(factory)
@@ -368,7 +366,7 @@ class InfluxStore:
         ]
 
     async def _sums(
-        self, database: str, grid: BucketGrid, machine: str | None, quantity: _Quantity
+        self, database: str, grid: BucketGrid, machine: str | None, quantity: Quantity
     ) -> Cells:
         params: dict[str, object] = {
             "start": grid.start,
@@ -402,7 +400,7 @@ class InfluxStore:
                 ts = begin + interval_ns(float(row["first_interval_s"]))
                 straddlers.append((name, index, begin, ts))
                 if quantity.firsts:
-                    own[name, ts] = _values(row, quantity, "first_")
+                    own[name, ts] = row_values(row, quantity, "first_")
         if straddlers and not quantity.firsts:
             own = await self._exact(database, quantity, [(s[0], s[3]) for s in straddlers])
         for name, index, begin, ts in straddlers:
@@ -413,14 +411,14 @@ class InfluxStore:
             _spread(cells[name], grid, begin, ts, values)
         for row in after:
             if row["start_ns"] < grid.end:
-                values = _values(row, quantity)
+                values = row_values(row, quantity)
                 _spread(
                     cells.setdefault(row["machine"], {}), grid, row["start_ns"], row["time"], values
                 )
         return cells
 
     async def _exact(
-        self, database: str, quantity: _Quantity, samples: list[tuple[str, int]]
+        self, database: str, quantity: Quantity, samples: list[tuple[str, int]]
     ) -> dict[tuple[str, int], dict[str, float]]:
         """The summed fields of the samples at these (machine, ts), read point by point."""
         queries = []
@@ -434,7 +432,7 @@ class InfluxStore:
                 params |= {f"m{i}": name, f"t{i}": ts}
             queries.append(self._query(database, statements, params))
         rows = [row for answer in await asyncio.gather(*queries) for row in answer]
-        return {(row["machine"], row["time"]): _values(row, quantity) for row in rows}
+        return {(row["machine"], row["time"]): row_values(row, quantity) for row in rows}
 
     async def _described(self, database: str, machine: str | None) -> set[str]:
         """The machines with a description now (none looked up when one is asked for)."""
@@ -527,12 +525,3 @@ def _spread(
         cell = buckets.setdefault(index, {})
         for key, value in values.items():
             cell[key] = cell.get(key, 0.0) + value * share
-
-
-def _values(row: Row, quantity: _Quantity, prefix: str = "") -> dict[str, float]:
-    """The summed fields a row carries (those named ``<prefix><field>``), as floats."""
-    return {
-        key[len(prefix) :]: float(value)
-        for key, value in row.items()
-        if value is not None and key.startswith(prefix) and quantity.owns(key[len(prefix) :])
-    }

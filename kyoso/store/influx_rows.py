@@ -4,6 +4,8 @@ InfluxDB's JSON writes whole floats as integers, hence the ``float()`` calls."""
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -11,7 +13,21 @@ from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Samp
 
 from .base import StoredSample, StoreError
 
-__all__ = ["Row", "datetime_of", "description_of", "status_of", "stored_sample_of"]
+__all__ = [
+    "COUNTER_QUANTITY",
+    "STATE_QUANTITY",
+    "Quantity",
+    "RawRow",
+    "Row",
+    "datetime_of",
+    "description_of",
+    "description_of_raw",
+    "raw_row",
+    "row_values",
+    "status_of",
+    "stored_sample_of",
+    "stored_sample_of_raw",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +120,57 @@ def stored_sample_of(row: Row) -> StoredSample | None:
     )
     received_at = datetime_of(row["received_ns"])
     return StoredSample(row["gateway"], row["session"], sample, received_at)
+
+
+RawRow = tuple[str, tuple[tuple[str, Any], ...]]
+"""A factory and a row's fields, hashable: what :class:`~kyoso.store.base.ParseMemo`
+compares."""
+
+
+def raw_row(factory: str, row: Row) -> RawRow:
+    """``row`` of ``factory`` as a :data:`RawRow`."""
+    return factory, tuple(row.items())
+
+
+def description_of_raw(raw: RawRow) -> MachineDescription:
+    """:func:`description_of` a :data:`RawRow`."""
+    return description_of(raw[0], dict(raw[1]))
+
+
+def stored_sample_of_raw(raw: RawRow) -> StoredSample | None:
+    """:func:`stored_sample_of` a :data:`RawRow`."""
+    return stored_sample_of(dict(raw[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    """What a window query sums per bucket: the state durations, or the counter deltas."""
+
+    sums: str
+    """Aggregates, each column named ``sum_<field>``."""
+    firsts: str
+    """``FIRST`` of each summed field, named ``first_<field>``; empty if not exact."""
+    fields: str
+    """The summed fields in a raw select."""
+    owns: Callable[[str], bool]
+    """Whether a field is summed (``interval_s`` too, for states: the covered time)."""
+
+
+STATE_QUANTITY: Final = Quantity(
+    sums=", ".join(f'SUM("{f}") AS "sum_{f}"' for f in (*_STATE_FIELDS, "interval_s")),
+    firsts="".join(f', FIRST("{f}") AS "first_{f}"' for f in _STATE_FIELDS),
+    fields=", ".join(f'"{f}"' for f in _STATE_FIELDS),
+    owns=frozenset((*_STATE_FIELDS, "interval_s")).__contains__,
+)
+COUNTER_QUANTITY: Final = Quantity(
+    sums="SUM(/_delta$/)", firsts="", fields="/_delta$/", owns=lambda f: f.endswith("_delta")
+)
+
+
+def row_values(row: Row, quantity: Quantity, prefix: str = "") -> dict[str, float]:
+    """The summed fields a row carries (those named ``<prefix><field>``), as floats."""
+    return {
+        key[len(prefix) :]: float(value)
+        for key, value in row.items()
+        if value is not None and key.startswith(prefix) and quantity.owns(key[len(prefix) :])
+    }

@@ -46,7 +46,9 @@ from .base import (
     BucketGrid,
     CounterWindow,
     GapReport,
+    ParseMemo,
     Refusal,
+    RunRow,
     SampleGroup,
     StateRun,
     StateWindow,
@@ -171,6 +173,10 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None  # touched on the worker thread only
         self._series: dict[tuple[str, str], int] = {}
         self._sources: dict[tuple[str, str, str], int] = {}
+        self._descriptions = ParseMemo[str, MachineDescription](
+            MachineDescription.model_validate_json
+        )
+        self._latest = ParseMemo(_stored_sample)
 
     async def open(self) -> Self:
         """Create the file and schema if needed; start the worker thread."""
@@ -264,9 +270,9 @@ class SqliteStore:
         return [r[0] for r in await self._call(self._sql, sql, ())]
 
     async def machines(self, factory: str) -> list[MachineDescription]:
-        sql = "SELECT body FROM descriptions WHERE factory = ? ORDER BY machine"
+        sql = "SELECT machine, body FROM descriptions WHERE factory = ? ORDER BY machine"
         rows = await self._call(self._sql, sql, (factory,))
-        return [MachineDescription.model_validate_json(r[0]) for r in rows]
+        return [self._descriptions((factory, machine), body) for machine, body in rows]
 
     async def gateway_status(self, factory: str) -> list[GatewayStatus]:
         sql = "SELECT body FROM statuses WHERE factory = ? ORDER BY gateway"
@@ -280,7 +286,7 @@ class SqliteStore:
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         rows = await self._call(self._sql, _LATEST, (factory,))
-        return {row[0]: _stored_sample(row) for row in rows}
+        return {row[0]: self._latest((factory, row[0]), tuple(row)) for row in rows}
 
     async def state_seconds(
         self,
@@ -309,7 +315,14 @@ class SqliteStore:
     ) -> list[StateRun]:
         start, end = check_window(start, end)
         args = {"f": factory, "s": _us(start), "e": _us(end), "state": state.value}
-        return await self._call(self._state_runs, state, args)
+        return await self._call(lambda: chain_runs(self._state_run_rows(state, args)))
+
+    async def state_run_rows(
+        self, factory: str, state: MachineState, start: datetime, end: datetime
+    ) -> list[RunRow]:
+        start, end = check_window(start, end)
+        args = {"f": factory, "s": _us(start), "e": _us(end), "state": state.value}
+        return await self._call(self._state_run_rows, state, args)
 
     # --- on the worker thread ---------------------------------------------------------
 
@@ -380,11 +393,9 @@ class SqliteStore:
                 result.append(StateWindow(name, w0, w1, by_state, no_data_s))
         return result
 
-    def _state_runs(self, state: MachineState, args: dict[str, object]) -> list[StateRun]:
+    def _state_run_rows(self, state: MachineState, args: dict[str, object]) -> list[RunRow]:
         rows = self._sql(_RUNS.format(column=f"d_{state.value}"), args)
-        return chain_runs(
-            (m, _dt(first), _dt(ts), d, bool(ended)) for m, first, ts, d, ended in rows
-        )
+        return [(m, _dt(first), _dt(ts), d, bool(ended)) for m, first, ts, d, ended in rows]
 
     def _counter_windows(
         self, factory: str, machine: str | None, buckets: list[Bucket], bucket_s: float | None

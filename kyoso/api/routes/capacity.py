@@ -7,12 +7,12 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic_core import to_json
 
 from kyoso.capacity import aggregate
 from kyoso.capacity.aggregate import CapacitySum, FactoryCapacity, MachineCapacity
 from kyoso.contract import Id, Material, Process
 
+from ..aged import AgedBodies
 from ..deps import (
     CACHED,
     ERRORS,
@@ -43,7 +43,6 @@ from ..schemas import (
 from ..service import CapacityService
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
-_MAX_REGION_BODIES = 64
 
 # --- capacity ---------------------------------------------------------------------------
 
@@ -57,8 +56,17 @@ async def get_factory_capacity(
     capacity = await service.capacity(factory, timedelta(hours=horizon_h))
     own = caller.scope.kind is not ScopeKind.PLATFORM
     now = service.now()
-    body = _factory_capacity(capacity, now, own=own)
-    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(capacity.as_of, now))
+
+    def build() -> dict[str, Any]:
+        data = _factory_capacity(capacity, now, own=own).model_dump(mode="json")
+        data["data_age_s"] = capacity.newest
+        for out, machine in zip(data["machines"] if own else [], capacity.machines, strict=own):
+            out["data_age_s"] = machine.newest
+        return data
+
+    body = _bodies(request).get(("factory", factory, capacity.horizon, own), [capacity], build)
+    age = age_s(capacity.as_of, now)
+    return cached(request, body.at(now), service.rules.cache_ttl_s, age_s=age, tag=body.tag)
 
 
 @router.get("/capacity", response_model=RegionCapacityOut, responses=CACHED)
@@ -74,33 +82,24 @@ async def get_region_capacity(
     regional(caller)
     horizon = timedelta(hours=horizon_h)
     factories = await service.region(horizon)
-    # The region's answer is the same for every caller until the figures are recomputed
-    # but for the data ages, measured at each response: build it (and tag its figures)
-    # once per computation, then only set the ages.
-    bodies: dict[Any, tuple[list[FactoryCapacity], dict[str, Any], str]] = (
-        request.app.state.region_bodies
-    )
-    key = (horizon, process)
-    known = bodies.get(key)
     now = service.now()
-    if (
-        known is None
-        or len(known[0]) != len(factories)
-        or any(a is not b for a, b in zip(known[0], factories, strict=True))
-    ):
+
+    def build() -> dict[str, Any]:
         data = _region(service, horizon, process, factories, now).model_dump(mode="json")
-        bodies.pop(key, None)
-        bodies[key] = known = (factories, data, figures_tag(data))
-        while len(bodies) > _MAX_REGION_BODIES:
-            del bodies[next(iter(bodies))]
-    _, data, tag = known
-    aged = [
-        {**out, "data_age_s": age_s(capacity.newest, now)}
-        for out, capacity in zip(data["factories"], factories, strict=True)
-    ]
-    body = to_json({**data, "factories": aged})
-    as_of = aggregate.as_of(factories, now)
-    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(as_of, now), tag=tag)
+        for out, capacity in zip(data["factories"], factories, strict=True):
+            out["data_age_s"] = capacity.newest
+        return data
+
+    body = _bodies(request).get(("region", horizon, process), factories, build)
+    age = age_s(aggregate.as_of(factories, now), now)
+    return cached(request, body.at(now), service.rules.cache_ttl_s, age_s=age, tag=body.tag)
+
+
+def _bodies(request: Request) -> AgedBodies:
+    """The answers built once per computation of their figures, their ages written in per
+    response (kyoso/api/aged.py): the same for every caller until then."""
+    bodies: AgedBodies = request.app.state.bodies
+    return bodies
 
 
 def _region(

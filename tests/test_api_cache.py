@@ -1,0 +1,279 @@
+"""The capacity service's caches (kyoso/api/cache.py): values computed again ahead of their
+bound so that no request waits, never served past it, one computation per key at a time,
+and a region's figures computed again together. Clocks are the tests': no wall-clock
+deadline is asserted, only orders and counts."""
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from apikit import Clocks, Region, build_region
+
+from kyoso.api.bookings import BookingStore
+from kyoso.api.cache import FreshCache
+from kyoso.api.service import CapacityService
+from kyoso.capacity.rules import CapacityRules
+from kyoso.store import SqliteStore
+
+TTL_S = 5.0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _computation(clock: _Clock, took_s: float) -> tuple[Callable[[], Awaitable[float]], list[int]]:
+    """A computation that takes ``took_s`` on ``clock`` (letting others run meanwhile)
+    and answers when it began; and how many run at once, over time."""
+    running = [0]
+    seen: list[int] = []
+
+    async def compute() -> float:
+        began = clock.now
+        running[0] += 1
+        seen.append(running[0])
+        await asyncio.sleep(0)
+        clock.now += took_s
+        running[0] -= 1
+        return began
+
+    return compute, seen
+
+
+def test_values_are_computed_again_ahead_and_never_served_past_their_bound() -> None:
+    """Lookups every 0.1 s for a minute of a value that takes 1 s to compute: after the
+    first, no lookup waits (none finds its value at the bound), every value served is
+    younger than the time to live, and one computation runs at a time."""
+    clock = _Clock()
+    cache: FreshCache[float] = FreshCache(TTL_S, clock, serve_stale=False)
+    compute, running = _computation(clock, took_s=1.0)
+
+    async def scenario() -> None:
+        await cache.get("k", compute)
+        while clock.now < 60:
+            born = await cache.get("k", compute)
+            assert clock.now - born < TTL_S
+            clock.now += 0.1
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert cache.counts["miss"] == 1
+    assert cache.counts["expired"] == 0
+    assert cache.counts["refresh"] >= 60 // TTL_S
+    assert cache.counts["refresh_failed"] == 0
+    assert max(running) == 1
+
+
+def test_a_value_at_its_bound_waits_and_a_failure_is_no_old_value() -> None:
+    """A value nobody asked for ahead of its bound is computed again by the lookup that
+    finds it there, which waits; and when that fails it gets the error, not the value."""
+    clock = _Clock()
+    cache: FreshCache[str] = FreshCache(TTL_S, clock, serve_stale=False)
+    answers = iter(["first", "second"])
+
+    async def compute() -> str:
+        return next(answers)
+
+    async def scenario() -> None:
+        assert await cache.get("k", compute) == "first"
+        clock.now = TTL_S / 2
+        assert await cache.get("k", compute) == "first"
+        clock.now = TTL_S
+        assert await cache.get("k", compute) == "second"
+        assert cache.counts["expired"] == 1
+        assert cache.counts["refresh"] == 0
+        clock.now = 2 * TTL_S
+
+        async def failing() -> str:
+            raise RuntimeError("the store is down")
+
+        with pytest.raises(RuntimeError, match="the store is down"):
+            await cache.get("k", failing)
+
+    asyncio.run(scenario())
+
+
+def test_what_was_learnt_together_is_learnt_again_apart() -> None:
+    """Values served past their time to live (learnt profiles), all computed at the start,
+    are computed again over the last tenth of it, by key, not all at once; each once."""
+    clock = _Clock()
+    cache: FreshCache[str] = FreshCache(600.0, clock, serve_stale=True)
+    keys = [f"factory-{i}" for i in range(40)]
+
+    async def compute() -> str:
+        return "learnt"
+
+    async def scenario() -> list[int]:
+        for key in keys:
+            await cache.get(key, compute)
+        started = []
+        for now in (500.0, 550.0, 570.0, 590.0, 600.0, 601.0):
+            clock.now = now
+            for key in keys:
+                assert await cache.get(key, compute) == "learnt"  # never waited for
+            started.append(cache.counts["refresh"])
+            await asyncio.sleep(0)
+        return started
+
+    started = asyncio.run(scenario())
+    assert started[0] == 0
+    assert 0 < started[1] < started[3] < len(keys)
+    assert started[-2:] == [len(keys), len(keys)]
+    assert cache.counts["miss"] == len(keys)
+
+
+def test_concurrent_lookups_share_one_computation() -> None:
+    clock = _Clock()
+    cache: FreshCache[float] = FreshCache(TTL_S, clock, serve_stale=False)
+    compute, running = _computation(clock, took_s=1.0)
+    calls = itertools.count()
+
+    async def counted() -> float:
+        next(calls)
+        return await compute()
+
+    async def scenario() -> None:
+        found = await asyncio.gather(*(cache.get("k", counted) for _ in range(20)))
+        assert len(set(found)) == 1
+        clock.now = found[0] + TTL_S - 0.5  # due ahead: every lookup sees it, one computes
+        for _ in range(20):
+            await cache.get("k", counted)
+        await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert next(calls) == 2
+    assert cache.counts["refresh"] == 1
+    assert max(running) == 1
+
+
+def test_values_computed_again_together_replace_the_old_at_once() -> None:
+    clock = _Clock()
+    cache: FreshCache[str] = FreshCache(TTL_S, clock, serve_stale=False)
+    release = asyncio.Event
+
+    async def scenario() -> None:
+        slow_done = release()
+
+        async def old(name: str) -> str:
+            return f"old {name}"
+
+        async def fast() -> str:
+            return "new a"
+
+        async def slow() -> str:
+            await slow_done.wait()
+            return "new b"
+
+        for name in "ab":
+            await cache.get(name, lambda n=name: old(n))  # type: ignore[misc]
+        cache.refresh([("a", fast, None), ("b", slow, None)])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [cache.ready(k, fast) for k in "ab"] == ["old a", "old b"]  # a is done, b not
+        slow_done.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [cache.ready(k, fast) for k in "ab"] == ["new a", "new b"]
+
+    asyncio.run(scenario())
+
+
+class _SlowStore:
+    """The region's store, each query taking 10 ms on the test's clocks."""
+
+    def __init__(self, store: SqliteStore, clocks: Clocks) -> None:
+        self._store = store
+        self._clocks = clocks
+
+    def __getattr__(self, name: str) -> object:
+        found = getattr(self._store, name)
+        if not asyncio.iscoroutinefunction(found):
+            return found
+
+        async def slow(*args: object, **kwargs: object) -> object:
+            self._clocks.advance(0.01)
+            return await found(*args, **kwargs)
+
+        return slow
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Region:
+    return build_region(tmp_path_factory.mktemp("region") / "store.sqlite3", 2)
+
+
+def _service(region: Region, workdir: Path, clocks: Clocks, store: SqliteStore) -> CapacityService:
+    return CapacityService(
+        _SlowStore(store, clocks),  # type: ignore[arg-type]
+        BookingStore(workdir / "bookings.sqlite3"),
+        CapacityRules(stale_after_s=3600),
+        clock=clocks.now,
+        monotonic=clocks.monotonic,
+    )
+
+
+def test_no_regional_answer_carries_figures_older_than_the_bound(
+    region: Region, tmp_path: Path
+) -> None:
+    """A regional query every 0.2 s for a minute over a store that takes time to answer:
+    the figures of every answer were computed less than cache_ttl_s before it, though
+    they are computed again in the background, ahead of their bound, while answers are
+    served; every few seconds, not at every query (five a second)."""
+    clocks = Clocks(region.end + timedelta(seconds=30))
+    horizon = timedelta(hours=24)
+
+    async def scenario() -> None:
+        async with SqliteStore(region.path) as store:
+            service = _service(region, tmp_path, clocks, store)
+            first = await service.region(horizon)
+            start = clocks.ticks
+            while clocks.ticks < start + 60:
+                found = await service.region(horizon)
+                bound = timedelta(seconds=service.rules.cache_ttl_s)
+                assert all(clocks.wall - c.as_of < bound for c in found)
+                clocks.advance(0.2)
+                for _ in range(20):
+                    await asyncio.sleep(0)
+            counts = service.cache_counts()["capacity"]
+            cycles = 60 // service.rules.cache_ttl_s
+            assert cycles * len(first) <= counts["refresh"] <= 60 * len(first)  # not each time
+            service.bookings.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_regions_figures_are_computed_again_together(region: Region, tmp_path: Path) -> None:
+    """The first factory due to be computed again brings the others with it, so that the
+    regional answer changes once, not once per factory: until all are done the answer is
+    the one before, then it is made of the new figures only."""
+    clocks = Clocks(region.end + timedelta(seconds=30))
+    horizon = timedelta(hours=24)
+
+    async def scenario() -> None:
+        async with SqliteStore(region.path) as store:
+            service = _service(region, tmp_path, clocks, store)
+            before = await service.region(horizon)
+            clocks.advance(service.rules.cache_ttl_s * 0.92)  # due, and the views are old
+            during = await service.region(horizon)
+            assert service.cache_counts()["capacity"]["refresh"] == len(before)
+            old = {id(c) for c in before}
+            assert {id(c) for c in during} == old
+            for _ in range(1000):  # until the new figures are served, never mixed with old
+                await asyncio.sleep(0.01)
+                found = {id(c) for c in await service.region(horizon)}
+                assert found == old or not found & old
+                if found != old:
+                    break
+            assert not found & old
+            service.bookings.close()
+
+    asyncio.run(scenario())
