@@ -367,6 +367,36 @@ def test_events_push_the_regional_capacity_tagged_and_filtered(api: Api) -> None
     assert [p["process"] for p in only["by_process"]] == ["cnc_turning"]
 
 
+def test_events_push_a_change_as_soon_as_the_live_view_shows_it(
+    region: Region, tmp_path: Path
+) -> None:
+    """The stream looks every view_ttl_s, not every cache_ttl_s: a machine withdrawn (new
+    evidence, so new figures) is pushed while the figures before would still be served."""
+    changed = copy_region(region, tmp_path)
+    rules = CapacityRules(view_ttl_s=0.05, cache_ttl_s=3600)
+    factory = "okada-machining"
+    with running_api(changed, tmp_path, rules=rules) as api:
+        params = {"factory": factory}
+        with api.client.stream(
+            "GET", "/v1/events", params=params, headers=api.headers("platform")
+        ) as stream:
+            events = (line for line in stream.iter_lines() if line.startswith("data: "))
+            before = json.loads(next(events).removeprefix("data: "))
+
+            async def withdraw() -> None:
+                async with SqliteStore(changed.path) as store:
+                    await store.remove_description(factory, "cnc-01")
+
+            asyncio.run(withdraw())
+            after = json.loads(next(events).removeprefix("data: "))
+    (factory_before,) = before["factories"]
+    (factory_after,) = after["factories"]
+    machines = {p["process"]: p["machines"] for p in factory_before["by_process"]}
+    for process in factory_after["by_process"]:
+        machines[process["process"]] -= process["machines"]
+    assert sum(machines.values()) > 0  # cnc-01 no longer counts in its capabilities
+
+
 def test_a_client_resuming_with_the_current_id_is_not_sent_the_same_figures(api: Api) -> None:
     tag, _ = _first_event(api)
     headers = {**api.headers("platform"), "Last-Event-ID": tag}

@@ -17,7 +17,7 @@ from pydantic_core import to_json
 
 from .deps import age_s, figures_tag
 
-__all__ = ["AgedBodies", "AgedBody"]
+__all__ = ["AgedBodies", "AgedBody", "same_objects"]
 
 _AGE: Final = b'"data_age_s":null'
 """Where an age goes: every ``data_age_s`` is serialized as null, then cut out."""
@@ -78,11 +78,7 @@ class AgedBodies:
     ) -> AgedBody:
         """The body of ``key`` for ``sources``, built from ``build()`` if they changed."""
         known = self._bodies.get(key)
-        if (
-            known is not None
-            and len(known[0]) == len(sources)
-            and all(a is b for a, b in zip(known[0], sources, strict=True))
-        ):
+        if known is not None and same_objects(known[0], sources):
             return known[1]
         body = AgedBody(build())
         self._bodies.pop(key, None)
@@ -90,3 +86,9 @@ class AgedBodies:
         while len(self._bodies) > self.max_entries:
             del self._bodies[next(iter(self._bodies))]
         return body
+
+
+def same_objects(a: Sequence[object], b: Sequence[object]) -> bool:
+    """Whether two lists hold the same objects, in the same order (figures computed once are
+    never changed: the same objects, the same figures)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))

@@ -12,7 +12,7 @@ from kyoso.capacity import aggregate
 from kyoso.capacity.aggregate import CapacitySum, FactoryCapacity, MachineCapacity
 from kyoso.contract import Id, Material, Process
 
-from ..aged import AgedBodies
+from ..aged import AgedBodies, same_objects
 from ..deps import (
     CACHED,
     ERRORS,
@@ -265,6 +265,10 @@ async def cover(
 
 EVENT_MIN_CHANGE_H: Final = 0.25
 """Default of ``min_change_h``: a quarter of an hour of any figure."""
+_EVENTS_LOOK_AT_MOST_S: Final = 0.1
+"""An event stream looks at the figures at most this often, whatever ``view_ttl_s``."""
+_KEEP_ALIVE_S: Final = 15.0
+"""A quiet event stream sends a comment this often (proxies close idle connections)."""
 
 
 @router.get(
@@ -290,27 +294,35 @@ async def events(
     figure by ``min_change_h`` or more, or a confidence by 0.05, a reason, an offline flag,
     the factories or capabilities listed. Each event's ``id`` tags its figures: a client
     reconnecting with ``Last-Event-ID`` gets the first event only if the figures are no
-    longer those. A comment line every 15 s keeps proxies open."""
+    longer those. A comment line every 15 s keeps proxies open.
+
+    The figures are looked at as often as the live views are read again (``view_ttl_s``,
+    at least every 0.1 s): a change reaches the stream as soon as it reaches
+    ``/v1/capacity``. Figures are computed once for every client (kyoso/api/cache.py); a
+    look that finds the same ones as the last costs no more than comparing them."""
     regional(caller)
     horizon = timedelta(hours=horizon_h)
-    step = max(1.0, min(service.rules.cache_ttl_s, 15.0))
+    step = max(service.rules.view_ttl_s, _EVENTS_LOOK_AT_MOST_S)
 
     async def stream() -> AsyncIterator[bytes]:
         sent: dict[tuple[str, str], tuple[Any, ...]] | None = None
+        looked: list[FactoryCapacity] = []
         quiet = 0.0
         while not await request.is_disconnected():
             found = await service.region(horizon)
             chosen = [c for c in found if factory is None or c.factory == factory]
-            body = _region(service, horizon, process, chosen, service.now())
-            data = body.model_dump_json().encode()
-            tag = figures_tag(data)
-            now = _figures(body)
-            if sent is None and tag == last_event_id:
-                sent = now  # the client has these figures already
-            if sent is None or _moved(sent, now, min_change_h):
-                sent, quiet = now, 0.0
-                yield b"event: capacity\nid: " + tag.encode() + b"\ndata: " + data + b"\n\n"
-            elif quiet >= 15:
+            if not same_objects(chosen, looked):
+                looked = chosen
+                body = _region(service, horizon, process, chosen, service.now())
+                data = body.model_dump_json().encode()
+                tag = figures_tag(data)
+                now = _figures(body)
+                if sent is None and tag == last_event_id:
+                    sent = now  # the client has these figures already
+                if sent is None or _moved(sent, now, min_change_h):
+                    sent, quiet = now, 0.0
+                    yield b"event: capacity\nid: " + tag.encode() + b"\ndata: " + data + b"\n\n"
+            if quiet >= _KEEP_ALIVE_S:
                 quiet = 0.0
                 yield b": keep-alive\n\n"
             await asyncio.sleep(step)
