@@ -171,6 +171,7 @@ def start_server(workdir: Path, store: Path, keys: Path, port: int) -> subproces
         "KYOSO_API_SQLITE_PATH": str(store),
         "KYOSO_API_KEYS": str(keys),
         "KYOSO_API_BOOKINGS_PATH": str(workdir / "bookings.sqlite3"),
+        "KYOSO_API_PROFILE_CACHE_PATH": str(workdir / "profiles.sqlite3"),
         "KYOSO_API_CAPACITY__STALE_AFTER_S": "3600",
         # The load stands for many platform callers, sent with one key: its fair-use rate
         # (20/s by default) would answer most of it 429. Concurrency limits stay as they are.

@@ -204,7 +204,8 @@ def _e2e_summary(data: Data) -> str:
         f"A simulated Modbus machine's state register flipped at random moments; a gateway "
         f"polling every {data['poll_s']:g} s (samples every {data['publish_s']:g} s, and at "
         f"the poll that sees a change with min_sample_s 1.0), kyoso ingest into SQLite, "
-        f"kyoso api (cache_ttl_s {data['cache_ttl_s']:g}). Floor: the poll period (the "
+        f"kyoso api (defaults: view_ttl_s {data['view_ttl_s']:g}, cache_ttl_s "
+        f"{data['cache_ttl_s']:g}). Floor: the poll period (the "
         "soonest the gateway can see a change) plus the broker's own QoS 1 latency."
     )
 

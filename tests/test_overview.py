@@ -94,6 +94,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "KYOSO_API_SQLITE_PATH": str(region.path),
         "KYOSO_API_KEYS": str(keys),
         "KYOSO_API_BOOKINGS_PATH": str(workdir / "bookings.sqlite3"),
+        "KYOSO_API_PROFILE_CACHE_PATH": str(workdir / "profiles.sqlite3"),
         # The history is written once, not streamed: keep it fresh for the test's length.
         "KYOSO_API_CAPACITY__STALE_AFTER_S": "3600",
     }

@@ -2,7 +2,7 @@
 
 No figure here survives a restart or needs to: every figure is computed from the store
 (telemetry, descriptions, statuses) and the booking file, so API replicas run side by side
-and agree. A factory's live view is read again within ``view_ttl_s`` (1 s), its capacity
+and agree. A factory's live view is read again within ``view_ttl_s`` (0.5 s), its capacity
 per horizon computed again within ``cache_ttl_s`` (5 s) or as soon as the view's evidence
 changes (a machine's state, a stop, an offline, stale or unreadable machine, a machine
 described or withdrawn): ahead of those bounds, in the background, while requests are

@@ -48,10 +48,11 @@ class CapacityRules(ConfigModel):
         "on record is expected back after this long (capacity/repair.py learns the rest).",
     )
     view_ttl_s: float = Field(
-        1.0,
+        0.5,
         ge=0,
         description="A factory's live view (machine states, offline flags, data ages) is "
-        "read from the store at most this long before an answer.",
+        "read from the store at most this long before an answer: with a gateway polling "
+        "every second, a state change reaches the API within 2 s.",
     )
     cache_ttl_s: float = Field(
         5.0,
