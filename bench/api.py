@@ -5,7 +5,8 @@
 1. **Region**: the shipped factories (kyoso/simulators/factories/*.yaml) cloned into
    ``--factories`` factories of ``--machines`` machines, each with its own factory id,
    seed and machine ids; ``--days`` of history up to now, one sample per machine every
-   ``--interval-s``, written into a new SQLite store as a gateway would have sent it.
+   ``--interval-s``, written into a new store as a gateway would have sent it: SQLite, or
+   with ``--store influxdb`` a fresh influxd of its own (Debian's 1.6.7, loopback).
 2. **Server**: a platform key made with ``kyoso api keys create``, then ``kyoso api`` as
    its own process (uvicorn, one worker) on a free loopback port, configured only through
    ``KYOSO_API_*``. Data may not go stale during the run (it would withdraw capacity and
@@ -54,9 +55,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from influx_raw import start_influxd
 from procstat import cpu_seconds, free_port
 
 from kyoso.contract import GatewayStatus
+from kyoso.influx.client import InfluxConfig
 from kyoso.simulators.config import (
     ClampSourceConfig,
     FactoryConfig,
@@ -68,7 +71,7 @@ from kyoso.simulators.config import (
 )
 from kyoso.simulators.history import history_descriptions, history_samples
 from kyoso.simulators.runner import FactorySimulation
-from kyoso.store import SqliteStore
+from kyoso.store import InfluxStore, SqliteStore
 
 GATEWAY: Final = "gw-01"
 REGIONAL: Final = "/v1/capacity?horizon_h=24"
@@ -119,11 +122,15 @@ def clone_region(factories: int, machines: int) -> list[FactoryConfig]:
 
 
 async def write_region(
-    path: Path, configs: list[FactoryConfig], start: datetime, end: datetime, interval_s: float
+    store: SqliteStore | InfluxStore,
+    configs: list[FactoryConfig],
+    start: datetime,
+    end: datetime,
+    interval_s: float,
 ) -> int:
     """Each factory's history over ``[start, end)`` into a new store; the samples written."""
     written = 0
-    async with SqliteStore(path, synchronous="normal") as store:
+    async with store:
         for config in configs:
             sim = FactorySimulation(config, start.timestamp())
             history = history_samples(
@@ -150,6 +157,21 @@ async def write_region(
 # --- the server ------------------------------------------------------------------------------
 
 
+def new_store(
+    kind: str, workdir: Path
+) -> tuple[SqliteStore | InfluxStore, dict[str, str], subprocess.Popen[bytes] | None]:
+    """A new store of ``kind`` under ``workdir``, the API's settings that name it, and the
+    influxd started for it (None for SQLite)."""
+    if kind == "influxdb":
+        influxd, influx_port = start_influxd(workdir)
+        url = f"http://127.0.0.1:{influx_port}"
+        settings = {"KYOSO_API_STORE": "influxdb", "KYOSO_API_INFLUX__URL": url}
+        return InfluxStore(InfluxConfig(url=url)), settings, influxd
+    path = workdir / "store.sqlite3"
+    settings = {"KYOSO_API_STORE": "sqlite", "KYOSO_API_SQLITE_PATH": str(path)}
+    return SqliteStore(path, synchronous="normal"), settings, None
+
+
 def make_key(keys: Path) -> str:
     """A new platform key, through the CLI."""
     command = [str(KYOSO), "api", "keys", "create", "--keys", str(keys)]
@@ -162,13 +184,15 @@ def make_key(keys: Path) -> str:
     return made.stdout.strip()
 
 
-def start_server(workdir: Path, store: Path, keys: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    workdir: Path, store: dict[str, str], keys: Path, port: int
+) -> subprocess.Popen[bytes]:
+    """``kyoso api`` on ``port`` over the store its ``KYOSO_API_*`` settings in ``store`` name."""
     env = {
         **os.environ,
+        **store,
         "KYOSO_API_HOST": "127.0.0.1",
         "KYOSO_API_PORT": str(port),
-        "KYOSO_API_STORE": "sqlite",
-        "KYOSO_API_SQLITE_PATH": str(store),
         "KYOSO_API_KEYS": str(keys),
         "KYOSO_API_BOOKINGS_PATH": str(workdir / "bookings.sqlite3"),
         "KYOSO_API_PROFILE_CACHE_PATH": str(workdir / "profiles.sqlite3"),
@@ -496,36 +520,43 @@ def main() -> int:
     parser.add_argument(
         "--hog", action="store_true", help="open loop again with another process busy on a core"
     )
+    parser.add_argument(
+        "--store", choices=("sqlite", "influxdb"), default="sqlite", help="where the API reads"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="kyoso-bench-api-"))
     server: subprocess.Popen[bytes] | None = None
+    influxd: subprocess.Popen[bytes] | None = None
     try:
         built = time.monotonic()
         configs = clone_region(args.factories, args.machines)
         end = datetime.now(UTC).replace(microsecond=0)
         start = end - timedelta(days=args.days)
-        samples = asyncio.run(
-            write_region(workdir / "store.sqlite3", configs, start, end, args.interval_s)
-        )
+        store, settings, influxd = new_store(args.store, workdir)
+        samples = asyncio.run(write_region(store, configs, start, end, args.interval_s))
         machines = sum(len(c.machines) for c in configs)
         print(
             f"region: {len(configs)} factories, {machines} machines, {args.days:g} days at "
-            f"{args.interval_s:g} s: {samples} samples, built in {time.monotonic() - built:.1f} s"
+            f"{args.interval_s:g} s: {samples} samples in {args.store}, built in "
+            f"{time.monotonic() - built:.1f} s"
         )
         key = make_key(workdir / "keys.sqlite3")
         port = free_port()
-        server = start_server(workdir, workdir / "store.sqlite3", workdir / "keys.sqlite3", port)
+        server = start_server(workdir, settings, workdir / "keys.sqlite3", port)
         asyncio.run(wait_ready(port, server, 30.0))
         figures = asyncio.run(drive(args, port, key, server.pid))
         if args.json:
-            figures.update(factories=len(configs), machines=machines, samples=samples)
+            figures.update(
+                factories=len(configs), machines=machines, samples=samples, store=args.store
+            )
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(10)
+        for process in (server, influxd):
+            if process is not None:
+                process.terminate()
+                process.wait(10)
         if args.keep:
             print(f"work folder kept: {workdir}")
         else:

@@ -4,7 +4,7 @@ figures, baselines and targets it reads from the script's ``--json`` output
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from report import (
     MIB,
@@ -268,10 +268,14 @@ def _api_counts(number: int, data: Data) -> list[str]:
     return [f"round {number}: answers by status: " + "; ".join(parts)]
 
 
+_STORES: Final = {"sqlite": "SQLite", "influxdb": "InfluxDB, a fresh influxd on loopback"}
+
+
 def _api_summary(data: Data) -> str:
     return (
         f"GET /v1/capacity?horizon_h=24 over {data['factories']} factories of "
-        f"{data['machines']} machines in all ({data['samples']:,} samples in SQLite), one "
+        f"{data['machines']} machines in all ({data['samples']:,} samples in "
+        f"{_STORES[data['store']]}), one "
         "kyoso api process, loopback HTTP/1.1 keep-alive. Open loop: each request sent at "
         "its scheduled time, latency counted from then (no coordinated omission). A core "
         'busy: `python -c "while True: pass"` running beside it.'
@@ -380,6 +384,15 @@ BENCHES = [
         "Capacity API under load",
         "api.py",
         lambda s: (*s.api, "--hog"),
+        _api_figures,
+        _api_counts,
+        _api_summary,
+    ),
+    Bench(
+        "api-influx",
+        "Capacity API under load, InfluxDB store",
+        "api.py",
+        lambda s: (*s.api, "--hog", "--store", "influxdb"),
         _api_figures,
         _api_counts,
         _api_summary,

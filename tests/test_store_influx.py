@@ -298,6 +298,25 @@ def test_the_reserved_factory_id_is_neither_written_nor_read(
     assert run(store.factories()) == []
 
 
+def test_latest_samples_show_a_newer_one_and_reuse_the_unchanged(
+    store: InfluxStore, run: Run
+) -> None:
+    # A newer sample, or the same one stored again (a new received_ns), is what the next
+    # read shows; a machine whose row is unchanged gets the object parsed before (ParseMemo).
+    first = [make_sample(m, 60, 60, seq=1) for m in ("m1", "m2")]
+    run(store.write_samples("a", GW, SESSION, first, received_at=at(1000)))
+    before = run(store.latest_samples("a"))
+    newer = make_sample("m1", 120, 60, seq=2)
+    run(store.write_samples("a", GW, SESSION, [newer], received_at=at(2000)))
+    after = run(store.latest_samples("a"))
+    assert (after["m1"].sample, after["m1"].received_at) == (newer, at(2000))
+    assert after["m2"] is before["m2"]
+    run(store.write_samples("a", GW, SESSION, first[1:], received_at=at(3000)))
+    again = run(store.latest_samples("a"))
+    assert (again["m2"].sample, again["m2"].received_at) == (first[1], at(3000))
+    assert again["m1"] is after["m1"]
+
+
 def test_a_partly_written_latest_point_reads_as_no_sample(
     store: InfluxStore, run: Run, influxdb: InfluxDB, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
