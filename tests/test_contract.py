@@ -1041,12 +1041,9 @@ def shifts(draw: st.DrawFn) -> Shift:
     pauses = []
     for _ in range(draw(st.integers(0, 3))):
         begin = draw(st.integers(0, length - 1))
-        pauses.append(
-            Break(
-                start=_clock(start, begin),
-                end=_clock(start, draw(st.integers(begin + 1, length))),
-            )
-        )
+        # A break ends on another clock time than it starts: a whole day's break is no break.
+        end = draw(st.integers(begin + 1, min(length, begin + 86_399)))
+        pauses.append(Break(start=_clock(start, begin), end=_clock(start, end)))
     return Shift(
         name=draw(texts),
         days=draw(st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=7, unique=True)),

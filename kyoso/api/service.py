@@ -219,12 +219,8 @@ class CapacityService:
 
     async def _view(self, factory: str) -> FactoryView:
         read_at, as_of = self._monotonic(), self.now()
-        descriptions, statuses, latest, gaps = await asyncio.gather(
-            self.store.machines(factory),
-            self.store.gateway_status(factory),
-            self.store.latest_samples(factory),
-            self.store.gateway_gaps(factory),
-        )
+        live = await self.store.live(factory)
+        descriptions, statuses, latest, gaps = live.machines, live.statuses, live.latest, live.gaps
         stale_after = self.rules.stale_after_s
         unreadable = await self._unreadable(factory, as_of, latest)
         down = await self._down_for(factory, as_of, latest)

@@ -430,6 +430,20 @@ class InfluxWriter:
         Times are integers in ``epoch`` units, or RFC 3339 strings with ``epoch=None``.
         Raises :class:`InfluxQueryError` if any statement fails.
         """
+        each = await self.query_each(database, influxql, params, epoch=epoch)
+        return [row for rows in each for row in rows]
+
+    async def query_each(
+        self,
+        database: str | None,
+        influxql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        epoch: Literal["ns", "u", "ms", "s"] | None = "ns",
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`query` of several statements (``;`` between them) in one request: the
+        rows of each, in their order. A missing database fails the whole request with
+        ``not executed`` (InfluxDB 1.x), not ``database not found``."""
         form: dict[str, str] = {"q": influxql}
         if database is not None:
             form["db"] = database
@@ -457,13 +471,15 @@ class InfluxWriter:
             errors.append(answer["error"])
         if errors:
             raise InfluxQueryError(f"query {influxql[:200]!r} failed: {'; '.join(errors)}", 200)
-        rows: list[dict[str, Any]] = []
+        each: list[list[dict[str, Any]]] = []
         for result in answer.get("results", []):
+            rows: list[dict[str, Any]] = []
             for series in result.get("series", []):
                 tags = series.get("tags") or {}
                 for values in series.get("values", []):
                     rows.append({**tags, **dict(zip(series["columns"], values, strict=True))})
-        return rows
+            each.append(rows)
+        return each
 
     async def ensure_database(self, name: str) -> None:
         """``CREATE DATABASE`` (a no-op if it exists); needs admin rights on 1.x."""

@@ -78,6 +78,7 @@ their own clocks. ``missing`` 0 means the gaps closed. A factory with only gap r
 one :meth:`StoreReader.factories` lists.
 """
 
+import asyncio
 import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ __all__ = [
     "BucketGrid",
     "CounterWindow",
     "GapReport",
+    "LiveRead",
     "ParseMemo",
     "Refusal",
     "RunRow",
@@ -110,6 +112,7 @@ __all__ = [
     "chain_runs",
     "check_aware",
     "check_window",
+    "read_live",
     "window_buckets",
 ]
 
@@ -244,6 +247,16 @@ class GapReport:
         return self.oldest_s + max(0.0, (now - self.at).total_seconds())
 
 
+@dataclass(frozen=True, slots=True)
+class LiveRead:
+    """What a factory's live view reads: :meth:`StoreReader.live`."""
+
+    machines: list[MachineDescription]
+    statuses: list[GatewayStatus]
+    latest: dict[str, StoredSample]
+    gaps: dict[str, GapReport]
+
+
 RunRow = tuple[str, datetime, datetime, float, bool]
 """A sample considered for runs: ``(machine, interval start, ts, seconds of the state,
 whether it ended in the state)``, times aware."""
@@ -317,6 +330,12 @@ class StoreReader(Protocol):
 
     async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
         """The gap report last written per gateway (those never reported are absent)."""
+        ...
+
+    async def live(self, factory: str) -> LiveRead:
+        """:meth:`machines`, :meth:`gateway_status`, :meth:`latest_samples` and
+        :meth:`gateway_gaps` read together, in one request where the store can: the
+        capacity service reads them for every factory every ``view_ttl_s``."""
         ...
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
@@ -486,3 +505,14 @@ class ParseMemo(Generic[_R, _V]):
         value = self._parse(row)
         self._known[name] = (row, value)
         return value
+
+
+async def read_live(store: StoreReader, factory: str) -> LiveRead:
+    """:meth:`StoreReader.live` of a store that reads its parts one by one, concurrently."""
+    machines, statuses, latest, gaps = await asyncio.gather(
+        store.machines(factory),
+        store.gateway_status(factory),
+        store.latest_samples(factory),
+        store.gateway_gaps(factory),
+    )
+    return LiveRead(machines, statuses, latest, gaps)

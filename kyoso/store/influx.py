@@ -87,6 +87,7 @@ from .base import (
     BucketGrid,
     CounterWindow,
     GapReport,
+    LiveRead,
     ParseMemo,
     Refusal,
     RunRow,
@@ -101,6 +102,7 @@ from .base import (
     chain_runs,
     check_aware,
     check_window,
+    read_live,
     window_buckets,
 )
 from .influx_rows import (
@@ -110,9 +112,10 @@ from .influx_rows import (
     Row,
     datetime_of,
     description_of_raw,
+    gaps_of,
     raw_row,
     row_values,
-    status_of,
+    statuses_of,
     stored_sample_of_raw,
 )
 
@@ -130,6 +133,17 @@ _STATEMENTS_PER_REQUEST: Final = 200
 """Exact reads of straddling samples in one query (a URL of some 40 kB, a GET's limit
 being the server's header size: 1 MB in InfluxDB 1.x)."""
 _LATEST: Final = "SELECT * FROM {} GROUP BY {} ORDER BY time DESC LIMIT 1"
+_LIVE: Final = tuple(
+    _LATEST.format(measurement, tag)
+    for measurement, tag in (
+        ("machines", "machine"),
+        ("gateway_status", "gateway"),
+        ("samples", "machine"),
+        ("gaps", "gateway"),
+    )
+)
+"""The reads of a live view (:meth:`InfluxStore.live`), in the order of its fields."""
+_NOT_EXECUTED: Final = "not executed"
 # The window queries of the module docstring: sums per machine and bucket, the first sample
 # after the window, a straddling sample's own fields. Formatted with field names and
 # integers only; values are bound as $parameters.
@@ -263,23 +277,44 @@ class InfluxStore:
         return sorted(factory for factory in found if self._readable(factory) is not None)
 
     async def machines(self, factory: str) -> list[MachineDescription]:
-        rows = await self._read(factory, _LATEST.format("machines", "machine"))
+        return self._machines(factory, await self._read(factory, _LIVE[0]))
+
+    async def gateway_status(self, factory: str) -> list[GatewayStatus]:
+        return statuses_of(factory, await self._read(factory, _LIVE[1]))
+
+    async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
+        return self._latest_samples(factory, await self._read(factory, _LIVE[2]))
+
+    async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
+        return gaps_of(await self._read(factory, _LIVE[3]))
+
+    async def live(self, factory: str) -> LiveRead:
+        """The four reads in one request: a view is read for every factory every
+        ``view_ttl_s``, and the requests (the client's work per request) were the API's
+        limit, not influxd's."""
+        database = self._readable(factory)
+        if database is None:
+            return LiveRead([], [], {}, {})
+        try:
+            with _translated():
+                each = await self._client().query_each(database, "; ".join(_LIVE))
+        except StoreError as exc:
+            if _NOT_EXECUTED in str(exc):  # the database is missing: its reads say so
+                return await read_live(self, factory)
+            raise
+        machines, statuses, latest, gaps = each
+        return LiveRead(
+            self._machines(factory, machines),
+            statuses_of(factory, statuses),
+            self._latest_samples(factory, latest),
+            gaps_of(gaps),
+        )
+
+    def _machines(self, factory: str, rows: list[Row]) -> list[MachineDescription]:
         found = (self._descriptions((factory, r["machine"]), raw_row(factory, r)) for r in rows)
         return sorted(found, key=lambda d: d.machine)
 
-    async def gateway_status(self, factory: str) -> list[GatewayStatus]:
-        rows = await self._read(factory, _LATEST.format("gateway_status", "gateway"))
-        return sorted((status_of(factory, row) for row in rows), key=lambda s: s.gateway)
-
-    async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
-        rows = await self._read(factory, _LATEST.format("gaps", "gateway"))
-        return {
-            r["gateway"]: GapReport(r["missing"], float(r["oldest_s"]), datetime_of(r["at_ns"]))
-            for r in rows
-        }
-
-    async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
-        rows = await self._read(factory, _LATEST.format("samples", "machine"))
+    def _latest_samples(self, factory: str, rows: list[Row]) -> dict[str, StoredSample]:
         found = (
             (row["machine"], self._latest((factory, row["machine"]), raw_row(factory, row)))
             for row in rows

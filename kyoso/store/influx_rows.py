@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample
 
-from .base import StoredSample, StoreError
+from .base import GapReport, StoredSample, StoreError
 
 __all__ = [
     "COUNTER_QUANTITY",
@@ -22,9 +22,11 @@ __all__ = [
     "datetime_of",
     "description_of",
     "description_of_raw",
+    "gaps_of",
     "raw_row",
     "row_values",
     "status_of",
+    "statuses_of",
     "stored_sample_of",
     "stored_sample_of_raw",
 ]
@@ -69,6 +71,19 @@ def status_of(factory: str, row: Row) -> GatewayStatus:
     return GatewayStatus.model_validate(
         {"factory": factory, "ts": datetime_of(row["ts_ns"]), **fields}
     )
+
+
+def statuses_of(factory: str, rows: list[Row]) -> list[GatewayStatus]:
+    """The gateways' latest ``gateway_status`` points, sorted by gateway."""
+    return sorted((status_of(factory, row) for row in rows), key=lambda s: s.gateway)
+
+
+def gaps_of(rows: list[Row]) -> dict[str, GapReport]:
+    """The gateways' latest ``gaps`` points, by gateway."""
+    return {
+        r["gateway"]: GapReport(r["missing"], float(r["oldest_s"]), datetime_of(r["at_ns"]))
+        for r in rows
+    }
 
 
 def stored_sample_of(row: Row) -> StoredSample | None:

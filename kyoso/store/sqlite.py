@@ -46,6 +46,7 @@ from .base import (
     BucketGrid,
     CounterWindow,
     GapReport,
+    LiveRead,
     ParseMemo,
     Refusal,
     RunRow,
@@ -58,6 +59,7 @@ from .base import (
     chain_runs,
     check_aware,
     check_window,
+    read_live,
     window_buckets,
 )
 
@@ -283,6 +285,9 @@ class SqliteStore:
         sql = "SELECT gateway, missing, oldest_s, at FROM gaps WHERE factory = ? ORDER BY gateway"
         rows = await self._call(self._sql, sql, (factory,))
         return {gateway: GapReport(n, oldest_s, _dt(at)) for gateway, n, oldest_s, at in rows}
+
+    async def live(self, factory: str) -> LiveRead:
+        return await read_live(self, factory)
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         rows = await self._call(self._sql, _LATEST, (factory,))
