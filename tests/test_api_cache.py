@@ -71,6 +71,29 @@ def test_values_are_computed_again_ahead_and_never_served_past_their_bound() -> 
     assert max(running) == 1
 
 
+def test_a_source_slower_than_half_the_time_to_live_is_not_read_ahead() -> None:
+    """Lookups every 0.1 s of a value that takes 3 s of a 5 s time to live: read ahead, it
+    would be computed again as soon as it is done (every 3 s, the slower the source, the
+    more often). After the first time, which teaches it how slow the source is, the lookup
+    at its bound waits instead: one computation per time to live, and no value served
+    past its bound."""
+    clock = _Clock()
+    cache: FreshCache[float] = FreshCache(TTL_S, clock, serve_stale=False)
+    compute, _ = _computation(clock, took_s=3.0)
+
+    async def scenario() -> None:
+        await cache.get("k", compute)
+        while clock.now < 60:
+            born = await cache.get("k", compute)
+            assert clock.now - born < TTL_S
+            clock.now += 0.1
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert cache.counts["refresh"] == 1
+    assert cache.counts["expired"] <= 60 // TTL_S + 1
+
+
 def test_a_value_at_its_bound_waits_and_a_failure_is_no_old_value() -> None:
     """A value nobody asked for ahead of its bound is computed again by the lookup that
     finds it there, which waits; and when that fails it gets the error, not the value."""

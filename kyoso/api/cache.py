@@ -10,7 +10,10 @@ happens as a value ages depends on what is cached:
   was read, which the caller may give: capacity counts from its view's reading). Once a
   value has lived its time to live less twice as long as the slowest recent computation
   took (at least a tenth of its time to live; and up to as much again, by key, so that
-  values born together are computed again apart; at most half), the next lookup starts
+  values born together are computed again apart; at most half; and not at all while a
+  recent computation of a value computed before took longer than that half, which would
+  have a key computed again as soon as it is done, more often the slower its source:
+  then the lookup at the bound waits, as below), the next lookup starts
   computing it again in the background and is answered from the value it has, still
   within its bound; the new value replaces it when done. Several keys may be computed
   again together, their new values replacing the old at once (:meth:`FreshCache.refresh`).
@@ -94,6 +97,8 @@ class FreshCache(Generic[_T]):
         self._refreshing: set[asyncio.Task[None]] = set()
         self._slowest = (0.0, 0.0)
         """The slowest recent computation: how long it took, and when it ended."""
+        self._slowest_again = (0.0, 0.0)
+        """The same, of values computed again."""
         self.counts = {"hit": 0, "miss": 0, "expired": 0, "refresh": 0, "refresh_failed": 0}
         """Lookups answered from the cache, computed (new, or too old to serve: waited
         for), and background computations started and failed."""
@@ -125,6 +130,8 @@ class FreshCache(Generic[_T]):
         share = _spread(key) if spread else 0.0
         if self.serve_stale:  # by key over the last share of its life: not all at once
             return now >= bound - max(most * share, within_s)
+        if self._slow(again=True) > most:  # ahead, it would be computed again and again
+            return False  # callers wait at the bound instead
         ahead = max(least, _AHEAD * self._slow()) * (1.0 + share)
         return now >= bound - max(min(most, ahead), within_s)
 
@@ -174,6 +181,7 @@ class FreshCache(Generic[_T]):
         if found is not None:
             return found
         entry = self._entries.get(key)
+        again = entry is not None
         if entry is not None and entry.value.done():  # past its bound
             entry = entry.next
             self.counts["expired"] += 1
@@ -182,13 +190,13 @@ class FreshCache(Generic[_T]):
         else:
             self.counts["miss"] += 1
         if entry is None:
-            entry = await self._computed(key, compute, born)
+            entry = await self._computed(key, compute, born, again=again)
         value = await asyncio.shield(entry.value)
         if self._servable(entry):
             return value, entry.born
         newer = self._entries.get(key)  # another waiter's computation, if one began
         if newer is None or newer is entry or (newer.value.done() and not self._servable(newer)):
-            newer = await self._computed(key, compute, born)
+            newer = await self._computed(key, compute, born, again=True)
         return await asyncio.shield(newer.value), newer.born
 
     def refresh(self, items: Sequence[_Refresh[_T]]) -> None:
@@ -209,7 +217,10 @@ class FreshCache(Generic[_T]):
 
         async def run() -> None:
             done = await asyncio.gather(
-                *(self._fill(key, new, compute, born) for key, _, new, compute, born in batch),
+                *(
+                    self._fill(key, new, compute, born, again=True)
+                    for key, _, new, compute, born in batch
+                ),
                 return_exceptions=True,
             )
             for (key, old, new, *_), result in zip(batch, done, strict=True):
@@ -247,16 +258,20 @@ class FreshCache(Generic[_T]):
         key: Hashable,
         compute: Callable[[], Awaitable[_T]],
         born: Callable[[_T], float] | None,
+        *,
+        again: bool,
     ) -> _Entry[_T]:
         """A new computation of ``key``'s value, kept (shared with later callers), done."""
         entry: _Entry[_T] = _Entry(asyncio.get_running_loop().create_future())
         self._store(key, entry)
-        await self._fill(key, entry, compute, born)
+        await self._fill(key, entry, compute, born, again=again)
         return entry
 
-    def _slow(self) -> float:
-        """How long a computation has taken at worst lately (seconds, decaying)."""
-        took, at = self._slowest
+    def _slow(self, *, again: bool = False) -> float:
+        """How long a computation has taken at worst lately (seconds, decaying); with
+        ``again``, of a value computed again (a first one may wait for more: a cold
+        start's queue, learnt profiles)."""
+        took, at = self._slowest_again if again else self._slowest
         return float(took * 0.5 ** (max(0.0, self._clock() - at) / _SLOWEST_HALF_LIFE_S))
 
     def _store(self, key: Hashable, entry: _Entry[_T]) -> None:
@@ -271,8 +286,11 @@ class FreshCache(Generic[_T]):
         entry: _Entry[_T],
         compute: Callable[[], Awaitable[_T]],
         born: Callable[[_T], float] | None,
+        *,
+        again: bool,
     ) -> None:
-        """Compute ``entry``'s value (how long it took counts towards :meth:`due`)."""
+        """Compute ``entry``'s value (how long it took counts towards :meth:`due`;
+        ``again``: a value computed before is computed again)."""
         started = self._clock()
         try:
             value = await compute()
@@ -285,6 +303,8 @@ class FreshCache(Generic[_T]):
         entry.born = started if born is None else born(value)
         now = self._clock()
         self._slowest = (max(now - started, self._slow()), now)
+        if again:
+            self._slowest_again = (max(now - started, self._slow(again=True)), now)
         entry.value.set_result(value)
 
 
