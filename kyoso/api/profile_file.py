@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kyoso.capacity.history import FactoryHistory, LoadHistory, hour_index
-from kyoso.capacity.repair import DownSamples
+from kyoso.capacity.repair import DownSamples, us_of
 from kyoso.contract import check_id
 
 __all__ = ["FORMAT", "KeptHistoryError", "ProfileFile"]
@@ -144,9 +144,9 @@ def encode(history: FactoryHistory) -> bytes:
     header = {
         "format": FORMAT,
         "factory": history.factory,
-        "start": _us(history.start),
-        "end": _us(history.end),
-        "relearnt_at": _us(history.relearnt_at),
+        "start": us_of(history.start),
+        "end": us_of(history.end),
+        "relearnt_at": us_of(history.relearnt_at),
         "loads": [[m, hours.first, len(hours.observed)] for m, hours in loads],
         "down": [[m, len(samples.ts)] for m, samples in down],
     }
@@ -186,9 +186,9 @@ def _history(factory: str, header: Mapping[str, Any], data: "_Reader") -> Factor
     for machine, count in header["down"]:
         check_id(machine, "machine")
         samples = DownSamples(*(data.take(code, count) for code in "qqdb"))
-        ends = [_us(start), *samples.ts]
+        ends = [us_of(start), *samples.ts]
         _check(all(a < b for a, b in itertools.pairwise(ends)), machine, "samples out of order")
-        _check(not count or samples.ts[-1] <= _us(end), machine, "samples after its window")
+        _check(not count or samples.ts[-1] <= us_of(end), machine, "samples after its window")
         intervals = zip(samples.begin, samples.ts, strict=True)
         _check(all(b < t for b, t in intervals), machine, "samples ending before they begin")
         _check(_seconds(samples.seconds) and all(samples.seconds), machine, "impossible seconds")
@@ -238,10 +238,6 @@ def _seconds(*values: "array[float]") -> bool:
 def _check(holds: bool, name: str, what: str) -> None:
     if not holds:
         raise KeptHistoryError(f"kept history of {name!r}: {what}")
-
-
-def _us(moment: datetime) -> int:
-    return (moment - _EPOCH) // _US
 
 
 def _time(us: object) -> datetime:
