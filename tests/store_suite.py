@@ -49,6 +49,7 @@ from kyoso.contract import (
 from kyoso.store import (
     CounterWindow,
     GapReport,
+    LatestSample,
     LiveRead,
     SampleGroup,
     StateRun,
@@ -294,7 +295,7 @@ class StoreContract:
         assert live == LiveRead(
             run(store.machines("a")),
             run(store.gateway_status("a")),
-            run(store.latest_samples("a")),
+            {m: LatestSample.of(s) for m, s in run(store.latest_samples("a")).items()},
             run(store.gateway_gaps("a")),
         )
         assert [d.machine for d in live.machines] == ["m1", "m2"]

@@ -578,6 +578,25 @@ def test_query_errors_raise(influxdb: InfluxDB, influxdb_database: str) -> None:
         run(scenario("SELEKT 1"))
 
 
+@pytest.mark.integration
+def test_a_query_says_when_it_is_sent(influxdb: InfluxDB, influxdb_database: str) -> None:
+    # Called in the thread that sends it, once it has one (not when asked: a caller that
+    # counts its data's age from the read does not count the wait for a thread).
+    sent: list[str] = []
+
+    async def scenario() -> list[list[dict[str, Any]]]:
+        async with InfluxWriter(config(influxdb.url)) as writer:
+            return await writer.query_each(
+                influxdb_database,
+                "SELECT * FROM nothing_here; SELECT * FROM nor_here",
+                on_send=lambda: sent.append(threading.current_thread().name),
+            )
+
+    assert run(scenario()) == [[], []]
+    assert len(sent) == 1
+    assert sent[0].startswith("influx-http")
+
+
 # --- configuration ----------------------------------------------------------------------
 
 

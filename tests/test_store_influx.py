@@ -20,6 +20,7 @@ from kyoso.influx.client import InfluxConfig, InfluxWriter, WriteResult
 from kyoso.influx.lineprotocol import timestamp_ns
 from kyoso.store import (
     InfluxStore,
+    LatestSample,
     Refusal,
     SampleGroup,
     Store,
@@ -345,3 +346,14 @@ def test_a_partly_written_latest_point_reads_as_no_sample(
     assert "session, interval_s, state, received_ns, running_s" in warned[0]
     assert "'m3'" in warned[1]
     assert "lacks received_ns, running_s" in warned[1]
+    caplog.clear()
+    # The live view reads fewer fields of the latest points, and the same machines.
+    with caplog.at_level(logging.WARNING, logger="kyoso.store.influx"):
+        heard = run(store.live("a")).latest
+    assert heard == {"m1": LatestSample.of(latest["m1"])}
+    warned = sorted(r.getMessage() for r in caplog.records)
+    assert len(warned) == 2
+    assert "'m2'" in warned[0]
+    assert "lacks state, received_ns" in warned[0]
+    assert "'m3'" in warned[1]
+    assert "lacks received_ns" in warned[1]

@@ -9,11 +9,15 @@ happens as a value ages depends on what is cached:
   older than the time to live, counted from when the value was *born* (the moment its data
   was read, which the caller may give: capacity counts from its view's reading). Once a
   value has lived its time to live less twice as long as the slowest recent computation
-  took (at least a tenth of its time to live; and up to as much again, by key, so that
+  of a value computed again took (of a first one, until a value has been computed again:
+  a cold start's queue says little of a refresh; at least a tenth of its time to live;
+  and up to as much again, by key, so that
   values born together are computed again apart; at most half; and not at all while a
-  recent computation of a value computed before took longer than that half, which would
-  have a key computed again as soon as it is done, more often the slower its source:
-  then the lookup at the bound waits, as below), the next lookup starts
+  recent value computed again was older than that half when it came (born that long
+  before it was done), which would have a key computed again as soon as it is done, more
+  often the slower its source: then the lookup at the bound waits, as below; time spent
+  waiting for the store before the data was read does not age a value, if the caller
+  says when it was read), the next lookup starts
   computing it again in the background and is answered from the value it has, still
   within its bound; the new value replaces it when done. Several keys may be computed
   again together, their new values replacing the old at once (:meth:`FreshCache.refresh`).
@@ -95,10 +99,15 @@ class FreshCache(Generic[_T]):
         """At least and at most how long before its bound a value is computed again."""
         self._entries: OrderedDict[Hashable, _Entry[_T]] = OrderedDict()
         self._refreshing: set[asyncio.Task[None]] = set()
-        self._slowest = (0.0, 0.0)
-        """The slowest recent computation: how long it took, and when it ended."""
-        self._slowest_again = (0.0, 0.0)
-        """The same, of values computed again."""
+        self._slowest_first = (0.0, 0.0)
+        """The slowest recent first computation of a key: how long it took, and when it
+        ended (what tells how long before its bound a value is computed again, until a
+        value has been computed again: a cold start's queue is no refresh's)."""
+        self._slowest_again: tuple[float, float] | None = None
+        """The same, of values computed again (None: none yet)."""
+        self._oldest_again = (0.0, 0.0)
+        """The oldest recent value computed again, when it came (from its birth: what
+        tells whether it would be due again as soon as it comes)."""
         self.counts = {"hit": 0, "miss": 0, "expired": 0, "refresh": 0, "refresh_failed": 0}
         """Lookups answered from the cache, computed (new, or too old to serve: waited
         for), and background computations started and failed."""
@@ -130,9 +139,10 @@ class FreshCache(Generic[_T]):
         share = _spread(key) if spread else 0.0
         if self.serve_stale:  # by key over the last share of its life: not all at once
             return now >= bound - max(most * share, within_s)
-        if self._slow(again=True) > most:  # ahead, it would be computed again and again
-            return False  # callers wait at the bound instead
-        ahead = max(least, _AHEAD * self._slow()) * (1.0 + share)
+        if self._decayed(self._oldest_again) > most:  # ahead, it would be computed again
+            return False  # and again: callers wait at the bound instead
+        took = self._slowest_again if self._slowest_again is not None else self._slowest_first
+        ahead = max(least, _AHEAD * self._decayed(took)) * (1.0 + share)
         return now >= bound - max(min(most, ahead), within_s)
 
     def ready(
@@ -267,11 +277,10 @@ class FreshCache(Generic[_T]):
         await self._fill(key, entry, compute, born, again=again)
         return entry
 
-    def _slow(self, *, again: bool = False) -> float:
-        """How long a computation has taken at worst lately (seconds, decaying); with
-        ``again``, of a value computed again (a first one may wait for more: a cold
-        start's queue, learnt profiles)."""
-        took, at = self._slowest_again if again else self._slowest
+    def _decayed(self, slowest: tuple[float, float]) -> float:
+        """A slowest recent duration (seconds, and when it ended), as it decays: slow
+        computations are forgotten as time passes."""
+        took, at = slowest
         return float(took * 0.5 ** (max(0.0, self._clock() - at) / _SLOWEST_HALF_LIFE_S))
 
     def _store(self, key: Hashable, entry: _Entry[_T]) -> None:
@@ -302,9 +311,13 @@ class FreshCache(Generic[_T]):
             raise
         entry.born = started if born is None else born(value)
         now = self._clock()
-        self._slowest = (max(now - started, self._slow()), now)
         if again:
-            self._slowest_again = (max(now - started, self._slow(again=True)), now)
+            took = self._slowest_again or (0.0, 0.0)
+            self._slowest_again = (max(now - started, self._decayed(took)), now)
+            # How old it is when it comes, not how long it waited for its data to be read.
+            self._oldest_again = (max(now - entry.born, self._decayed(self._oldest_again)), now)
+        else:
+            self._slowest_first = (max(now - started, self._decayed(self._slowest_first)), now)
         entry.value.set_result(value)
 
 

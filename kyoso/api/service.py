@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
 
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
 from kyoso.capacity.assess import Evidence, assess
@@ -34,23 +33,16 @@ from kyoso.capacity.history import FactoryHistory
 from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.repair import RepairRecord, stop
 from kyoso.capacity.rules import CapacityRules
-from kyoso.contract import MAX_INTERVAL_S, GatewayStatus, MachineDescription, MachineState
-from kyoso.store import GapReport, StoredSample, StoreReader
-from kyoso.store.base import ADJOIN
+from kyoso.contract import GatewayStatus, MachineDescription, MachineState
+from kyoso.store import GapReport, LatestSample, StoreReader
 
 from .bookings import BookingStore
 from .cache import FreshCache
+from .downtime import DownTimes
 from .learning import HistoryLearner
 from .profile_file import ProfileFile
 
 __all__ = ["CapacityService", "FactoryView", "MachineKpis", "MachineView"]
-
-_DOWN_RUN_SPAN: Final = timedelta(days=1)
-_RECENT_RUN_SPAN: Final = timedelta(hours=2)
-"""Down runs are first looked for this far back: most stops began within it."""
-_WHOLE_AFTER: Final = timedelta(seconds=MAX_INTERVAL_S) + ADJOIN
-"""A run found in a window of runs that starts this long after the window does is whole: no
-earlier sample can chain to its first one (kyoso/store/base.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +50,7 @@ class MachineView:
     """A described machine and its live state."""
 
     description: MachineDescription
-    latest: StoredSample | None
+    latest: LatestSample | None
     stale: bool
     unreadable: bool = False
     """Heard, but its state unknown for ``unreadable_after_s`` (see capacity/evidence.py)."""
@@ -68,7 +60,7 @@ class MachineView:
     @property
     def newest(self) -> datetime | None:
         """When its latest sample ended (None: no sample yet)."""
-        return None if self.latest is None else self.latest.sample.ts
+        return None if self.latest is None else self.latest.ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +117,7 @@ def _evidence_key(
                     m.description.updated_at,
                     m.stale,
                     m.unreadable,
-                    None if m.latest is None else m.latest.sample.state,
+                    None if m.latest is None else m.latest.state,
                     m.down_for_s is not None and m.down_for_s >= minor_stop_max_s,
                 )
                 for name, m in machines.items()
@@ -175,6 +167,7 @@ class CapacityService:
             rules.profile_ttl_s, monotonic, serve_stale=True
         )
         self._learner = HistoryLearner(store, rules, kept)
+        self._down_times = DownTimes(store, rules.cache_ttl_s, monotonic)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="kyoso-capacity")
         """Where the forecasts' CPU work runs, one at a time: off the event loop, and never
         more than one thread contending with it for the interpreter."""
@@ -193,6 +186,7 @@ class CapacityService:
         if history:
             self._profiles.forget(lambda key: key == factory)
             self._learner.forget(factory)
+            self._down_times.forget(factory)
 
     def cache_counts(self) -> dict[str, dict[str, int]]:
         """Each cache's lookups by outcome (for ``/metrics``)."""
@@ -218,17 +212,18 @@ class CapacityService:
         return await self._views.get(factory, lambda: self._view(factory), _read_at)
 
     async def _view(self, factory: str) -> FactoryView:
-        read_at, as_of = self._monotonic(), self.now()
-        live = await self.store.live(factory)
+        read = [(self._monotonic(), self.now())]  # when it read, if it does not say
+        live = await self.store.live(factory, lambda: read.append((self._monotonic(), self.now())))
+        read_at, as_of = read[-1]
         descriptions, statuses, latest, gaps = live.machines, live.statuses, live.latest, live.gaps
         stale_after = self.rules.stale_after_s
         unreadable = await self._unreadable(factory, as_of, latest)
-        down = await self._down_for(factory, as_of, latest)
+        down = await self._down_times.down_for(factory, as_of, latest)
         machines: dict[str, MachineView] = {}
         for description in descriptions:
             name = description.machine
             stored = latest.get(name)
-            stale = stored is None or (as_of - stored.sample.ts).total_seconds() > stale_after
+            stale = stored is None or (as_of - stored.ts).total_seconds() > stale_after
             machines[name] = MachineView(
                 description, stored, stale, name in unreadable, down.get(name)
             )
@@ -253,12 +248,12 @@ class CapacityService:
         )
 
     async def _unreadable(
-        self, factory: str, as_of: datetime, latest: dict[str, StoredSample]
+        self, factory: str, as_of: datetime, latest: dict[str, LatestSample]
     ) -> set[str]:
         """The machines whose state is unknown now and was through the last
         ``unreadable_after_s``: none of that time was read (asked of the store only when
         some machine is unknown now)."""
-        unknown = {m for m, s in latest.items() if s.sample.state is MachineState.UNKNOWN}
+        unknown = {m for m, s in latest.items() if s.state is MachineState.UNKNOWN}
         if not unknown:
             return set()
         start = as_of - timedelta(seconds=self.rules.unreadable_after_s)
@@ -268,37 +263,6 @@ class CapacityService:
             for w in windows
         }
         return {m for m in unknown if read.get(m, 0.0) <= 0.0}
-
-    async def _down_for(
-        self, factory: str, as_of: datetime, latest: dict[str, StoredSample]
-    ) -> dict[str, float]:
-        """How long each machine down now has been down: from the start of its down run
-        going on at its latest sample to that sample's end (asked of the store only when
-        some machine is down; runs are looked for over the last ``_DOWN_RUN_SPAN``, so a
-        longer stop counts as that long). The ``_RECENT_RUN_SPAN`` before those samples is
-        read first: a run that began well within it is the same in the longer window, which
-        is read only for the others (a factory's day of samples, every second, cost more
-        than the rest of its live view)."""
-        down = {m: s.sample.ts for m, s in latest.items() if s.sample.state is MachineState.DOWN}
-        if not down:
-            return {}
-        end = max(as_of, *down.values())
-        whole = end - _DOWN_RUN_SPAN
-        found: dict[str, float] = {}
-        for start in dict.fromkeys((max(whole, min(down.values()) - _RECENT_RUN_SPAN), whole)):
-            runs = await self.store.state_runs(factory, MachineState.DOWN, start, end)
-            going = {r.machine: r for r in runs if r.ongoing}  # sorted by start: last wins
-            for machine, ts in down.items():
-                run = going.get(machine)
-                if run is not None and run.end == ts:
-                    if start == whole or run.start > start + _WHOLE_AFTER:
-                        found[machine] = (ts - run.start).total_seconds()
-                elif start == whole:
-                    found[machine] = 0.0  # no run of its latest sample: down since it ended
-            down = {m: ts for m, ts in down.items() if m not in found}
-            if not down:
-                break
-        return found
 
     async def _history(self, factory: str, as_of: datetime) -> FactoryHistory:
         """What the factory's history up to the last whole hour teaches (learnt anew every

@@ -263,6 +263,11 @@ def _retry_after_s(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def _announced(on_send: Callable[[], object], send: Callable[[], _Response]) -> _Response:
+    on_send()
+    return send()
+
+
 def _retryable(response: _Response) -> bool:
     if response.status in (408, 429):
         return True
@@ -440,10 +445,13 @@ class InfluxWriter:
         params: Mapping[str, Any] | None = None,
         *,
         epoch: Literal["ns", "u", "ms", "s"] | None = "ns",
+        on_send: Callable[[], object] | None = None,
     ) -> list[list[dict[str, Any]]]:
         """:meth:`query` of several statements (``;`` between them) in one request: the
         rows of each, in their order. A missing database fails the whole request with
-        ``not executed`` (InfluxDB 1.x), not ``database not found``."""
+        ``not executed`` (InfluxDB 1.x), not ``database not found``. ``on_send`` is called
+        (in a pool thread) as the request is sent, after any wait for a free thread; again
+        at each retry."""
         form: dict[str, str] = {"q": influxql}
         if database is not None:
             form["db"] = database
@@ -459,6 +467,8 @@ class InfluxWriter:
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
             body = urlencode(form).encode()
             send = partial(self._exchange, "POST", f"{self._base}/query", body, headers)
+        if on_send is not None:
+            send = partial(_announced, on_send, send)
         response = await self._call("query", send, _Tally())
         if response.status != 200:
             raise InfluxQueryError(

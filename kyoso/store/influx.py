@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 from kyoso.contract import (
     MAX_INTERVAL_S,
@@ -107,12 +107,15 @@ from .base import (
 )
 from .influx_rows import (
     COUNTER_QUANTITY,
+    LATEST_FIELDS,
     STATE_QUANTITY,
     Quantity,
+    RawRow,
     Row,
     datetime_of,
     description_of_raw,
     gaps_of,
+    latest_of_raw,
     raw_row,
     row_values,
     statuses_of,
@@ -121,6 +124,7 @@ from .influx_rows import (
 
 __all__ = ["InfluxStore"]
 
+_V = TypeVar("_V")
 Bucket = tuple[datetime, datetime]
 Cells = dict[str, dict[int, dict[str, float]]]
 """Sums by machine, bucket index and field name."""
@@ -132,17 +136,19 @@ _MISSING_DATABASE: Final = "database not found"
 _STATEMENTS_PER_REQUEST: Final = 200
 """Exact reads of straddling samples in one query (a URL of some 40 kB, a GET's limit
 being the server's header size: 1 MB in InfluxDB 1.x)."""
-_LATEST: Final = "SELECT * FROM {} GROUP BY {} ORDER BY time DESC LIMIT 1"
+_LATEST: Final = "SELECT {} FROM {} GROUP BY {} ORDER BY time DESC LIMIT 1"
+_LATEST_SAMPLES: Final = _LATEST.format("*", "samples", "machine")
 _LIVE: Final = tuple(
-    _LATEST.format(measurement, tag)
-    for measurement, tag in (
-        ("machines", "machine"),
-        ("gateway_status", "gateway"),
-        ("samples", "machine"),
-        ("gaps", "gateway"),
+    _LATEST.format(fields, measurement, tag)
+    for fields, measurement, tag in (
+        ("*", "machines", "machine"),
+        ("*", "gateway_status", "gateway"),
+        (LATEST_FIELDS, "samples", "machine"),
+        ("*", "gaps", "gateway"),
     )
 )
-"""The reads of a live view (:meth:`InfluxStore.live`), in the order of its fields."""
+"""The reads of a live view (:meth:`InfluxStore.live`), in the order of its fields; of the
+latest samples, what it shows (influxd's work grows with the fields read)."""
 _NOT_EXECUTED: Final = "not executed"
 # The window queries of the module docstring: sums per machine and bucket, the first sample
 # after the window, a straddling sample's own fields. Formatted with field names and
@@ -176,6 +182,7 @@ class InfluxStore:
         self._written_ns = 0
         self._descriptions = ParseMemo(description_of_raw)
         self._latest = ParseMemo(stored_sample_of_raw)
+        self._heard = ParseMemo(latest_of_raw)
 
     async def open(self) -> Self:
         """Start the HTTP client."""
@@ -283,12 +290,12 @@ class InfluxStore:
         return statuses_of(factory, await self._read(factory, _LIVE[1]))
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
-        return self._latest_samples(factory, await self._read(factory, _LIVE[2]))
+        return _by_machine(self._latest, factory, await self._read(factory, _LATEST_SAMPLES))
 
     async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
         return gaps_of(await self._read(factory, _LIVE[3]))
 
-    async def live(self, factory: str) -> LiveRead:
+    async def live(self, factory: str, on_read: Callable[[], object] | None = None) -> LiveRead:
         """The four reads in one request: a view is read for every factory every
         ``view_ttl_s``, and the requests (the client's work per request) were the API's
         limit, not influxd's."""
@@ -297,29 +304,22 @@ class InfluxStore:
             return LiveRead([], [], {}, {})
         try:
             with _translated():
-                each = await self._client().query_each(database, "; ".join(_LIVE))
+                each = await self._client().query_each(database, "; ".join(_LIVE), on_send=on_read)
         except StoreError as exc:
             if _NOT_EXECUTED in str(exc):  # the database is missing: its reads say so
-                return await read_live(self, factory)
+                return await read_live(self, factory, on_read)
             raise
         machines, statuses, latest, gaps = each
         return LiveRead(
             self._machines(factory, machines),
             statuses_of(factory, statuses),
-            self._latest_samples(factory, latest),
+            _by_machine(self._heard, factory, latest),
             gaps_of(gaps),
         )
 
     def _machines(self, factory: str, rows: list[Row]) -> list[MachineDescription]:
         found = (self._descriptions((factory, r["machine"]), raw_row(factory, r)) for r in rows)
         return sorted(found, key=lambda d: d.machine)
-
-    def _latest_samples(self, factory: str, rows: list[Row]) -> dict[str, StoredSample]:
-        found = (
-            (row["machine"], self._latest((factory, row["machine"]), raw_row(factory, row)))
-            for row in rows
-        )
-        return {machine: sample for machine, sample in found if sample is not None}
 
     async def state_seconds(
         self,
@@ -533,6 +533,13 @@ class InfluxStore:
                 if database is not None and _MISSING_DATABASE in str(exc):
                     return []
                 raise
+
+
+def _by_machine(memo: ParseMemo[RawRow, _V | None], factory: str, rows: list[Row]) -> dict[str, _V]:
+    """The machines' latest ``samples`` points, parsed (or reused) by ``memo``, by machine;
+    those it reads as no sample left out."""
+    found = ((r["machine"], memo((factory, r["machine"]), raw_row(factory, r))) for r in rows)
+    return {machine: value for machine, value in found if value is not None}
 
 
 @contextlib.contextmanager

@@ -4,17 +4,18 @@ InfluxDB's JSON writes whole floats as integers, hence the ``float()`` calls."""
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from kyoso.contract import GatewayStatus, MachineDescription, MachineState, Sample
 
-from .base import GapReport, StoredSample, StoreError
+from .base import GapReport, LatestSample, StoredSample, StoreError
 
 __all__ = [
     "COUNTER_QUANTITY",
+    "LATEST_FIELDS",
     "STATE_QUANTITY",
     "Quantity",
     "RawRow",
@@ -23,6 +24,8 @@ __all__ = [
     "description_of",
     "description_of_raw",
     "gaps_of",
+    "latest_of",
+    "latest_of_raw",
     "raw_row",
     "row_values",
     "status_of",
@@ -86,13 +89,16 @@ def gaps_of(rows: list[Row]) -> dict[str, GapReport]:
     }
 
 
-def stored_sample_of(row: Row) -> StoredSample | None:
-    """A ``samples`` point read back: fixed fields by name, the others by their suffix.
+LATEST_FIELDS: Final = '"seq", "state", "alarm", "received_ns", "gateway"'
+"""What a live view reads of a machine's latest ``samples`` point (:func:`latest_of`); its
+``seq``, which every sample is written with, so that a point without the others shows."""
 
-    None for a point without a field every sample is written with (one InfluxDB holds only
-    part of): it is no sample, and the machine has none, rather than the read failing."""
-    required = ("gateway", "seq", "session", "interval_s", "state", "received_ns")
-    lacking = [key for key in (*required, *_STATE_FIELDS) if row.get(key) is None]
+
+def _lacks(row: Row, required: Iterable[str]) -> bool:
+    """Whether a ``samples`` point lacks a field every sample is written with (one InfluxDB
+    holds only part of); warned: it is no sample, and the machine has none, rather than
+    the read failing."""
+    lacking = [key for key in required if row.get(key) is None]
     if lacking:
         log.warning(
             "the latest samples point of machine %r at %s lacks %s: read as no sample",
@@ -100,6 +106,27 @@ def stored_sample_of(row: Row) -> StoredSample | None:
             datetime_of(row["time"]).isoformat(),
             ", ".join(lacking),
         )
+    return bool(lacking)
+
+
+def latest_of(row: Row) -> LatestSample | None:
+    """A machine's latest ``samples`` point, of :data:`LATEST_FIELDS`, as a live view shows
+    it (None: partly held, as in :func:`stored_sample_of`)."""
+    if _lacks(row, ("gateway", "seq", "state", "received_ns")):
+        return None
+    try:
+        state = MachineState(row["state"])
+    except ValueError:
+        raise StoreError(f"samples field state {row['state']!r} is no machine state") from None
+    ts, received_at = datetime_of(row["time"]), datetime_of(row["received_ns"])
+    return LatestSample(row["gateway"], ts, state, row.get("alarm"), received_at)
+
+
+def stored_sample_of(row: Row) -> StoredSample | None:
+    """A ``samples`` point read back: fixed fields by name, the others by their suffix
+    (None: partly held, see :func:`_lacks`)."""
+    required = ("gateway", "seq", "session", "interval_s", "state", "received_ns")
+    if _lacks(row, (*required, *_STATE_FIELDS)):
         return None
     durations = {
         state: float(row[field])
@@ -155,6 +182,11 @@ def description_of_raw(raw: RawRow) -> MachineDescription:
 def stored_sample_of_raw(raw: RawRow) -> StoredSample | None:
     """:func:`stored_sample_of` a :data:`RawRow`."""
     return stored_sample_of(dict(raw[1]))
+
+
+def latest_of_raw(raw: RawRow) -> LatestSample | None:
+    """:func:`latest_of` a :data:`RawRow`."""
+    return latest_of(dict(raw[1]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,8 +286,8 @@ class SqliteStore:
         rows = await self._call(self._sql, sql, (factory,))
         return {gateway: GapReport(n, oldest_s, _dt(at)) for gateway, n, oldest_s, at in rows}
 
-    async def live(self, factory: str) -> LiveRead:
-        return await read_live(self, factory)
+    async def live(self, factory: str, on_read: Callable[[], object] | None = None) -> LiveRead:
+        return await read_live(self, factory, on_read)
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         rows = await self._call(self._sql, _LATEST, (factory,))
