@@ -46,6 +46,7 @@ from .base import (
     BucketGrid,
     CounterWindow,
     GapReport,
+    LatestSample,
     LiveRead,
     ParseMemo,
     Refusal,
@@ -59,7 +60,6 @@ from .base import (
     chain_runs,
     check_aware,
     check_window,
-    read_live,
     window_buckets,
 )
 
@@ -134,6 +134,11 @@ JOIN samples x ON x.series = m.id AND x.ts = (SELECT MAX(ts) FROM samples WHERE 
 JOIN sources src ON src.id = x.source
 WHERE m.factory = ?
 """  # noqa: S608 (column names from the MachineState enum)
+_MACHINES: Final = "SELECT machine, body FROM descriptions WHERE factory = ? ORDER BY machine"
+_STATUSES: Final = "SELECT body FROM statuses WHERE factory = ? ORDER BY gateway"
+_GAPS: Final = "SELECT gateway, missing, oldest_s, at FROM gaps WHERE factory = ? ORDER BY gateway"
+_LIVE: Final = (_MACHINES, _STATUSES, _LATEST, _GAPS)
+"""The reads of a live view (:meth:`SqliteStore.live`), in the order of its fields."""
 # The samples a run of a state is made of (base.py); {column} is a d_<state> column.
 _RUNS: Final = """
 SELECT m.machine, x.start, x.ts, x.{column}, x.state = :state
@@ -272,25 +277,27 @@ class SqliteStore:
         return [r[0] for r in await self._call(self._sql, sql, ())]
 
     async def machines(self, factory: str) -> list[MachineDescription]:
-        sql = "SELECT machine, body FROM descriptions WHERE factory = ? ORDER BY machine"
-        rows = await self._call(self._sql, sql, (factory,))
-        return [self._descriptions((factory, machine), body) for machine, body in rows]
+        return self._machines(factory, await self._call(self._sql, _MACHINES, (factory,)))
 
     async def gateway_status(self, factory: str) -> list[GatewayStatus]:
-        sql = "SELECT body FROM statuses WHERE factory = ? ORDER BY gateway"
-        rows = await self._call(self._sql, sql, (factory,))
-        return [GatewayStatus.model_validate_json(r[0]) for r in rows]
+        return _statuses(await self._call(self._sql, _STATUSES, (factory,)))
 
     async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
-        sql = "SELECT gateway, missing, oldest_s, at FROM gaps WHERE factory = ? ORDER BY gateway"
-        rows = await self._call(self._sql, sql, (factory,))
-        return {gateway: GapReport(n, oldest_s, _dt(at)) for gateway, n, oldest_s, at in rows}
+        return _gaps(await self._call(self._sql, _GAPS, (factory,)))
 
     async def live(self, factory: str, on_read: Callable[[], object] | None = None) -> LiveRead:
-        return await read_live(self, factory, on_read)
+        """The four reads in one turn of the store's thread, of one snapshot."""
+        machines, statuses, latest, gaps = await self._call(self._live_rows, factory, on_read)
+        heard = {m: LatestSample.of(s) for m, s in self._latest_samples(factory, latest).items()}
+        return LiveRead(self._machines(factory, machines), _statuses(statuses), heard, _gaps(gaps))
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
-        rows = await self._call(self._sql, _LATEST, (factory,))
+        return self._latest_samples(factory, await self._call(self._sql, _LATEST, (factory,)))
+
+    def _machines(self, factory: str, rows: list[Any]) -> list[MachineDescription]:
+        return [self._descriptions((factory, machine), body) for machine, body in rows]
+
+    def _latest_samples(self, factory: str, rows: list[Any]) -> dict[str, StoredSample]:
         return {row[0]: self._latest((factory, row[0]), tuple(row)) for row in rows}
 
     async def state_seconds(
@@ -372,6 +379,12 @@ class SqliteStore:
 
     def _sql(self, sql: str, args: tuple[object, ...] | dict[str, object]) -> list[Any]:
         return self._conn().execute(sql, args).fetchall()
+
+    def _live_rows(self, factory: str, on_read: Callable[[], object] | None) -> list[list[Any]]:
+        if on_read is not None:
+            on_read()
+        with _reading(self._conn()) as db:
+            return [db.execute(sql, (factory,)).fetchall() for sql in _LIVE]
 
     def _state_windows(
         self, factory: str, machine: str | None, buckets: list[Bucket], bucket_s: float | None
@@ -479,6 +492,14 @@ def _id(db: sqlite3.Connection, sql: str, cache: dict[Any, int], key: tuple[str,
     if (found := cache.get(key)) is None:
         found = cache[key] = db.execute(sql, key).fetchone()[0]
     return found
+
+
+def _statuses(rows: list[Any]) -> list[GatewayStatus]:
+    return [GatewayStatus.model_validate_json(r[0]) for r in rows]
+
+
+def _gaps(rows: list[Any]) -> dict[str, GapReport]:
+    return {gateway: GapReport(n, oldest_s, _dt(at)) for gateway, n, oldest_s, at in rows}
 
 
 @contextlib.contextmanager
