@@ -16,7 +16,10 @@
    small asyncio client (tens of microseconds of CPU a request: not the limit here):
 
    - *cold*: the first ``GET /v1/capacity?horizon_h=24``, nothing computed yet;
-   - *open loop*: ``--rate`` requests/s for ``--seconds``, each sent at its scheduled time
+   - *open loop*: ``--rate`` requests/s for ``--seconds``, after ``--warmup-s`` at that
+     rate which are not counted (the live views the cold answer read are past their
+     bound when it is done: the first requests wait for them, as after any pause; the
+     cold phase measures that), each sent at its scheduled time
      whatever the answers before it (on a new connection if none is free, up to
      ``--max-connections``), its latency counted from that scheduled time: a slow answer
      delays nobody's clock, so queueing is measured, not hidden (no coordinated omission);
@@ -452,6 +455,8 @@ async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> dict
 
     phases = {"cold": cold}
     rate, seconds, n, seconds_c = args.rate, args.seconds, args.connections, args.closed_seconds
+    # Steady state: what the cold answer left past its bound is computed again first.
+    await open_loop(pool, regional, rate, args.warmup_s)(Phase("warm-up"))
     phases["open"] = await measured(
         f"open loop {rate:g}/s: {REGIONAL}", pid, open_loop(pool, regional, rate, seconds)
     )
@@ -513,6 +518,9 @@ def main() -> int:
     parser.add_argument("--interval-s", type=float, default=900.0, help="sample interval")
     parser.add_argument("--rate", type=float, default=200.0, help="open loop, requests/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="open loop duration")
+    parser.add_argument(
+        "--warmup-s", type=float, default=2.0, help="open loop, before it is measured"
+    )
     parser.add_argument("--connections", type=int, default=8, help="closed loop")
     parser.add_argument("--max-connections", type=int, default=256, help="open loop")
     parser.add_argument("--closed-seconds", type=float, default=8.0)
