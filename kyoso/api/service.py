@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
 
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
 from kyoso.capacity.assess import Evidence, assess
@@ -44,12 +43,6 @@ from .learning import HistoryLearner
 from .profile_file import ProfileFile
 
 __all__ = ["CapacityService", "FactoryView", "MachineKpis", "MachineView"]
-
-_YIELD_EVERY_S: Final = 0.002
-"""How long a capacity computation holds the interpreter at most before it lets the event
-loop have it (rather than the loop waiting out the 5-ms switch interval). Each yield may
-cost the computation as long again when the loop is busy: after every machine, a region's
-figures computed together took longer than half their time to live under load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +283,6 @@ class CapacityService:
         def assessed() -> list[MachineCapacity]:
             declared = self.bookings.declared(view.factory)
             machines = []
-            yielded = time.perf_counter()
             for name, machine in view.machines.items():
                 learnt = history.learnt(machine.description)
                 evidence = self._evidence(view, machine, learnt.repairs)
@@ -306,9 +298,7 @@ class CapacityService:
                         backfilling=backfilling,
                     )
                 )
-                if time.perf_counter() - yielded > _YIELD_EVERY_S:
-                    time.sleep(0)  # the event loop may have the interpreter
-                    yielded = time.perf_counter()
+                time.sleep(0)  # the event loop may have the interpreter: it need not wait 5 ms
             return machines
 
         # The bookings' read and the CPU work (an hour loop per machine): off the loop.
