@@ -283,8 +283,8 @@ class StoreContract:
         assert closed == GapReport(0, 0.0, at(200))
         assert closed.at.utcoffset() == timedelta(0)
 
-    def test_a_live_read_is_the_four_reads_it_stands_for(self, store: Store, run: Run) -> None:
-        assert run(store.live("a")) == LiveRead([], [], {}, {})  # nothing of it stored yet
+    def test_a_live_read_is_the_three_reads_it_stands_for(self, store: Store, run: Run) -> None:
+        assert run(store.live("a")) == LiveRead([], {}, {})  # nothing of it stored yet
         run(store.write_samples("a", GW, SESSION, SCENARIO))
         for machine, updated_s in (("m2", 5), ("m1", 7)):
             run(store.write_description(_description("a", machine, updated_s)))
@@ -293,12 +293,10 @@ class StoreContract:
         run(store.write_samples("b", GW, SESSION, [make_sample("m9", 60, 60)]))  # not of "a"
         live = run(store.live("a"))
         assert live == LiveRead(
-            run(store.machines("a")),
             run(store.gateway_status("a")),
             {m: LatestSample.of(s) for m, s in run(store.latest_samples("a")).items()},
             run(store.gateway_gaps("a")),
         )
-        assert [d.machine for d in live.machines] == ["m1", "m2"]
         assert len(live.statuses) == 1
         assert set(live.latest) == {sample.machine for sample in SCENARIO}
         assert set(live.gaps) == {GW}
@@ -559,7 +557,7 @@ class StoreContract:
         assert run(store.gateway_status("z")) == []
         assert run(store.latest_samples("z")) == {}
         assert run(store.gateway_gaps("z")) == {}
-        assert run(store.live("z")) == LiveRead([], [], {}, {})
+        assert run(store.live("z")) == LiveRead([], {}, {})
         assert run(store.state_seconds("z", None, at(0), at(240), 60)) == []
         assert run(store.counter_totals("z", None, at(0), at(240), 60)) == []
         assert run(store.state_seconds("a", "m1", at(10), at(10))) == []  # an empty window

@@ -371,9 +371,10 @@ def test_events_push_a_change_as_soon_as_the_live_view_shows_it(
     region: Region, tmp_path: Path
 ) -> None:
     """The stream looks every view_ttl_s, not every cache_ttl_s: a machine withdrawn (new
-    evidence, so new figures) is pushed while the figures before would still be served."""
+    evidence, so new figures, once the descriptions are read again) is pushed while the
+    figures before would still be served."""
     changed = copy_region(region, tmp_path)
-    rules = CapacityRules(view_ttl_s=0.05, cache_ttl_s=3600)
+    rules = CapacityRules(view_ttl_s=0.05, descriptions_ttl_s=0.05, cache_ttl_s=3600)
     factory = "okada-machining"
     with running_api(changed, tmp_path, rules=rules) as api:
         params = {"factory": factory}

@@ -5,12 +5,13 @@ deadline is asserted, only orders and counts."""
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from apikit import Clocks, Region, build_region
+from apikit import Clocks, Region, build_region, copy_region
 
 from kyoso.api.bookings import BookingStore
 from kyoso.api.cache import FreshCache
@@ -114,6 +115,29 @@ def test_a_slow_first_computation_does_not_set_how_early_values_are_computed_aga
     _look_up_for_a_minute(cache, clock, compute)
     assert cache.counts["expired"] == 0
     assert cache.counts["refresh"] <= 60 // (TTL_S - 2 * TTL_S * 0.1)
+
+
+def test_values_are_computed_again_by_how_long_computations_take_not_the_slowest() -> None:
+    """Computations of 1 s each, but one of 3 s early on: once they have been steady a
+    while, a value of 5 s is computed again about a second and a tenth of its life before
+    its bound (their mean and deviation, and up to a tenth more by key), not twice the
+    slowest recent one (2.5 s at most: every 2.5-3 s, a value read twice as often)."""
+    clock = _Clock()
+    cache: FreshCache[float] = FreshCache(TTL_S, clock, serve_stale=False)
+    durations = itertools.chain([1.0, 1.0, 3.0], itertools.repeat(1.0))
+    began: list[float] = []
+
+    async def compute() -> float:
+        began.append(clock.now)
+        await asyncio.sleep(0)
+        clock.now += next(durations)
+        return began[-1]
+
+    _look_up_for_a_minute(cache, clock, compute)
+    assert cache.counts["expired"] <= 1  # the slow one, unforeseen, may be waited for
+    later = [t for t in began if t >= 30]
+    assert len(later) >= 5
+    assert min(b - a for a, b in itertools.pairwise(later)) >= TTL_S - 1.0 - 2 * 0.1 * TTL_S
 
 
 def test_a_value_at_its_bound_waits_and_a_failure_is_no_old_value() -> None:
@@ -233,11 +257,13 @@ def test_values_computed_again_together_replace_the_old_at_once() -> None:
 
 
 class _SlowStore:
-    """The region's store, each query taking 10 ms on the test's clocks."""
+    """The region's store, each query taking 10 ms on the test's clocks (and counted by
+    name in ``asked``)."""
 
-    def __init__(self, store: SqliteStore, clocks: Clocks) -> None:
+    def __init__(self, store: SqliteStore, clocks: Clocks, asked: Counter[str]) -> None:
         self._store = store
         self._clocks = clocks
+        self._asked = asked
 
     def __getattr__(self, name: str) -> object:
         found = getattr(self._store, name)
@@ -245,6 +271,7 @@ class _SlowStore:
             return found
 
         async def slow(*args: object, **kwargs: object) -> object:
+            self._asked[name] += 1
             self._clocks.advance(0.01)
             return await found(*args, **kwargs)
 
@@ -256,9 +283,15 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Region:
     return build_region(tmp_path_factory.mktemp("region") / "store.sqlite3", 2)
 
 
-def _service(region: Region, workdir: Path, clocks: Clocks, store: SqliteStore) -> CapacityService:
+def _service(
+    region: Region,
+    workdir: Path,
+    clocks: Clocks,
+    store: SqliteStore,
+    asked: Counter[str] | None = None,
+) -> CapacityService:
     return CapacityService(
-        _SlowStore(store, clocks),  # type: ignore[arg-type]
+        _SlowStore(store, clocks, Counter() if asked is None else asked),  # type: ignore[arg-type]
         BookingStore(workdir / "bookings.sqlite3"),
         CapacityRules(stale_after_s=3600),
         clock=clocks.now,
@@ -278,11 +311,46 @@ def test_a_view_is_as_old_as_its_read_not_its_wait_for_the_store(
             service = _service(region, tmp_path, clocks, store)
             asked, asked_wall = clocks.monotonic(), clocks.wall
             view = await service.view(next(iter(region.simulations)))
-            assert view.read_at == asked + 0.01
-            assert view.as_of == asked_wall + timedelta(seconds=0.01)
+            waited = 0.02  # its machines' descriptions are asked first, then its live read
+            assert view.read_at == asked + waited
+            assert view.as_of == asked_wall + timedelta(seconds=waited)
             service.bookings.close()
 
     asyncio.run(scenario())
+
+
+def test_descriptions_are_read_by_their_own_time_to_live_not_with_every_view(
+    region: Region, tmp_path: Path
+) -> None:
+    """Views read every 0.5 s for a minute; the machines' descriptions, which change seldom,
+    every 5 s (descriptions_ttl_s): a machine withdrawn shows within that."""
+    clocks = Clocks(region.end + timedelta(seconds=30))
+    factory = next(iter(region.simulations))
+    asked: Counter[str] = Counter()
+
+    async def scenario() -> int:
+        async with SqliteStore(copy_region(region, tmp_path).path) as store:
+            service = _service(region, tmp_path, clocks, store, asked)
+            try:
+                machine = min((await service.view(factory)).machines)
+                for step in range(120):
+                    if step == 60:
+                        await store.remove_description(factory, machine)
+                    if machine not in (await service.view(factory)).machines:
+                        return step
+                    clocks.advance(0.5)
+                    for _ in range(5):  # what runs in the background goes on meanwhile
+                        await asyncio.sleep(0)
+                return -1
+            finally:
+                service.bookings.close()
+
+    withdrawn_at = asyncio.run(scenario())
+    rules = CapacityRules()
+    assert rules.descriptions_ttl_s == 5.0
+    assert 60 <= withdrawn_at <= 60 + rules.descriptions_ttl_s / 0.5
+    assert asked["live"] >= withdrawn_at
+    assert asked["machines"] <= asked["live"] / 5
 
 
 def test_no_regional_answer_carries_figures_older_than_the_bound(

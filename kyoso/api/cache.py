@@ -8,11 +8,12 @@ happens as a value ages depends on what is cached:
 - **Figures served to a client** (``serve_stale`` false: the live views, capacity) are never
   older than the time to live, counted from when the value was *born* (the moment its data
   was read, which the caller may give: capacity counts from its view's reading). Once a
-  value has lived its time to live less twice as long as the slowest recent computation
-  of a value computed again took (of a first one, until a value has been computed again:
-  a cold start's queue says little of a refresh; at least a tenth of its time to live;
-  and up to as much again, by key, so that
-  values born together are computed again apart; at most half; and not at all while a
+  value has lived its time to live less how long computing it again takes at most, as
+  far as recent computations tell (their smoothed mean and four times their smoothed
+  deviation, as TCP times its retransmissions; of first computations until a value has
+  been computed again: a cold start's queue says little of a refresh; at least a tenth of
+  its time to live, and up to a tenth more, by key, so that values born together are
+  computed again apart; at most half; and not at all while a
   recent value computed again was older than that half when it came (born that long
   before it was done), which would have a key computed again as soon as it is done, more
   often the slower its source: then the lookup at the bound waits, as below; time spent
@@ -45,18 +46,18 @@ __all__ = ["FreshCache"]
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
-_AHEAD: Final = 2.0
-"""A value is computed again this many times as long before its bound as the slowest recent
-computation of the cache took: time for the new one to be ready, also when many are computed
-at once and queue for the store..."""
+_DEVIATIONS: Final = 4.0
+"""A value is computed again as long before its bound as recent computations took on
+average and this many times their mean deviation: time for the new one to be ready, also
+when many are computed at once and queue for the store..."""
 _AHEAD_SHARE: Final = (0.1, 0.5)
 """...but at least this share of its time to live before its bound (so that clients asking
-now and then find it ready too), and at most this one."""
+now and then find it ready too; and up to as much again, by key), and at most this one."""
 _STALE_SPREAD: Final = 0.1
 """What is served past its time to live is computed again up to this share of it before,
 by key: not every key at once (learnt profiles, all learnt together at the start)."""
-_SLOWEST_HALF_LIFE_S: Final = 10.0
-"""How fast a slow computation is forgotten (its duration halves in this long)."""
+_OLDEST_HALF_LIFE_S: Final = 10.0
+"""How fast an old value computed again is forgotten (its age halves in this long)."""
 
 
 _Refresh = tuple[Hashable, Callable[[], Awaitable[_T]], Callable[[_T], float] | None]
@@ -99,12 +100,12 @@ class FreshCache(Generic[_T]):
         """At least and at most how long before its bound a value is computed again."""
         self._entries: OrderedDict[Hashable, _Entry[_T]] = OrderedDict()
         self._refreshing: set[asyncio.Task[None]] = set()
-        self._slowest_first = (0.0, 0.0)
-        """The slowest recent first computation of a key: how long it took, and when it
-        ended (what tells how long before its bound a value is computed again, until a
-        value has been computed again: a cold start's queue is no refresh's)."""
-        self._slowest_again: tuple[float, float] | None = None
-        """The same, of values computed again (None: none yet)."""
+        self._first = _Durations()
+        """How long first computations of a key take (what tells how long before its
+        bound a value is computed again, until a value has been computed again: a cold
+        start's queue is no refresh's)."""
+        self._again = _Durations()
+        """The same, of values computed again."""
         self._oldest_again = (0.0, 0.0)
         """The oldest recent value computed again, when it came (from its birth: what
         tells whether it would be due again as soon as it comes)."""
@@ -141,8 +142,8 @@ class FreshCache(Generic[_T]):
             return now >= bound - max(most * share, within_s)
         if self._decayed(self._oldest_again) > most:  # ahead, it would be computed again
             return False  # and again: callers wait at the bound instead
-        took = self._slowest_again if self._slowest_again is not None else self._slowest_first
-        ahead = max(least, _AHEAD * self._decayed(took)) * (1.0 + share)
+        took = self._again if self._again.count else self._first
+        ahead = max(least, took.most()) + least * share
         return now >= bound - max(min(most, ahead), within_s)
 
     def ready(
@@ -277,11 +278,11 @@ class FreshCache(Generic[_T]):
         await self._fill(key, entry, compute, born, again=again)
         return entry
 
-    def _decayed(self, slowest: tuple[float, float]) -> float:
-        """A slowest recent duration (seconds, and when it ended), as it decays: slow
-        computations are forgotten as time passes."""
-        took, at = slowest
-        return float(took * 0.5 ** (max(0.0, self._clock() - at) / _SLOWEST_HALF_LIFE_S))
+    def _decayed(self, oldest: tuple[float, float]) -> float:
+        """An oldest recent age (seconds, and when it was measured), as it decays: old
+        values are forgotten as time passes."""
+        age, at = oldest
+        return float(age * 0.5 ** (max(0.0, self._clock() - at) / _OLDEST_HALF_LIFE_S))
 
     def _store(self, key: Hashable, entry: _Entry[_T]) -> None:
         self._entries[key] = entry
@@ -312,13 +313,35 @@ class FreshCache(Generic[_T]):
         entry.born = started if born is None else born(value)
         now = self._clock()
         if again:
-            took = self._slowest_again or (0.0, 0.0)
-            self._slowest_again = (max(now - started, self._decayed(took)), now)
+            self._again.add(now - started)
             # How old it is when it comes, not how long it waited for its data to be read.
             self._oldest_again = (max(now - entry.born, self._decayed(self._oldest_again)), now)
         else:
-            self._slowest_first = (max(now - started, self._decayed(self._slowest_first)), now)
+            self._first.add(now - started)
         entry.value.set_result(value)
+
+
+@dataclass(slots=True)
+class _Durations:
+    """How long computations take: a smoothed mean and mean deviation (RFC 6298's
+    estimator of round-trip times, with its gains)."""
+
+    mean: float = 0.0
+    deviation: float = 0.0
+    count: int = 0
+
+    def add(self, took: float) -> None:
+        """Count one more computation, of ``took`` seconds."""
+        if self.count == 0:
+            self.mean, self.deviation = took, took / 2
+        else:
+            self.deviation += (abs(took - self.mean) - self.deviation) / 4
+            self.mean += (took - self.mean) / 8
+        self.count += 1
+
+    def most(self) -> float:
+        """How long a computation takes at most, as far as they tell."""
+        return self.mean + _DEVIATIONS * self.deviation
 
 
 def _spread(key: Hashable) -> float:

@@ -2,7 +2,8 @@
 
 No figure here survives a restart or needs to: every figure is computed from the store
 (telemetry, descriptions, statuses) and the booking file, so API replicas run side by side
-and agree. A factory's live view is read again within ``view_ttl_s`` (0.5 s), its capacity
+and agree. A factory's live view is read again within ``view_ttl_s`` (0.5 s), its machines'
+descriptions within ``descriptions_ttl_s`` (5 s: they change seldom), its capacity
 per horizon computed again within ``cache_ttl_s`` (5 s) or as soon as the view's evidence
 changes (a machine's state, a stop, an offline, stale or unreadable machine, a machine
 described or withdrawn): ahead of those bounds, in the background, while requests are
@@ -160,6 +161,9 @@ class CapacityService:
         self._factories: FreshCache[list[str]] = FreshCache(
             rules.view_ttl_s, monotonic, serve_stale=False
         )
+        self._descriptions: FreshCache[list[MachineDescription]] = FreshCache(
+            rules.descriptions_ttl_s, monotonic, serve_stale=False
+        )
         self._capacity: FreshCache[FactoryCapacity] = FreshCache(
             rules.cache_ttl_s, monotonic, serve_stale=False
         )
@@ -174,7 +178,8 @@ class CapacityService:
 
     async def close(self) -> None:
         """Stop what runs in the background, before the store and the bookings close."""
-        for cache in (self._views, self._factories, self._capacity, self._profiles):
+        caches = (self._views, self._factories, self._descriptions, self._capacity, self._profiles)
+        for cache in caches:
             await cache.close()
         await self._learner.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -192,6 +197,7 @@ class CapacityService:
         """Each cache's lookups by outcome (for ``/metrics``)."""
         views = {k: n + self._factories.counts[k] for k, n in self._views.counts.items()}
         caches = {
+            "descriptions": self._descriptions.counts,
             "capacity": self._capacity.counts,
             "profiles": self._profiles.counts,
             "history": self._learner.counts,
@@ -213,9 +219,12 @@ class CapacityService:
 
     async def _view(self, factory: str) -> FactoryView:
         read = [(self._monotonic(), self.now())]  # when it read, if it does not say
-        live = await self.store.live(factory, lambda: read.append((self._monotonic(), self.now())))
+        descriptions, live = await asyncio.gather(
+            self._descriptions.get(factory, lambda: self.store.machines(factory)),
+            self.store.live(factory, lambda: read.append((self._monotonic(), self.now()))),
+        )
         read_at, as_of = read[-1]
-        descriptions, statuses, latest, gaps = live.machines, live.statuses, live.latest, live.gaps
+        statuses, latest, gaps = live.statuses, live.latest, live.gaps
         stale_after = self.rules.stale_after_s
         unreadable = await self._unreadable(factory, as_of, latest)
         down = await self._down_times.down_for(factory, as_of, latest)

@@ -54,6 +54,13 @@ class CapacityRules(ConfigModel):
         "read from the store at most this long before an answer: with a gateway polling "
         "every second, a state change reaches the API within 2 s.",
     )
+    descriptions_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="A factory's machine descriptions (what is shared, capabilities, "
+        "calendars) are read from the store at most this long before an answer: they "
+        "change seldom, and read with every live view they cost as much as the rest of it.",
+    )
     cache_ttl_s: float = Field(
         5.0,
         ge=0,

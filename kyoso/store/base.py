@@ -270,7 +270,6 @@ class GapReport:
 class LiveRead:
     """What a factory's live view reads: :meth:`StoreReader.live`."""
 
-    machines: list[MachineDescription]
     statuses: list[GatewayStatus]
     latest: dict[str, LatestSample]
     gaps: dict[str, GapReport]
@@ -352,11 +351,12 @@ class StoreReader(Protocol):
         ...
 
     async def live(self, factory: str, on_read: Callable[[], object] | None = None) -> LiveRead:
-        """:meth:`machines`, :meth:`gateway_status`, :meth:`latest_samples` (what a live
-        view shows of them) and :meth:`gateway_gaps` read together, in one request where
-        the store can: the capacity service reads them for every factory every
-        ``view_ttl_s``. ``on_read`` is called (from any thread) as the read begins, after
-        any wait for a connection: the moment the answer describes at the earliest."""
+        """:meth:`gateway_status`, :meth:`latest_samples` (what a live view shows of them)
+        and :meth:`gateway_gaps` read together, in one request where the store can: the
+        capacity service reads them for every factory every ``view_ttl_s`` (and
+        :meth:`machines`, which change seldom, less often). ``on_read`` is called (from
+        any thread) as the read begins, after any wait for a connection: the moment the
+        answer describes at the earliest."""
         ...
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
@@ -534,11 +534,10 @@ async def read_live(
     """:meth:`StoreReader.live` of a store that reads its parts one by one, concurrently."""
     if on_read is not None:
         on_read()
-    machines, statuses, latest, gaps = await asyncio.gather(
-        store.machines(factory),
+    statuses, latest, gaps = await asyncio.gather(
         store.gateway_status(factory),
         store.latest_samples(factory),
         store.gateway_gaps(factory),
     )
     heard = {machine: LatestSample.of(stored) for machine, stored in latest.items()}
-    return LiveRead(machines, statuses, heard, gaps)
+    return LiveRead(statuses, heard, gaps)

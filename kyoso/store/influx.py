@@ -138,10 +138,10 @@ _STATEMENTS_PER_REQUEST: Final = 200
 being the server's header size: 1 MB in InfluxDB 1.x)."""
 _LATEST: Final = "SELECT {} FROM {} GROUP BY {} ORDER BY time DESC LIMIT 1"
 _LATEST_SAMPLES: Final = _LATEST.format("*", "samples", "machine")
+_MACHINES: Final = _LATEST.format("*", "machines", "machine")
 _LIVE: Final = tuple(
     _LATEST.format(fields, measurement, tag)
     for fields, measurement, tag in (
-        ("*", "machines", "machine"),
         ("*", "gateway_status", "gateway"),
         (LATEST_FIELDS, "samples", "machine"),
         ("*", "gaps", "gateway"),
@@ -284,24 +284,24 @@ class InfluxStore:
         return sorted(factory for factory in found if self._readable(factory) is not None)
 
     async def machines(self, factory: str) -> list[MachineDescription]:
-        return self._machines(factory, await self._read(factory, _LIVE[0]))
+        return self._machines(factory, await self._read(factory, _MACHINES))
 
     async def gateway_status(self, factory: str) -> list[GatewayStatus]:
-        return statuses_of(factory, await self._read(factory, _LIVE[1]))
+        return statuses_of(factory, await self._read(factory, _LIVE[0]))
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         return _by_machine(self._latest, factory, await self._read(factory, _LATEST_SAMPLES))
 
     async def gateway_gaps(self, factory: str) -> dict[str, GapReport]:
-        return gaps_of(await self._read(factory, _LIVE[3]))
+        return gaps_of(await self._read(factory, _LIVE[2]))
 
     async def live(self, factory: str, on_read: Callable[[], object] | None = None) -> LiveRead:
-        """The four reads in one request: a view is read for every factory every
+        """The three reads in one request: a view is read for every factory every
         ``view_ttl_s``, and the requests (the client's work per request) were the API's
         limit, not influxd's."""
         database = self._readable(factory)
         if database is None:
-            return LiveRead([], [], {}, {})
+            return LiveRead([], {}, {})
         try:
             with _translated():
                 each = await self._client().query_each(database, "; ".join(_LIVE), on_send=on_read)
@@ -309,9 +309,8 @@ class InfluxStore:
             if _NOT_EXECUTED in str(exc):  # the database is missing: its reads say so
                 return await read_live(self, factory, on_read)
             raise
-        machines, statuses, latest, gaps = each
+        statuses, latest, gaps = each
         return LiveRead(
-            self._machines(factory, machines),
             statuses_of(factory, statuses),
             _by_machine(self._heard, factory, latest),
             gaps_of(gaps),

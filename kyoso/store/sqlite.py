@@ -137,7 +137,7 @@ WHERE m.factory = ?
 _MACHINES: Final = "SELECT machine, body FROM descriptions WHERE factory = ? ORDER BY machine"
 _STATUSES: Final = "SELECT body FROM statuses WHERE factory = ? ORDER BY gateway"
 _GAPS: Final = "SELECT gateway, missing, oldest_s, at FROM gaps WHERE factory = ? ORDER BY gateway"
-_LIVE: Final = (_MACHINES, _STATUSES, _LATEST, _GAPS)
+_LIVE: Final = (_STATUSES, _LATEST, _GAPS)
 """The reads of a live view (:meth:`SqliteStore.live`), in the order of its fields."""
 # The samples a run of a state is made of (base.py); {column} is a d_<state> column.
 _RUNS: Final = """
@@ -286,10 +286,10 @@ class SqliteStore:
         return _gaps(await self._call(self._sql, _GAPS, (factory,)))
 
     async def live(self, factory: str, on_read: Callable[[], object] | None = None) -> LiveRead:
-        """The four reads in one turn of the store's thread, of one snapshot."""
-        machines, statuses, latest, gaps = await self._call(self._live_rows, factory, on_read)
+        """The three reads in one turn of the store's thread, of one snapshot."""
+        statuses, latest, gaps = await self._call(self._live_rows, factory, on_read)
         heard = {m: LatestSample.of(s) for m, s in self._latest_samples(factory, latest).items()}
-        return LiveRead(self._machines(factory, machines), _statuses(statuses), heard, _gaps(gaps))
+        return LiveRead(_statuses(statuses), heard, _gaps(gaps))
 
     async def latest_samples(self, factory: str) -> dict[str, StoredSample]:
         return self._latest_samples(factory, await self._call(self._sql, _LATEST, (factory,)))
