@@ -15,7 +15,7 @@
 3. **Load**, from this process, loopback only, over kept-alive HTTP/1.1 connections of a
    small asyncio client (tens of microseconds of CPU a request: not the limit here):
 
-   - *cold*: the first ``GET /v1/capacity?horizon_h=24``, nothing computed yet;
+   - *cold*: the first ``GET /v1/capacity?horizon_h=24``, nothing computed or learnt yet;
    - *open loop*: ``--rate`` requests/s for ``--seconds``, after ``--warmup-s`` at that
      rate which are not counted (the live views the cold answer read are past their
      bound when it is done: the first requests wait for them, as after any pause; the
@@ -24,18 +24,20 @@
      ``--max-connections``), its latency counted from that scheduled time: a slow answer
      delays nobody's clock, so queueing is measured, not hidden (no coordinated omission);
      with ``--hog``, straight after it, the same again with another process busy on one
-     core (``python -c "while True: pass"``, started half a second before and killed after
-     the phase), and the trivial page below on that schedule with that core busy; then the
-     trivial page on the quiet machine (what answering at that rate costs alone). A
-     steady stream finds its figures computed ahead; a request after a pause longer than
-     the live views' time to live waits for them (the *cold* phase and the first requests
-     after the idle spell before the closed loop below);
+     core (``python -c "while True: pass"``, started half a second of the stream before
+     and killed after the phase), and the trivial page below on that schedule with that
+     core busy; then the trivial page on the quiet machine (what answering at that rate
+     costs alone). A steady stream finds its figures computed ahead; a request after a
+     pause longer than the live views' time to live waits for them (the *cold* phase and
+     the first requests after the idle spell before the closed loop below);
    - *closed loop* (the raw limits of the same server in the same run): ``--connections``
      connections each sending its next request when its answer arrives, for
      ``--closed-seconds``: the regional query; the same query with If-None-Match set to
      the ETag of the answer just before (a poller's request: 304 while the figures are
      unchanged, which saves the body); and a trivial page (``/docs/oauth2-redirect``, a
-     constant): what uvicorn and FastAPI cost alone.
+     constant): what uvicorn and FastAPI cost alone;
+   - *restart*: the server stopped (SIGTERM) and started again over the same store and
+     the load profiles the first process kept (``profile_cache_path``); its first answer.
 
 Printed: per phase, throughput, p50/p99/max latency, the server's CPU (% of one core, from
 /proc), this client's, and the answers by status; and the size of the regional answer.
@@ -207,6 +209,14 @@ def start_server(
     }
     log = (workdir / "server.log").open("wb")
     return subprocess.Popen([str(KYOSO), "api"], env=env, stdout=log, stderr=log)
+
+
+def serving(workdir: Path, store: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """:func:`start_server` on a free port, once it answers; and the port."""
+    port = free_port()
+    server = start_server(workdir, store, workdir / "keys.sqlite3", port)
+    asyncio.run(wait_ready(port, server, 30.0))
+    return server, port
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -434,7 +444,6 @@ class Hog:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", "while True: pass"
         )
-        await asyncio.sleep(0.5)  # spinning before the first request
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -443,14 +452,23 @@ class Hog:
             await self.process.wait()
 
 
-async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> dict[str, Any]:
-    pool = Pool(port, args.max_connections)
-    regional = get(REGIONAL, port, key)
+async def first_answer(name: str, port: int, key: str, pid: int) -> Phase:
+    """The server's first answer to the regional query."""
+    pool = Pool(port, 1)
 
     async def first(phase: Phase) -> None:
-        await timed(pool, regional, phase, time.monotonic())
+        await timed(pool, get(REGIONAL, port, key), phase, time.monotonic())
 
-    cold = await measured("cold: first " + REGIONAL, pid, first)
+    try:
+        return await measured(f"{name}: first {REGIONAL}", pid, first)
+    finally:
+        pool.close()
+
+
+async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> dict[str, Any]:
+    cold = await first_answer("cold", port, key, pid)
+    pool = Pool(port, args.max_connections)
+    regional = get(REGIONAL, port, key)
     _, size, etag = await pool.send(regional)
 
     phases = {"cold": cold}
@@ -463,7 +481,8 @@ async def drive(args: argparse.Namespace, port: int, key: str, pid: int) -> dict
     late_s = phases["open"].late_s
     opened = pool.opened
     if args.hog:  # straight after the quiet phase: the same stream, a core taken from it
-        async with Hog():
+        async with Hog():  # spinning for half a second of the stream before it is measured
+            await open_loop(pool, regional, rate, 0.5)(Phase("hog starting"))
             phases["open_hog"] = await measured(
                 f"open loop {rate:g}/s, a core busy: {REGIONAL}",
                 pid,
@@ -551,10 +570,16 @@ def main() -> int:
             f"{time.monotonic() - built:.1f} s"
         )
         key = make_key(workdir / "keys.sqlite3")
-        port = free_port()
-        server = start_server(workdir, settings, workdir / "keys.sqlite3", port)
-        asyncio.run(wait_ready(port, server, 30.0))
+        server, port = serving(workdir, settings)
         figures = asyncio.run(drive(args, port, key, server.pid))
+        # A restart over the profiles the first process kept (the store and the file as it
+        # left them): what a deploy or a crash costs the first caller.
+        server.terminate()
+        server.wait(30)
+        server, port = serving(workdir, settings)
+        restart = asyncio.run(first_answer("restart, profiles kept", port, key, server.pid))
+        print(restart.row())
+        figures["phases"]["restart"] = restart.figures()
         if args.json:
             figures.update(
                 factories=len(configs), machines=machines, samples=samples, store=args.store

@@ -236,11 +236,11 @@ def _api_figures(sizes: Sizes) -> list[Figure]:
             at("phases", "open_trivial", "p50_s"),
         ),
         Figure(
-            "cold: first answer",
+            "restart, profiles kept: first answer",
             MILLISECONDS,
+            at("phases", "restart", "p50_s"),
+            "first start, nothing learnt: first answer",
             at("phases", "cold", "p50_s"),
-            f"warm: open loop {rate} p50",
-            at("phases", "open", "p50_s"),
             below(2.0, MILLISECONDS),
         ),
         Figure(

@@ -15,6 +15,7 @@ from apikit import Clocks, Region, build_region, copy_region
 
 from kyoso.api.bookings import BookingStore
 from kyoso.api.cache import FreshCache
+from kyoso.api.profile_file import ProfileFile
 from kyoso.api.service import CapacityService
 from kyoso.capacity.rules import CapacityRules
 from kyoso.store import SqliteStore
@@ -288,7 +289,9 @@ def _service(
     workdir: Path,
     clocks: Clocks,
     store: SqliteStore,
+    *,
     asked: Counter[str] | None = None,
+    kept: ProfileFile | None = None,
 ) -> CapacityService:
     return CapacityService(
         _SlowStore(store, clocks, Counter() if asked is None else asked),  # type: ignore[arg-type]
@@ -296,6 +299,7 @@ def _service(
         CapacityRules(stale_after_s=3600),
         clock=clocks.now,
         monotonic=clocks.monotonic,
+        kept=kept,
     )
 
 
@@ -330,7 +334,7 @@ def test_descriptions_are_read_by_their_own_time_to_live_not_with_every_view(
 
     async def scenario() -> int:
         async with SqliteStore(copy_region(region, tmp_path).path) as store:
-            service = _service(region, tmp_path, clocks, store, asked)
+            service = _service(region, tmp_path, clocks, store, asked=asked)
             try:
                 machine = min((await service.view(factory)).machines)
                 for step in range(120):
@@ -351,6 +355,49 @@ def test_descriptions_are_read_by_their_own_time_to_live_not_with_every_view(
     assert 60 <= withdrawn_at <= 60 + rules.descriptions_ttl_s / 0.5
     assert asked["live"] >= withdrawn_at
     assert asked["machines"] <= asked["live"] / 5
+
+
+def test_a_restart_answers_from_the_kept_history_and_checks_it_behind(
+    region: Region, tmp_path: Path
+) -> None:
+    """After a restart, a factory's first figures read no history from the store: the one
+    kept is served, and checked against the store in the background when the figures are
+    computed next (kyoso/api/learning.py)."""
+    clocks = Clocks(region.end + timedelta(seconds=30))
+    factory = next(iter(region.simulations))
+    horizon = timedelta(hours=24)
+
+    async def started(asked: Counter[str]) -> CapacityService:
+        kept = ProfileFile(tmp_path / "profiles.sqlite3", "the region")
+        return _service(region, tmp_path, clocks, store, asked=asked, kept=kept)
+
+    async def scenario() -> tuple[Counter[str], dict[str, int]]:
+        nonlocal store
+        async with SqliteStore(region.path) as store:
+            first = await started(Counter())
+            await first.capacity(factory, horizon)
+            await first.close()  # what it learnt is kept once written
+            first.bookings.close()
+            asked: Counter[str] = Counter()
+            service = await started(asked)
+            try:
+                await service.capacity(factory, horizon)
+                before = Counter(asked)
+                clocks.advance(CapacityRules().cache_ttl_s)  # figures computed again: the
+                await service.capacity(factory, horizon)  # kept history is due, and checked
+                for _ in range(3000):  # in the background, its reads in threads
+                    if service.cache_counts()["history"]["kept"]:
+                        break
+                    await asyncio.sleep(0.01)
+                return before, service.cache_counts()["history"]
+            finally:
+                await service.close()
+                service.bookings.close()
+
+    store: SqliteStore
+    before, history = asyncio.run(scenario())
+    assert before["state_run_rows"] == 0  # no history read for the first answer
+    assert history == {"updated": 1, "relearnt": 0, "kept": 1, "refused": 0}
 
 
 def test_no_regional_answer_carries_figures_older_than_the_bound(

@@ -257,6 +257,71 @@ def test_kept_profiles_are_used_after_a_restart(store_path: Path, tmp_path: Path
     assert _same(again, store_path, later)
 
 
+def _early(
+    store_path: Path, kept: Path, now: datetime
+) -> tuple[
+    FactoryHistory | None, FactoryHistory | None, FactoryHistory, HistoryLearner, _CountingStore
+]:
+    """A restart: what is served at once (:meth:`HistoryLearner.early`), asked twice, what
+    the store had been asked by then, and the history learnt next."""
+
+    async def run() -> tuple[
+        FactoryHistory | None, FactoryHistory | None, FactoryHistory, HistoryLearner, _CountingStore
+    ]:
+        async with SqliteStore(store_path) as store:
+            counting = _CountingStore(store)
+            profiles = ProfileFile(kept, "a")
+            try:
+                learner = HistoryLearner(counting, RULES, profiles)  # type: ignore[arg-type]
+                early, again = await learner.early(FACTORY, now), await learner.early(FACTORY, now)
+                assert counting.windows == counting.runs == []  # served without the store
+                if early is not None:
+                    assert not learner.checked(early)
+                checked = await learner.learn(FACTORY, now)
+                assert learner.checked(checked)
+                await learner.close()
+                return early, again, checked, learner, counting
+            finally:
+                profiles.close()
+
+    return asyncio.run(run())
+
+
+def test_a_recent_kept_history_is_served_at_once_and_checked_next(
+    store_path: Path, tmp_path: Path
+) -> None:
+    """After a restart within the hour after the kept history's last, that history is
+    served before the store is asked (once), and checked by the next update as above;
+    one kept longer ago is not served unchecked."""
+    kept = tmp_path / "profiles.sqlite3"
+    first, _, _ = _learn(store_path, kept)
+    soon = NOW + timedelta(minutes=40)
+    early, again, checked, learner, _ = _early(store_path, kept, soon)
+    assert early is not None
+    assert encode(early) == encode(first)
+    assert again is None  # served early once: afterwards, what learn() confirms
+    assert learner.counts == {"updated": 1, "relearnt": 0, "kept": 1, "refused": 0}
+    assert _same(checked, store_path, soon)
+    later = NOW + timedelta(hours=3)
+    early, _, _, learner, _ = _early(store_path, kept, later)
+    assert early is None
+    assert learner.counts == {"updated": 1, "relearnt": 0, "kept": 1, "refused": 0}
+
+
+def test_a_history_served_early_that_the_store_contradicts_is_learnt_again(
+    store_path: Path, tmp_path: Path
+) -> None:
+    kept = tmp_path / "profiles.sqlite3"
+    first, _, _ = _learn(store_path, kept)
+    changed = tmp_path / "store.sqlite3"
+    changed.write_bytes(store_path.read_bytes())
+    _write_late_down(changed, first.end - timedelta(hours=RULES.profile_reread_h + 2))
+    early, _, checked, learner, _ = _early(changed, kept, NOW)
+    assert early is not None
+    assert learner.counts == {"updated": 0, "relearnt": 1, "kept": 0, "refused": 1}
+    assert _same(checked, changed)
+
+
 def test_kept_profiles_of_another_store_are_not_used(store_path: Path, tmp_path: Path) -> None:
     kept = tmp_path / "profiles.sqlite3"
     _learn(store_path, kept, source="store A")
@@ -317,19 +382,23 @@ def test_kept_profiles_the_store_contradicts_are_refused(store_path: Path, tmp_p
     first, _, _ = _learn(store_path, kept)
     changed = tmp_path / "store.sqlite3"
     changed.write_bytes(store_path.read_bytes())
-    settled = first.end - timedelta(hours=RULES.profile_reread_h + 2)  # compared, not reread
+    _write_late_down(changed, first.end - timedelta(hours=RULES.profile_reread_h + 2))
+    found, learner, _ = _learn(changed, kept)
+    assert learner.counts == {"updated": 0, "relearnt": 1, "kept": 0, "refused": 1}
+    assert _same(found, changed)
+
+
+def _write_late_down(store_path: Path, at: datetime) -> None:
+    """A minute of m0 down at ``at``, written late (hours compared, not read again)."""
 
     async def rewrite() -> None:
-        async with SqliteStore(changed) as store:
+        async with SqliteStore(store_path) as store:
             down = {MachineState.DOWN: 60.0}
-            sample = Sample(machine="m0", seq=10**6, ts=settled, interval_s=60.0,
+            sample = Sample(machine="m0", seq=10**6, ts=at, interval_s=60.0,
                             state=MachineState.DOWN, durations_s=down)  # fmt: skip
             await store.write_samples(FACTORY, "gw", "late", [sample])
 
     asyncio.run(rewrite())
-    found, learner, _ = _learn(changed, kept)
-    assert learner.counts == {"updated": 0, "relearnt": 1, "kept": 0, "refused": 1}
-    assert _same(found, changed)
 
 
 def test_a_kept_history_reads_back_bit_for_bit(store_path: Path, tmp_path: Path) -> None:

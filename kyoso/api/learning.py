@@ -19,11 +19,14 @@ samples with down time, of which runs are made) and brought up to date:
   before hold nothing, and a new region has weeks of them.
 
 With a :class:`~kyoso.api.profile_file.ProfileFile`, each factory's history is written there
-after every update and read back after a restart, so that the first answer reads only the
-hours since. What is read back is refused (and the lookback read again) if it is damaged,
+after every update and read back after a restart, so that the first answer need not read
+the lookback. What is read back is refused (and the lookback read again) if it is damaged,
 older than ``profile_relearn_h``, of another lookback, or if the store disagrees with it:
 the first update after a restart reads ``profile_reread_h`` more and compares those hours,
-which are settled, with what was kept.
+which are settled, with what was kept. A history read back that reaches the last whole hour
+but one is served at once (:meth:`HistoryLearner.early`), as a history learnt here is
+served while its update runs, and checked in the background; should the store disagree,
+the factory is learnt again and its figures follow within ``cache_ttl_s``.
 
 ``counts`` (for ``/metrics``, cache ``history``): ``updated`` and ``relearnt`` factories,
 histories ``kept`` (read back and used) and ``refused``.
@@ -70,6 +73,10 @@ class HistoryLearner:
         self._forgotten: dict[str, int] = {}
         """How often each factory's history was forgotten: an update begun before does not
         keep what it learnt."""
+        self._unchecked: dict[str, FactoryHistory] = {}
+        """Histories read back and served before the store confirmed them (:meth:`early`):
+        the next :meth:`learn` checks them."""
+        self._asked_early: set[str] = set()
         self._saving: dict[str, asyncio.Task[None]] = {}
         """Each factory's history being written to the file, in the background."""
         self.counts = {"updated": 0, "relearnt": 0, "kept": 0, "refused": 0}
@@ -82,6 +89,7 @@ class HistoryLearner:
         """Learn ``factory`` from the store again (history was written into its past)."""
         self._forgotten[factory] = self._forgotten.get(factory, 0) + 1
         self._known.pop(factory, None)
+        self._unchecked.pop(factory, None)
         if self._kept is not None:
             self._kept.drop(factory)
 
@@ -93,7 +101,8 @@ class HistoryLearner:
         start = end - self.rules.lookback
         known, kept = self._known.get(factory), False
         if known is None and self._kept is not None:
-            known, kept = await self._read_back(self._kept, factory), True
+            known = self._unchecked.pop(factory, None) or await self._read_back(self._kept, factory)
+            kept = True
         history = None
         if known is not None and self._usable(known, start, end, now):
             history = await self._update(known, start, end, verify=kept)
@@ -110,6 +119,36 @@ class HistoryLearner:
                 saving = self._keep(self._kept, history, forgotten, before)
                 self._saving[factory] = asyncio.create_task(saving)
         return history
+
+    async def early(self, factory: str, now: datetime) -> FactoryHistory | None:
+        """The history kept for ``factory`` before a restart, to be served before the store
+        confirms it, while :meth:`learn` checks it: the first time the factory is asked
+        for, if it is usable and reaches the last whole hour but one (as far as a history
+        learnt in this process may lag while its update runs). None otherwise, or if the
+        file cannot give it (:meth:`learn` reads it again, and says why it refuses it)."""
+        if self._kept is None or factory in self._known or factory in self._asked_early:
+            return None
+        self._asked_early.add(factory)
+        forgotten = self._forgotten.get(factory, 0)
+        end = now.replace(minute=0, second=0, microsecond=0)
+        try:
+            known = await asyncio.to_thread(self._kept.load, factory)
+        except (KeptHistoryError, sqlite3.Error):
+            return None
+        if (
+            known is None
+            or self._forgotten.get(factory, 0) != forgotten
+            or not self._usable(known, end - self.rules.lookback, end, now)
+            or known.end < end - timedelta(hours=1)
+        ):
+            return None
+        self._unchecked[factory] = known
+        return known
+
+    def checked(self, history: FactoryHistory) -> bool:
+        """Whether ``history`` is the one the store confirmed last for its factory (not one
+        served early, nor one of a factory forgotten since)."""
+        return self._known.get(history.factory) is history
 
     def _usable(self, known: FactoryHistory, start: datetime, end: datetime, now: datetime) -> bool:
         relearn = timedelta(hours=self.rules.profile_relearn_h)

@@ -23,13 +23,12 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
 from kyoso.capacity.assess import Evidence, assess
-from kyoso.capacity.forecast import forecast
+from kyoso.capacity.forecast import Booking, forecast
 from kyoso.capacity.history import FactoryHistory
 from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.repair import RepairRecord, stop
@@ -172,9 +171,11 @@ class CapacityService:
         )
         self._learner = HistoryLearner(store, rules, kept)
         self._down_times = DownTimes(store, rules.cache_ttl_s, monotonic)
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="kyoso-capacity")
-        """Where the forecasts' CPU work runs, one at a time: off the event loop, and never
-        more than one thread contending with it for the interpreter."""
+        self._computing = asyncio.Lock()
+        """The forecasts' CPU work (an hour loop per machine) runs on the event loop, one
+        factory at a time, the loop answering requests between machines: a thread of its
+        own, preempted only every switch interval (5 ms), held requests up or waited for
+        them, and many factories computed at once each made every turn of the loop longer."""
 
     async def close(self) -> None:
         """Stop what runs in the background, before the store and the bookings close."""
@@ -182,7 +183,6 @@ class CapacityService:
         for cache in caches:
             await cache.close()
         await self._learner.close()
-        self._worker.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, factory: str, *, history: bool = False) -> None:
         """Recompute the factory's capacity on the next request (its bookings changed), and
@@ -275,8 +275,22 @@ class CapacityService:
 
     async def _history(self, factory: str, as_of: datetime) -> FactoryHistory:
         """What the factory's history up to the last whole hour teaches (learnt anew every
-        ``profile_ttl_s``, hour by hour: kyoso/api/learning.py)."""
-        return await self._profiles.get(factory, lambda: self._learner.learn(factory, as_of))
+        ``profile_ttl_s``, hour by hour; after a restart, what was kept, checked in the
+        background: kyoso/api/learning.py)."""
+
+        async def learnt() -> FactoryHistory:
+            early = await self._learner.early(factory, as_of)
+            return early if early is not None else await self._learner.learn(factory, as_of)
+
+        return await self._profiles.get(factory, learnt, self._learnt_at)
+
+    def _learnt_at(self, history: FactoryHistory) -> float:
+        """When a history was learnt; one kept from before a restart and not yet checked
+        against the store, a time to live ago: served, and checked at once in the
+        background."""
+        if self._learner.checked(history):
+            return self._monotonic()
+        return self._monotonic() - self.rules.profile_ttl_s
 
     async def capacity(self, factory: str, horizon: timedelta) -> FactoryCapacity:
         """Every described machine's capacity over the horizon from now (cached briefly),
@@ -288,33 +302,43 @@ class CapacityService:
     async def _compute_capacity(self, view: FactoryView, horizon: timedelta) -> FactoryCapacity:
         history = await self._history(view.factory, view.as_of)
         backfilling = self._backfilling()
+        declared = await asyncio.to_thread(self.bookings.declared, view.factory)
+        async with self._computing:
+            return FactoryCapacity(
+                view.factory,
+                view.as_of,
+                horizon,
+                view.offline,
+                view.newest,
+                await self._assessed(view, history, horizon, declared, backfilling),
+            )
 
-        def assessed() -> list[MachineCapacity]:
-            declared = self.bookings.declared(view.factory)
-            machines = []
-            for name, machine in view.machines.items():
-                learnt = history.learnt(machine.description)
-                evidence = self._evidence(view, machine, learnt.repairs)
-                machines.append(
-                    assess(
-                        machine.description,
-                        learnt.profile,
-                        evidence,
-                        as_of=view.as_of,
-                        horizon=horizon,
-                        rules=self.rules,
-                        bookings=declared.get(name),
-                        backfilling=backfilling,
-                    )
+    async def _assessed(
+        self,
+        view: FactoryView,
+        history: FactoryHistory,
+        horizon: timedelta,
+        declared: dict[str, list[Booking]],
+        backfilling: bool,
+    ) -> list[MachineCapacity]:
+        machines = []
+        for name, machine in view.machines.items():
+            learnt = history.learnt(machine.description)
+            evidence = self._evidence(view, machine, learnt.repairs)
+            machines.append(
+                assess(
+                    machine.description,
+                    learnt.profile,
+                    evidence,
+                    as_of=view.as_of,
+                    horizon=horizon,
+                    rules=self.rules,
+                    bookings=declared.get(name),
+                    backfilling=backfilling,
                 )
-                time.sleep(0)  # the event loop may have the interpreter: it need not wait 5 ms
-            return machines
-
-        # The bookings' read and the CPU work (an hour loop per machine): off the loop.
-        machines = await asyncio.get_running_loop().run_in_executor(self._worker, assessed)
-        return FactoryCapacity(
-            view.factory, view.as_of, horizon, view.offline, view.newest, machines
-        )
+            )
+            await asyncio.sleep(0)  # requests are answered between machines
+        return machines
 
     @staticmethod
     def _evidence(view: FactoryView, machine: MachineView, repairs: RepairRecord) -> Evidence:
