@@ -23,12 +23,13 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
 from kyoso.capacity.assess import Evidence, assess
-from kyoso.capacity.forecast import Booking, forecast
+from kyoso.capacity.forecast import forecast
 from kyoso.capacity.history import FactoryHistory
 from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.repair import RepairRecord, stop
@@ -171,11 +172,9 @@ class CapacityService:
         )
         self._learner = HistoryLearner(store, rules, kept)
         self._down_times = DownTimes(store, rules.cache_ttl_s, monotonic)
-        self._computing = asyncio.Lock()
-        """The forecasts' CPU work (an hour loop per machine) runs on the event loop, one
-        factory at a time, the loop answering requests between machines: a thread of its
-        own, preempted only every switch interval (5 ms), held requests up or waited for
-        them, and many factories computed at once each made every turn of the loop longer."""
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="kyoso-capacity")
+        """Where the forecasts' CPU work runs, one at a time: off the event loop, and never
+        more than one thread contending with it for the interpreter."""
 
     async def close(self) -> None:
         """Stop what runs in the background, before the store and the bookings close."""
@@ -183,6 +182,7 @@ class CapacityService:
         for cache in caches:
             await cache.close()
         await self._learner.close()
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, factory: str, *, history: bool = False) -> None:
         """Recompute the factory's capacity on the next request (its bookings changed), and
@@ -302,43 +302,33 @@ class CapacityService:
     async def _compute_capacity(self, view: FactoryView, horizon: timedelta) -> FactoryCapacity:
         history = await self._history(view.factory, view.as_of)
         backfilling = self._backfilling()
-        declared = await asyncio.to_thread(self.bookings.declared, view.factory)
-        async with self._computing:
-            return FactoryCapacity(
-                view.factory,
-                view.as_of,
-                horizon,
-                view.offline,
-                view.newest,
-                await self._assessed(view, history, horizon, declared, backfilling),
-            )
 
-    async def _assessed(
-        self,
-        view: FactoryView,
-        history: FactoryHistory,
-        horizon: timedelta,
-        declared: dict[str, list[Booking]],
-        backfilling: bool,
-    ) -> list[MachineCapacity]:
-        machines = []
-        for name, machine in view.machines.items():
-            learnt = history.learnt(machine.description)
-            evidence = self._evidence(view, machine, learnt.repairs)
-            machines.append(
-                assess(
-                    machine.description,
-                    learnt.profile,
-                    evidence,
-                    as_of=view.as_of,
-                    horizon=horizon,
-                    rules=self.rules,
-                    bookings=declared.get(name),
-                    backfilling=backfilling,
+        def assessed() -> list[MachineCapacity]:
+            declared = self.bookings.declared(view.factory)
+            machines = []
+            for name, machine in view.machines.items():
+                learnt = history.learnt(machine.description)
+                evidence = self._evidence(view, machine, learnt.repairs)
+                machines.append(
+                    assess(
+                        machine.description,
+                        learnt.profile,
+                        evidence,
+                        as_of=view.as_of,
+                        horizon=horizon,
+                        rules=self.rules,
+                        bookings=declared.get(name),
+                        backfilling=backfilling,
+                    )
                 )
-            )
-            await asyncio.sleep(0)  # requests are answered between machines
-        return machines
+                time.sleep(0)  # the event loop may have the interpreter: it need not wait 5 ms
+            return machines
+
+        # The bookings' read and the CPU work (an hour loop per machine): off the loop.
+        machines = await asyncio.get_running_loop().run_in_executor(self._worker, assessed)
+        return FactoryCapacity(
+            view.factory, view.as_of, horizon, view.offline, view.newest, machines
+        )
 
     @staticmethod
     def _evidence(view: FactoryView, machine: MachineView, repairs: RepairRecord) -> Evidence:
