@@ -367,19 +367,18 @@ def test_a_restart_answers_from_the_kept_history_and_checks_it_behind(
     factory = next(iter(region.simulations))
     horizon = timedelta(hours=24)
 
-    async def started(asked: Counter[str]) -> CapacityService:
+    def started(store: SqliteStore, asked: Counter[str]) -> CapacityService:
         kept = ProfileFile(tmp_path / "profiles.sqlite3", "the region")
         return _service(region, tmp_path, clocks, store, asked=asked, kept=kept)
 
     async def scenario() -> tuple[Counter[str], dict[str, int]]:
-        nonlocal store
         async with SqliteStore(region.path) as store:
-            first = await started(Counter())
+            first = started(store, Counter())
             await first.capacity(factory, horizon)
             await first.close()  # what it learnt is kept once written
             first.bookings.close()
             asked: Counter[str] = Counter()
-            service = await started(asked)
+            service = started(store, asked)
             try:
                 await service.capacity(factory, horizon)
                 before = Counter(asked)
@@ -394,7 +393,6 @@ def test_a_restart_answers_from_the_kept_history_and_checks_it_behind(
                 await service.close()
                 service.bookings.close()
 
-    store: SqliteStore
     before, history = asyncio.run(scenario())
     assert before["state_run_rows"] == 0  # no history read for the first answer
     assert history == {"updated": 1, "relearnt": 0, "kept": 1, "refused": 0}

@@ -274,7 +274,8 @@ def _early(
             try:
                 learner = HistoryLearner(counting, RULES, profiles)  # type: ignore[arg-type]
                 early, again = await learner.early(FACTORY, now), await learner.early(FACTORY, now)
-                assert counting.windows == counting.runs == []  # served without the store
+                assert counting.windows == []  # served without the store
+                assert counting.runs == []
                 if early is not None:
                     assert not learner.checked(early)
                 checked = await learner.learn(FACTORY, now)
