@@ -136,8 +136,8 @@ def test_values_are_computed_again_by_how_long_computations_take_not_the_slowest
 
     _look_up_for_a_minute(cache, clock, compute)
     assert cache.counts["expired"] <= 1  # the slow one, unforeseen, may be waited for
-    later = [t for t in began if t >= 30]
-    assert len(later) >= 5
+    later = [t for t in began if t >= 40]
+    assert len(later) >= 4
     assert min(b - a for a, b in itertools.pairwise(later)) >= TTL_S - 1.0 - 2 * 0.1 * TTL_S
 
 
