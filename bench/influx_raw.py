@@ -8,8 +8,9 @@ apart, and writes them into a fresh database three ways:
 1. raw: pre-built bodies POSTed in batches of ``--batch`` over one kept-alive connection
    (``http.client``), uncompressed: the server's limit on this machine;
 2. raw gzip: the same, bodies compressed beforehand (level 1);
-3. writer: ``InfluxWriter.write`` with its defaults (gzip level 1, 5000-line batches),
-   building bodies and compressing on the fly, one call per batch.
+3. writer: ``InfluxWriter.write`` with its defaults (5000-line batches; uncompressed, as
+   ``gzip: auto`` sends to a loopback InfluxDB), building bodies on the fly, one call per
+   batch.
 
 Each run writes new points (later timestamps); the figures are points per second of wall
 time, and the influxd CPU time used. The line building rate (``sample_point``) is printed

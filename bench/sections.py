@@ -335,7 +335,7 @@ def _influx_figures(_: Sizes) -> list[Figure]:
     name = "raw POST, 1 connection"
     return [
         Figure(
-            "InfluxWriter (gzip, on the fly)",
+            "InfluxWriter (on the fly)",
             POINTS,
             at("runs", "writer", "points_per_s"),
             name,

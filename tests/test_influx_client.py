@@ -35,6 +35,7 @@ from kyoso.influx.client import (
     InfluxRetryableError,
     InfluxWriter,
     WriteResult,
+    _loopback,
 )
 from kyoso.influx.lineprotocol import line, sample_point, timestamp_ns
 
@@ -94,7 +95,8 @@ def test_samples_round_trip_exactly(influxdb: InfluxDB, influxdb_database: str) 
     points = [sample(1), sample(2, machine="cnc-02", alarm=None)]
 
     async def scenario() -> tuple[WriteResult, list[dict[str, Any]], list[dict[str, Any]]]:
-        async with InfluxWriter(config(influxdb.url)) as writer:  # gzip is the default
+        # Compressed both ways, as to an InfluxDB on another machine.
+        async with InfluxWriter(config(influxdb.url, gzip=True)) as writer:
             lines = [sample_point("mori", "gw-01", SESSION, s) for s in points]
             result = await writer.write(influxdb_database, lines)
             rows = await writer.query(
@@ -550,7 +552,12 @@ def test_token_rp_and_gzip_on_the_wire(
     stub: Callable[[list[tuple[int, dict[str, str], bytes]]], _Stub],
 ) -> None:
     server = stub([])
-    cfg = config(server.url + "/influx/", token="s3cret", retention_policy="two weeks")  # noqa: S106
+    cfg = config(
+        server.url + "/influx/",
+        token="s3cret",  # noqa: S106
+        retention_policy="two weeks",
+        gzip=True,
+    )
     assert run(write(cfg, "kyoso_mori-plastics", sample_lines(2))).written == 2
     [(method, path, headers, body)] = server.requests
     assert (method, path) == (
@@ -558,8 +565,25 @@ def test_token_rp_and_gzip_on_the_wire(
         "/influx/write?db=kyoso_mori-plastics&precision=ns&rp=two+weeks",
     )
     assert headers["Authorization"] == "Token s3cret"
-    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Encoding"] == headers["Accept-Encoding"] == "gzip"
     assert gzip.decompress(body).decode() == "\n".join(sample_lines(2))
+
+
+def test_gzip_auto_compresses_only_off_this_machine(
+    stub: Callable[[list[tuple[int, dict[str, str], bytes]]], _Stub],
+) -> None:
+    """Compressing for a loopback InfluxDB costs CPU on both ends and saves nothing."""
+    server = stub([])
+    assert config(server.url).gzip == "auto"  # the default
+    assert run(write(config(server.url), "d", sample_lines(2))).written == 2
+    [(_, _, headers, body)] = server.requests
+    assert "Content-Encoding" not in headers
+    assert headers["Accept-Encoding"] == "identity"
+    assert body.decode() == "\n".join(sample_lines(2))
+    here = ["localhost", "db.localhost", "127.0.0.1", "127.8.9.10", "::1"]
+    away = ["influxdb", "10.0.0.5", "192.168.1.20", "fe80::1", "db.example.org", "localhost.org"]
+    assert [_loopback(h) for h in here] == [True] * len(here)
+    assert [_loopback(h) for h in away] == [False] * len(away)
 
 
 # --- queries ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,11 +34,13 @@ from kyoso.contract import (
     SignalStats,
     decode,
 )
+from kyoso.contract.wire import WireSample, decode_samples
 from kyoso.influx.lineprotocol import (
     MAX_TIME_NS,
     MIN_TIME_NS,
     FieldValue,
     LineProtocolError,
+    SampleLines,
     database_name,
     description_point,
     escape_field_key,
@@ -281,9 +284,12 @@ def test_database_names() -> None:
 # --- golden points of the contract examples --------------------------------------------
 
 
+def _example_payload() -> bytes:
+    return (EXAMPLES / "sample_batch.json").read_bytes()
+
+
 def _example_batch() -> SampleBatch:
-    payload = (EXAMPLES / "sample_batch.json").read_bytes()
-    message = decode("kyoso/v1/mori-plastics/gw-01/samples", payload)
+    message = decode("kyoso/v1/mori-plastics/gw-01/samples", _example_payload())
     assert isinstance(message, SampleBatch)
     return message
 
@@ -313,6 +319,37 @@ def test_sample_points_of_the_contract_example() -> None:
         'unknown_s=39.0,missing="current_a",received_ns=1768259700250000000i '
         "1768259700000000000",
     ]
+
+
+def test_one_builder_per_session_writes_each_sample_as_alone() -> None:
+    """A session's builder remembers the last timestamp it converted: samples sharing one
+    and samples with their own get the lines they get alone, refusals included."""
+    batch = decode_samples("kyoso/v1/mori-plastics/gw-01/samples", _example_payload())
+    first, second = batch.samples
+    later = first.ts + timedelta(seconds=60)
+    naive = second.ts.replace(tzinfo=None)
+    samples = [first, second, msgspec.structs.replace(first, ts=later), first]
+    samples.insert(2, msgspec.structs.replace(second, ts=naive))
+    build = SampleLines(batch.factory, batch.gateway, batch.session, received_at=7)
+
+    def alone(sample: WireSample) -> str:
+        try:
+            return sample_point(batch.factory, batch.gateway, batch.session, sample, received_at=7)
+        except LineProtocolError as exc:
+            return f"refused: {exc}"
+
+    def together(sample: WireSample) -> str:
+        try:
+            return build(sample)
+        except LineProtocolError as exc:
+            return f"refused: {exc}"
+
+    lines = [together(s) for s in samples]
+    assert lines == [alone(s) for s in samples]
+    assert lines[2].startswith("refused: ")
+    assert lines[3].endswith(f" {timestamp_ns(later)}")
+    with pytest.raises(LineProtocolError, match="not a contract id"):
+        SampleLines(batch.factory, "GW 1", batch.session, received_at=None)
 
 
 def test_every_state_duration_is_written() -> None:

@@ -39,6 +39,7 @@ import asyncio
 import email.utils
 import gzip
 import http.client
+import ipaddress
 import json
 import logging
 import random
@@ -96,7 +97,11 @@ class InfluxConfig(BaseModel):
     retention_policy: str | None = Field(
         default=None, min_length=1, description="rp of every write; None: the default one."
     )
-    gzip: bool = Field(default=True, description="Send write bodies gzip-compressed.")
+    gzip: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Compress write bodies and ask for compressed answers; auto: unless"
+        " InfluxDB is on this machine (a loopback host), where it only costs CPU.",
+    )
     gzip_level: int = Field(default=1, ge=1, le=9, description="1 is fastest.")
     timeout_s: float = Field(default=10.0, gt=0, description="Socket timeout per request.")
     max_batch_lines: int = Field(default=5000, ge=1, description="Lines per write request.")
@@ -239,6 +244,17 @@ def _unparsable(text: str, lines: set[str]) -> dict[str, str]:
     return named
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname) names this machine: ``localhost`` or a loopback
+    address."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: another machine, as far as is known here
+        return False
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode()
@@ -286,7 +302,8 @@ class InfluxWriter:
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
         self._base = parts.path.rstrip("/")
-        self._headers: dict[str, str] = {"Accept-Encoding": "gzip"}
+        self._gzip = config.gzip is True or (config.gzip == "auto" and not _loopback(self._host))
+        self._headers: dict[str, str] = {"Accept-Encoding": "gzip" if self._gzip else "identity"}
         if config.token is not None:
             self._headers["Authorization"] = f"Token {config.token.get_secret_value()}"
         elif config.username is not None:
@@ -414,7 +431,7 @@ class InfluxWriter:
     def _send_lines(self, path: str, lines: list[str]) -> _Response:
         body = "\n".join(lines).encode()
         headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if self.config.gzip:
+        if self._gzip:
             body = gzip.compress(body, compresslevel=self.config.gzip_level)
             headers["Content-Encoding"] = "gzip"
         return self._exchange("POST", path, body, headers)

@@ -12,7 +12,8 @@ point is written again at the same key: hence all six state durations and
 the time they are written: the current one is the last one written (see
 :mod:`kyoso.store.base`).
 
-Why :func:`sample_point` does not escape: it is the ingest's hot path (one call per sample)
+Why :class:`SampleLines` (and :func:`sample_point`, one sample's line) does not escape: it
+is the ingest's hot path (one call per sample, the session's ids checked once per batch)
 and a sample's tag values and field keys are contract ids and names
 (``[a-z0-9][a-z0-9_-]*``), which line protocol never needs to escape. It checks each with
 one regular expression instead (once: the ids and names seen are remembered), checks that
@@ -41,6 +42,7 @@ __all__ = [
     "RESERVED_FACTORY_IDS",
     "FieldValue",
     "LineProtocolError",
+    "SampleLines",
     "database_name",
     "description_point",
     "escape_field_key",
@@ -229,54 +231,78 @@ def sample_point(
     received_at: datetime | int | None = None,
 ) -> str:
     """The ``samples`` line of one sample (``factory`` picks the database, not a tag);
-    ``received_at`` (a datetime or nanoseconds), when given, is kept as ``received_ns``.
-    Ids and names are checked, not escaped, and numbers are checked, but for what the
-    decoder of a :class:`~kyoso.contract.wire.WireSample` checked already: its machine, its
-    names and its numbers (module docstring)."""
-    counters, signals, missing = sample.counters, sample.signals, sample.missing
-    machine = sample.machine
-    if type(sample) is WireSample:  # its machine and names checked by the decoder
+    ``received_at`` (a datetime or nanoseconds), when given, is kept as ``received_ns``."""
+    return SampleLines(factory, gateway, session, received_at=received_at)(sample)
+
+
+class SampleLines:
+    """Builds the ``samples`` lines of one gateway session's samples (``factory`` picks the
+    database, not a tag); ``received_at`` (a datetime or nanoseconds), when given, is kept
+    as ``received_ns``. The session's ids are checked once, here; ids and names are
+    checked, not escaped, and numbers are checked, but for what the decoder of a
+    :class:`~kyoso.contract.wire.WireSample` checked already: its machine, its names and its
+    numbers (module docstring)."""
+
+    __slots__ = ("_head", "_last", "_session", "_tail")
+
+    def __init__(
+        self, factory: str, gateway: str, session: str, *, received_at: datetime | int | None
+    ) -> None:
         _plain((factory, gateway, session))
-    else:
-        _plain((factory, gateway, session, machine, *counters, *signals, *missing))
-        _check_sample_numbers(sample)
-    moment = sample.ts
-    if moment.tzinfo is None:
-        raise LineProtocolError(f"timestamp {moment.isoformat()} has no time zone")
-    ts = (moment - _EPOCH) // _MICROSECOND * 1000
-    if not MIN_TIME_NS <= ts <= MAX_TIME_NS:
-        raise LineProtocolError(f"timestamp {moment.isoformat()} is outside InfluxDB's range")
-    interval, get = sample.interval_s, sample.durations_s.get
-    running, setup, down = get(_RUNNING, 0.0), get(_SETUP, 0.0), get(_DOWN, 0.0)
-    idle, planned, unknown = get(_IDLE, 0.0), get(_PLANNED, 0.0), get(_UNKNOWN, 0.0)
-    start = ts - max(1, round(interval * 1e9))  # interval_ns, inline: once per sample
-    text = (
-        f"samples,gateway={gateway},machine={machine} seq={sample.seq}i,"
-        f'session="{session}",interval_s={interval!r},start_ns={start}i,'
-        f'state="{_STATE_TEXT[sample.state]}",running_s={running!r},setup_s={setup!r},'
-        f"down_s={down!r},idle_s={idle!r},planned_stop_s={planned!r},unknown_s={unknown!r}"
-    )
-    for name in sorted(counters):
-        counter = counters[name]
-        if (total := counter.total) is None:
-            text += f",{name}_delta={counter.delta}i"
-        else:
-            if total > _INT64_MAX:  # a raw 64-bit reading: two's complement (module docstring)
-                total -= 2**64
-            text += f",{name}_delta={counter.delta}i,{name}_total={total}i"
-    for name in sorted(signals):
-        stats = signals[name]
-        text += (
-            f",{name}_last={stats.last!r},{name}_mean={stats.mean!r},{name}_min={stats.min!r},"
-            f"{name}_max={stats.max!r},{name}_count={stats.count}i"
-        )
-    if (alarm := sample.alarm) is not None:
-        text += f",alarm={alarm}i"
-    if missing:
-        text += f',missing="{",".join(missing)}"'
-    if received_at is not None:
-        text += f",received_ns={_received_ns(received_at)}i"
-    return f"{text} {ts}"
+        self._head = f"samples,gateway={gateway},machine="
+        self._session = f'i,session="{session}",interval_s='
+        received = "" if received_at is None else f",received_ns={_received_ns(received_at)}i"
+        self._tail = f"{received} "
+        self._last: tuple[datetime | None, int] = (None, 0)
+        """The last timestamp converted: a session's samples often share theirs."""
+
+    def __call__(self, sample: SampleLike) -> str:
+        """The line of ``sample``; raise :class:`LineProtocolError` if it cannot be written."""
+        counters, signals, missing = sample.counters, sample.signals, sample.missing
+        machine = sample.machine
+        if type(sample) is not WireSample:  # a WireSample's machine and names are checked
+            _plain((machine, *counters, *signals, *missing))
+            _check_sample_numbers(sample)
+        moment = sample.ts
+        last, ts = self._last
+        if moment is not last:
+            if moment.tzinfo is None:
+                raise LineProtocolError(f"timestamp {moment.isoformat()} has no time zone")
+            ts = (moment - _EPOCH) // _MICROSECOND * 1000
+            if not MIN_TIME_NS <= ts <= MAX_TIME_NS:
+                raise LineProtocolError(
+                    f"timestamp {moment.isoformat()} is outside InfluxDB's range"
+                )
+            self._last = (moment, ts)
+        interval, get = sample.interval_s, sample.durations_s.get
+        parts = [
+            f"{self._head}{machine} seq={sample.seq}{self._session}{interval!r},"
+            f"start_ns={ts - max(1, round(interval * 1e9))}i,"  # interval_ns, inline
+            f'state="{_STATE_TEXT[sample.state]}",running_s={get(_RUNNING, 0.0)!r},'
+            f"setup_s={get(_SETUP, 0.0)!r},down_s={get(_DOWN, 0.0)!r},"
+            f"idle_s={get(_IDLE, 0.0)!r},planned_stop_s={get(_PLANNED, 0.0)!r},"
+            f"unknown_s={get(_UNKNOWN, 0.0)!r}"
+        ]
+        for name in sorted(counters) if len(counters) > 1 else counters:
+            counter = counters[name]
+            if (total := counter.total) is None:
+                parts.append(f",{name}_delta={counter.delta}i")
+            else:
+                if total > _INT64_MAX:  # a raw 64-bit reading: two's complement (docstring)
+                    total -= 2**64
+                parts.append(f",{name}_delta={counter.delta}i,{name}_total={total}i")
+        for name in sorted(signals) if len(signals) > 1 else signals:
+            stats = signals[name]
+            parts.append(
+                f",{name}_last={stats.last!r},{name}_mean={stats.mean!r},"
+                f"{name}_min={stats.min!r},{name}_max={stats.max!r},{name}_count={stats.count}i"
+            )
+        if (alarm := sample.alarm) is not None:
+            parts.append(f",alarm={alarm}i")
+        if missing:
+            parts.append(f',missing="{",".join(missing)}"')
+        parts.append(f"{self._tail}{ts}")
+        return "".join(parts)
 
 
 def _received_ns(received_at: datetime | int) -> int:

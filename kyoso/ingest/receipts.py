@@ -82,14 +82,16 @@ class SeqRanges:
 
     def update(self, seqs: Iterable[int]) -> None:
         """Add every number of ``seqs`` (runs of consecutive ones in one step each)."""
-        run: list[int] = []
-        for seq in sorted(seqs):
-            if run and seq > run[1] + 1:
-                self.add(*run)
-                run = []
-            run = [seq, seq] if not run else [run[0], max(run[1], seq)]
-        if run:
-            self.add(*run)
+        ordered = sorted(seqs)
+        if not ordered:
+            return
+        first = last = ordered[0]
+        for seq in ordered:
+            if seq > last + 1:
+                self.add(first, last)
+                first = seq
+            last = seq
+        self.add(first, last)
 
     def merge(self, other: "SeqRanges") -> None:
         for first, last in other.ranges():

@@ -297,15 +297,7 @@ class Ingest:
                 letters.append(_letter(incoming, incoming.error.reason, str(incoming.error)))
             elif isinstance(message, WireBatch):
                 key = (message.factory, message.gateway, message.session)
-                for sample in message.samples:
-                    if (problem := self._implausible(sample.ts, now, past=True)) is not None:
-                        letters.append(
-                            _letter(incoming, "implausible_time", _about(sample, problem))
-                        )
-                    elif (conflict := self._replays.conflict(key, sample)) is not None:
-                        letters.append(_letter(incoming, "replay_conflict", conflict))
-                    else:
-                        groups.setdefault(key, []).append((incoming, sample))
+                self._sort_samples(incoming, message, now, groups.setdefault(key, []), letters)
             elif isinstance(message, StoreReceipt):
                 self.receipts.heard(message)
             elif isinstance(message, MachineDescription | GatewayStatus):
@@ -317,7 +309,32 @@ class Ingest:
                     letters.append(_letter(incoming, "implausible_time", problem))
             elif incoming.withdrawn is not None:
                 control.append(incoming)
-        return letters, groups, control
+        return letters, {key: pairs for key, pairs in groups.items() if pairs}, control
+
+    def _sort_samples(
+        self,
+        incoming: Incoming,
+        message: WireBatch,
+        now: float,
+        group: list[tuple[Incoming, SampleLike]],
+        letters: list[_Letter],
+    ) -> None:
+        """The samples of ``message`` into ``group``, or as letters when refused."""
+        key, conflict_of = (
+            (message.factory, message.gateway, message.session),
+            self._replays.conflict,
+        )
+        moment, problem = None, None  # a batch's samples often share their ts
+        for sample in message.samples:
+            if sample.ts is not moment:
+                moment = sample.ts
+                problem = self._implausible(moment, now, past=True)
+            if problem is not None:
+                letters.append(_letter(incoming, "implausible_time", _about(sample, problem)))
+            elif (conflict := conflict_of(key, sample)) is not None:
+                letters.append(_letter(incoming, "replay_conflict", conflict))
+            else:
+                group.append((incoming, sample))
 
     async def _write_samples(self, groups: _Groups) -> list[_Letter]:
         """Every sample of the batch in one store call; the refused ones as letters."""

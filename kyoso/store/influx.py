@@ -74,11 +74,11 @@ from kyoso.influx.client import (
 )
 from kyoso.influx.lineprotocol import (
     LineProtocolError,
+    SampleLines,
     database_name,
     description_point,
     gaps_point,
     interval_ns,
-    sample_point,
     status_point,
     timestamp_ns,
 )
@@ -231,22 +231,22 @@ class InfluxStore:
         sources: dict[str, list[tuple[int, int]]] = {}  # the (group, sample) of each line
         for g, group in enumerate(groups):
             at = now if group.received_at is None else check_aware(group.received_at, "received_at")
-            received = timestamp_ns(at)
             try:
                 database = self._database(group.factory)
-            except StoreRefusedError as exc:  # a reserved factory id: none of it can be kept
+                build = SampleLines(
+                    group.factory, group.gateway, group.session, received_at=timestamp_ns(at)
+                )
+            except (StoreRefusedError, LineProtocolError) as exc:  # none of it can be kept
                 refused += (Refusal(i, str(exc), g) for i in range(len(group.samples)))
                 continue
+            into, source = lines.setdefault(database, []), sources.setdefault(database, [])
             for i, sample in enumerate(group.samples):
                 try:
-                    point = sample_point(
-                        group.factory, group.gateway, group.session, sample, received_at=received
-                    )
+                    into.append(build(sample))
                 except LineProtocolError as exc:
                     refused.append(Refusal(i, str(exc), g))
                 else:
-                    lines.setdefault(database, []).append(point)
-                    sources.setdefault(database, []).append((g, i))
+                    source.append((g, i))
         databases = list(lines)
         results = await asyncio.gather(*(self._write(d, lines[d]) for d in databases))
         for database, result in zip(databases, results, strict=True):
