@@ -94,8 +94,9 @@ def _limited(found: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dic
 def _is_429(response: Any, retry_after: str) -> None:
     assert response.status_code == 429, response.text
     assert response.headers["retry-after"] == retry_after
+    assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
-    assert list(body) == ["detail"]
+    assert (body["status"], body["code"]) == (429, "too_many_requests")
     assert isinstance(body["detail"], str)
 
 
@@ -329,7 +330,7 @@ def test_a_real_server_flooded_with_kpi_reports_keeps_serving_the_others(
     for status, headers, body in answers:
         if status == 429:
             assert int(headers["retry-after"]) >= 1
-            assert list(json.loads(body)) == ["detail"]
+            assert json.loads(body)["code"] == "too_many_requests"
     found = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(metrics)

@@ -117,8 +117,8 @@ def send(api: Api, case: Case[Any], scope: str, **headers: str) -> httpx.Respons
                     body += chunk
                     if b"\n\n" in body:
                         break
-            else:
-                body = streamed.read()
+            else:  # as sent (gzip-compressed, say): the answer below decodes it
+                body = b"".join(streamed.iter_raw())
     except Exception as exc:  # what escapes the app is its 500
         failed = httpx.Request(request["method"], request["url"])
         answer = httpx.Response(500, text=f"{type(exc).__name__}: {exc}", request=failed)

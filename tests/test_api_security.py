@@ -226,11 +226,10 @@ class Answer:
 
     @property
     def problem(self) -> str:
-        """An error's message: ``detail``, or each validation error as ``where: message``."""
-        detail = self.json()["detail"]
-        if isinstance(detail, str):
-            return detail
-        return "; ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in detail)
+        """An error's message: each refused part as ``where: message``, else ``detail``."""
+        body = self.json()
+        parts = [".".join(map(str, e["loc"])) + ": " + e["msg"] for e in body.get("errors") or []]
+        return "; ".join(parts) or str(body["detail"])
 
     def comparable_headers(self) -> dict[str, str]:
         return {k: v for k, v in self.headers.items() if k != "content-length"}
@@ -366,12 +365,19 @@ def test_without_a_valid_key_every_answer_is_the_same_401(api: Api, endpoint: En
         answer = ask(api, endpoint, headers)
         assert (answer.status, answer.body) == (401, reference.body), name
         assert answer.headers["www-authenticate"] == "Bearer", name
-    nonsense = dict.fromkeys(endpoint.query, "-1")
+    nonsense = {**dict.fromkeys(endpoint.query, "-1"), "no_such_parameter": "1"}
     body = {"bookings": "-1"} if endpoint.body is not None else None
     invalid = ask(
         api, endpoint, {}, factory="Not An Id", machine="Not.An.Id", query=nonsense, body=body
     )
-    assert (invalid.status, invalid.body) == (401, reference.body)
+    assert invalid.status == 401
+    # The same problem but for the path asked for, which the caller knows already.
+    assert _but_instance(invalid) == _but_instance(reference)
+    assert invalid.json()["instance"] == endpoint.target("Not An Id", "Not.An.Id")[0]
+
+
+def _but_instance(answer: "Answer") -> dict[str, Any]:
+    return {k: v for k, v in answer.json().items() if k != "instance"}
 
 
 def test_a_key_in_the_query_is_not_a_key(api: Api) -> None:

@@ -31,7 +31,7 @@ def machine(
     shared: bool = True,
 ) -> MachineCapacity:
     committed = total_h - available_h
-    figures = CapacityFigures(total_h * H, committed * H, 0.0, available_h * H, ("x",))
+    figures = CapacityFigures(total_h * H, committed * H, 0.0, available_h * H, ("booked",))
     return MachineCapacity(name, processes, figures, confidence, 1.0, NOW, shared)
 
 
@@ -54,7 +54,7 @@ def test_a_sum_weighs_confidence_by_planned_time() -> None:
     assert total.figures.available_s == 12 * H
     assert total.confidence == pytest.approx((30 * 1.0 + 10 * 0.2) / 40)
     assert total.machines == 3
-    assert total.figures.reasons == ("x",)
+    assert total.figures.reasons == ("booked",)
     assert summed([]).confidence == 0.0
 
 

@@ -14,22 +14,24 @@ import importlib.resources
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from kyoso import __version__
 
+from . import problems
 from .aged import AgedBodies
-from .deps import invalid
 from .keys import ApiKeyStore
 from .limits import LIMITED, Limiter, RequestLimits
 from .metrics import CONTENT_TYPE_LATEST, ApiMetrics, MetricsMiddleware
+from .openapi import TAGS, HeadAsGet, WeakEtagWhenEncoded, document, known_query, operation_id
 from .routes import ROUTERS, capacity, factories
 from .service import CapacityService
 
@@ -67,8 +69,8 @@ _EXPENSIVE: Final = (
     factories.get_kpis,
     capacity.get_factory_capacity,
     capacity.get_region_capacity,
-    capacity.search,
-    capacity.cover,
+    capacity.search_capacity,
+    capacity.find_cover,
 )
 """The routes that compute (KPIs over a window; capacity when not cached): each key may
 run only so many at once (kyoso/api/limits.py)."""
@@ -105,10 +107,12 @@ def create_app(
     *,
     lifespan: Callable[[FastAPI], Any] | None = None,
     limits: RequestLimits | None = None,
+    cors_origins: Sequence[str] = (),
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The FastAPI application over ``service``, authenticating with ``keys``, each key
-    within ``limits`` (None: the defaults) on the ``monotonic`` clock.
+    within ``limits`` (None: the defaults) on the ``monotonic`` clock; browsers on
+    ``cors_origins`` may call it (CORS; none by default).
 
     ``/docs`` and ``/redoc`` load Swagger UI and ReDoc from the installed fastapi-offline
     package, not from a CDN: they work with no network."""
@@ -119,7 +123,11 @@ def create_app(
         lifespan=lifespan,
         static_url=_DOCS_ASSETS,
         redoc_url=None,  # served below, under a policy
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
     )
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
+    problems.install(app)
     app.state.service = service
     app.state.bodies = AgedBodies()
     app.state.keys = keys
@@ -128,9 +136,21 @@ def create_app(
     )
     app.state.metrics = metrics = ApiMetrics(service, limiter)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
+    app.add_middleware(WeakEtagWhenEncoded)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "HEAD", "PUT", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match"],
+            expose_headers=["ETag", "Age", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(HeadAsGet)  # outermost: a HEAD gets exactly a GET's headers
     admitted = Depends(limiter.admit, scope="function")  # released as the route returns
     for router in ROUTERS:
-        app.include_router(router, dependencies=[admitted], responses=LIMITED)
+        app.include_router(router, dependencies=[admitted, Depends(known_query)], responses=LIMITED)
     page, headers = _overview()
 
     @app.get("/metrics", include_in_schema=False)
@@ -171,9 +191,5 @@ def create_app(
             log.warning("readiness: the store does not answer", exc_info=True)
             return JSONResponse({"status": "store unavailable"}, 503)
         return JSONResponse({"status": "ok"})
-
-    @app.exception_handler(ValueError)
-    async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return await request_validation_exception_handler(request, invalid((), str(exc)))
 
     return app

@@ -72,7 +72,13 @@ def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
                 stack.callback(task.cancel)
             yield
 
-    return create_app(service, keys, lifespan=lifespan, limits=settings.limits)
+    return create_app(
+        service,
+        keys,
+        lifespan=lifespan,
+        limits=settings.limits,
+        cors_origins=settings.cors_origins,
+    )
 
 
 def _source(settings: ApiSettings) -> str:

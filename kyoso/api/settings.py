@@ -45,6 +45,11 @@ class ApiSettings(StoreChoice, FileSettings):
     )
     capacity: CapacityRules = Field(default_factory=CapacityRules)
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (https://platform.example) whose pages may call the API "
+        "from a browser (CORS); empty: none, as for any API not meant for browsers.",
+    )
     snapshots: bool = Field(
         True, description="Write capacity snapshots into the shared capacity store."
     )

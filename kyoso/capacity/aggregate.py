@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from kyoso.contract import Process
 
-from .forecast import CapacityFigures
+from .forecast import CapacityFigures, Reason
 
 __all__ = [
     "CapacitySum",
@@ -89,7 +89,7 @@ def summed(machines: Sequence[MachineCapacity]) -> CapacitySum:
     """The machines' figures added, their confidences and coverages weighed by planned
     time."""
     total = committed = unattainable = available = 0.0
-    reasons: dict[str, None] = {}
+    reasons: dict[Reason, None] = {}
     for machine in machines:  # as CapacityFigures.__add__ would, without a sum per step
         f = machine.figures
         total += f.total_s

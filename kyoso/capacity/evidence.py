@@ -8,14 +8,18 @@ less than ``min_history_h`` of its planned time has been observed in the lookbac
 (``insufficient_history``: a machine commissioned an hour ago has not shown its load).
 """
 
+from typing import Literal
+
 from .rules import CapacityRules
 
-__all__ = ["withdrawal"]
+__all__ = ["Withdrawal", "withdrawal"]
+
+Withdrawal = Literal["offline", "unreadable", "insufficient_history"]
 
 
 def withdrawal(
     *, offline: bool, unreadable: bool, observed_s: float, rules: CapacityRules
-) -> str | None:
+) -> Withdrawal | None:
     """The reason the machine's capacity is withdrawn, or None when it may be offered."""
     if offline:
         return "offline"

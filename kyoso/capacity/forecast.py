@@ -48,6 +48,7 @@ __all__ = [
     "HourLoad",
     "LoadProfile",
     "ProfileMethod",
+    "Reason",
     "WeekHour",
     "forecast",
     "hour_load",
@@ -60,6 +61,25 @@ _PRIOR_S: Final = 3600.0
 """Evidence of the overall share, in seconds, mixed into each hour-of-week share."""
 
 ProfileMethod = Literal["hour_of_week", "recent_days", "no_history"]
+Reason = Literal[
+    "forecast:hour_of_week",
+    "forecast:recent_days",
+    "forecast:no_history",
+    "booked",
+    "down",
+    "minor_stop",
+    "no_planned_time",
+    "offline",
+    "unreadable",
+    "insufficient_history",
+    "history:backfilling",
+]
+"""How capacity figures were derived, and why they are withheld (docs/api.md)."""
+_FORECAST: Final[dict[ProfileMethod, Reason]] = {
+    "hour_of_week": "forecast:hour_of_week",
+    "recent_days": "forecast:recent_days",
+    "no_history": "forecast:no_history",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +208,7 @@ class CapacityFigures:
     committed_s: float
     unattainable_s: float
     available_s: float
-    reasons: tuple[str, ...] = field(default=())
+    reasons: tuple[Reason, ...] = field(default=())
 
     def __add__(self, other: "CapacityFigures") -> "CapacityFigures":
         return CapacityFigures(
@@ -199,11 +219,11 @@ class CapacityFigures:
             tuple(dict.fromkeys(self.reasons + other.reasons)),
         )
 
-    def noted(self, reason: str) -> "CapacityFigures":
+    def noted(self, reason: Reason) -> "CapacityFigures":
         """The same figures with one more reason to read them with care."""
         return replace(self, reasons=tuple(dict.fromkeys((*self.reasons, reason))))
 
-    def withdrawn(self, reason: str) -> "CapacityFigures":
+    def withdrawn(self, reason: Reason) -> "CapacityFigures":
         """The same planned time with nothing available: all but the committed load is
         unattainable (a silent gateway: capacity must not be sold on stale data)."""
         return CapacityFigures(
@@ -223,7 +243,7 @@ def forecast(
     *,
     down_now: bool = False,
     repair_estimate: timedelta = timedelta(hours=2),
-    down_reason: str = "down",
+    down_reason: Reason = "down",
     bookings: Iterable[Booking] | None = None,
 ) -> CapacityFigures:
     """The capacity figures of one machine over ``[as_of, as_of + horizon)``.
@@ -260,12 +280,12 @@ def forecast(
         max(math.fsum(t for *_, t in spanned), math.fsum(e for _, e, _ in spanned)),
         math.fsum(room for room, *_ in spanned),
     )
-    reasons = [
-        *(["booked"] if booked is not None else []),
-        f"forecast:{profile.method}",
-        *([down_reason] if down_now else []),
-        *(["no_planned_time"] if total == 0 else []),
-    ]
+    reasons: list[Reason] = ["booked"] if booked is not None else []
+    reasons.append(_FORECAST[profile.method])
+    if down_now:
+        reasons.append(down_reason)
+    if total == 0:
+        reasons.append("no_planned_time")
     available = max(0.0, total - committed - unattainable)
     return CapacityFigures(total, committed, unattainable, available, tuple(reasons))
 

@@ -58,8 +58,10 @@ def _seconds(value: time) -> float:
 class Break(_Strict):
     """A planned pause inside a shift (local wall-clock times)."""
 
-    start: LocalTime = Field(description="Local start time, e.g. '09:00'.")
-    end: LocalTime = Field(description="Local end time; before start means the next day.")
+    start: LocalTime = Field(description="Local start time, e.g. '09:00'.", examples=["12:00"])
+    end: LocalTime = Field(
+        description="Local end time; before start means the next day.", examples=["12:45"]
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
@@ -71,16 +73,25 @@ class Break(_Strict):
 class Shift(_Strict):
     """A weekly recurring shift in the calendar's time zone."""
 
-    name: str = Field(default="shift", max_length=64, description="Display name.")
-    days: list[Weekday] = Field(
-        min_length=1, max_length=7, description="Weekdays on which the shift starts."
+    name: str = Field(
+        default="shift", max_length=64, description="Display name.", examples=["early"]
     )
-    start: LocalTime = Field(description="Local start time, e.g. '06:00'.")
+    days: list[Weekday] = Field(
+        min_length=1,
+        max_length=7,
+        description="Weekdays on which the shift starts.",
+        examples=[["mon", "tue", "wed", "thu", "fri"]],
+    )
+    start: LocalTime = Field(description="Local start time, e.g. '06:00'.", examples=["06:00"])
     end: LocalTime = Field(
-        description="Local end time; equal to or before start means the shift ends the next day."
+        description="Local end time; equal to or before start means the shift ends the next day.",
+        examples=["14:30"],
     )
     breaks: list[Break] = Field(
-        default_factory=list, max_length=16, description="Pauses, each within the shift."
+        default_factory=list,
+        max_length=16,
+        description="Pauses, each within the shift.",
+        examples=[[{"start": "12:00", "end": "12:45"}]],
     )
 
     @field_validator("days")
@@ -108,9 +119,15 @@ class Shift(_Strict):
 class Maintenance(_Strict):
     """A planned maintenance window: planned down time, not capacity."""
 
-    start: AwareDatetime
-    end: AwareDatetime
-    reason: str = Field(default="", max_length=200)
+    start: AwareDatetime = Field(
+        description="When it begins (RFC 3339).", examples=["2026-03-02T08:00:00+09:00"]
+    )
+    end: AwareDatetime = Field(
+        description="When it ends, after start.", examples=["2026-03-02T17:00:00+09:00"]
+    )
+    reason: str = Field(
+        default="", max_length=200, description="Why, in words.", examples=["spindle service"]
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -122,14 +139,22 @@ class Maintenance(_Strict):
 class ShiftCalendar(_Strict):
     """Weekly shifts, holidays and maintenance of one machine."""
 
-    timezone: str = Field(description="IANA time zone of the shift times, e.g. 'Europe/Berlin'.")
-    shifts: list[Shift] = Field(default_factory=list, max_length=32)
+    timezone: str = Field(
+        description="IANA time zone of the shift times, e.g. 'Europe/Berlin'.",
+        examples=["Asia/Tokyo"],
+    )
+    shifts: list[Shift] = Field(
+        default_factory=list, max_length=32, description="The weekly shifts."
+    )
     holidays: list[date] = Field(
         default_factory=list,
         max_length=400,
         description="Local dates on which no shift starts.",
+        examples=[["2026-01-01", "2026-05-05"]],
     )
-    maintenance: list[Maintenance] = Field(default_factory=list, max_length=400)
+    maintenance: list[Maintenance] = Field(
+        default_factory=list, max_length=400, description="Planned maintenance windows."
+    )
 
     @field_validator("timezone")
     @classmethod

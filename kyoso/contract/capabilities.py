@@ -55,18 +55,31 @@ class Capability(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    process: Process
-    materials: list[Material] = Field(default_factory=list, max_length=len(Material))
+    process: Process = Field(description="The process offered.", examples=["cnc_milling_3axis"])
+    materials: list[Material] = Field(
+        default_factory=list,
+        max_length=len(Material),
+        description="Materials it processes; empty: not stated.",
+        examples=[["aluminium", "steel"]],
+    )
     envelope_mm: tuple[_Millimetres, _Millimetres, _Millimetres] | None = Field(
-        default=None, description="Largest work piece (x, y, z) in millimetres."
+        default=None,
+        description="Largest work piece (x, y, z) in millimetres.",
+        examples=[[800, 500, 500]],
     )
     max_thickness_mm: float | None = Field(
-        default=None, gt=0, le=1000, description="Sheet or wall thickness limit."
+        default=None,
+        gt=0,
+        le=1000,
+        description="Sheet or wall thickness limit.",
+        examples=[6.0],
     )
     force_kn: float | None = Field(
-        default=None, gt=0, le=100_000, description="Press or clamping force."
+        default=None, gt=0, le=100_000, description="Press or clamping force.", examples=[1100.0]
     )
-    max_part_kg: float | None = Field(default=None, gt=0, le=100_000)
+    max_part_kg: float | None = Field(
+        default=None, gt=0, le=100_000, description="Heaviest part it takes.", examples=[300.0]
+    )
 
     @field_validator("materials")
     @classmethod

@@ -29,7 +29,7 @@ from ..schemas import (
 )
 from ..service import CapacityService
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1", responses=ERRORS, tags=["bookings"])
 
 
 # --- bookings ---------------------------------------------------------------------------

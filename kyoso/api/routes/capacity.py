@@ -31,6 +31,7 @@ from ..deps import (
 from ..keys import ScopeKind
 from ..schemas import (
     Candidate,
+    CoverList,
     CoverOut,
     FactoryCapacityOut,
     MachineCapacityOut,
@@ -47,7 +48,12 @@ router = APIRouter(prefix="/v1", responses=ERRORS)
 # --- capacity ---------------------------------------------------------------------------
 
 
-@router.get("/factories/{factory}/capacity", response_model=FactoryCapacityOut, responses=CACHED)
+@router.get(
+    "/factories/{factory}/capacity",
+    response_model=FactoryCapacityOut,
+    responses=CACHED,
+    tags=["capacity"],
+)
 async def get_factory_capacity(
     *, request: Request, factory: Id, horizon_h: Horizon = 24, service: Service, caller: Caller
 ) -> Response:
@@ -69,7 +75,7 @@ async def get_factory_capacity(
     return cached(request, body.at(now), service.rules.cache_ttl_s, age_s=age, tag=body.tag)
 
 
-@router.get("/capacity", response_model=RegionCapacityOut, responses=CACHED)
+@router.get("/capacity", response_model=RegionCapacityOut, responses=CACHED, tags=["capacity"])
 async def get_region_capacity(
     *,
     request: Request,
@@ -173,8 +179,8 @@ async def _candidates(
     return aggregate.as_of(factories, now), ranked
 
 
-@router.get("/search", response_model=SearchOut, responses=CACHED)
-async def search(
+@router.get("/search", response_model=SearchOut, responses=CACHED, tags=["search"])
+async def search_capacity(
     *,
     request: Request,
     process: Annotated[Process, Query(description="The capability asked for.")],
@@ -203,13 +209,14 @@ async def search(
 
 @router.get(
     "/search/cover",
-    response_model=list[CoverOut],
+    response_model=CoverList,
+    tags=["search"],
     responses={
         **CACHED,
         409: {"model": Problem, "description": "The machine is working: give for_h."},
     },
 )
-async def cover(
+async def find_cover(
     *,
     request: Request,
     factory: Annotated[Id, Query(description="The machine's factory.")],
@@ -274,9 +281,10 @@ _KEEP_ALIVE_S: Final = 15.0
 @router.get(
     "/events",
     response_class=StreamingResponse,
+    tags=["events"],
     responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream."}},
 )
-async def events(
+async def stream_capacity_events(
     *,
     request: Request,
     horizon_h: Horizon = 24,

@@ -25,12 +25,15 @@ from ..deps import (
 )
 from ..keys import ScopeKind
 from ..schemas import (
+    FactoryList,
     FactoryOut,
+    GatewayList,
     GatewayOut,
     IntervalOut,
     KpiReport,
     KpisOut,
     MachineKpisOut,
+    MachineList,
     MachineOut,
     PerformanceOut,
     PlannedOut,
@@ -39,13 +42,13 @@ from ..schemas import (
 )
 from ..service import MachineView
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1", responses=ERRORS, tags=["factories"])
 
 
 # --- factories and machines -------------------------------------------------------------
 
 
-@router.get("/factories", response_model=list[FactoryOut], responses=CACHED)
+@router.get("/factories", response_model=FactoryList, responses=CACHED)
 async def list_factories(request: Request, service: Service, caller: Caller) -> Response:
     """Factories this key may see, with their gateways and staleness."""
     names = await service.factories()
@@ -69,7 +72,7 @@ async def list_factories(request: Request, service: Service, caller: Caller) -> 
     return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(oldest, now))
 
 
-@router.get("/factories/{factory}/machines", response_model=list[MachineOut], responses=CACHED)
+@router.get("/factories/{factory}/machines", response_model=MachineList, responses=CACHED)
 async def list_machines(
     request: Request, factory: Id, service: Service, caller: Caller
 ) -> Response:
@@ -81,7 +84,7 @@ async def list_machines(
     return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(view.as_of, now))
 
 
-@router.get("/factories/{factory}/gateways", response_model=list[GatewayOut], responses=CACHED)
+@router.get("/factories/{factory}/gateways", response_model=GatewayList, responses=CACHED)
 async def list_gateways(
     request: Request, factory: Id, service: Service, caller: Caller
 ) -> Response:
