@@ -31,7 +31,14 @@ from .aged import AgedBodies
 from .keys import ApiKeyStore
 from .limits import LIMITED, Limiter, RequestLimits
 from .metrics import CONTENT_TYPE_LATEST, ApiMetrics, MetricsMiddleware
-from .openapi import TAGS, HeadAsGet, WeakEtagWhenEncoded, document, known_query, operation_id
+from .openapi import (
+    TAGS,
+    HeadAsGet,
+    WeakEtagWhenEncoded,
+    document,
+    known_query,
+    operation_id,
+)
 from .routes import ROUTERS, capacity, factories
 from .service import CapacityService
 
@@ -131,6 +138,7 @@ def create_app(
     app.state.service = service
     app.state.bodies = AgedBodies()
     app.state.keys = keys
+    app.state.query_names = {}  # each operation's query parameters (openapi.known_query)
     app.state.limiter = limiter = Limiter(
         limits or RequestLimits(), expensive=_EXPENSIVE, clock=monotonic
     )

@@ -27,7 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .deps import Caller
 from .problems import MEDIA_TYPE
 
-__all__ = ["TAGS", "HeadAsGet", "WeakEtagWhenEncoded", "document", "known_query", "operation_id"]
+__all__ = [
+    "TAGS",
+    "HeadAsGet",
+    "WeakEtagWhenEncoded",
+    "document",
+    "known_query",
+    "operation_id",
+]
 
 TAGS: Final = [
     {"name": "capacity", "description": "Available capacity per factory and across the region."},
@@ -99,19 +106,16 @@ def _query_names(dependant: Dependant) -> Iterator[str]:
         yield from _query_names(sub)
 
 
-_KNOWN: dict[int, frozenset[str]] = {}
-"""The query parameters of each route, by the route's id (routes live as long as the app)."""
-
-
 async def known_query(request: Request, _: Caller) -> None:
     """422 when the query names a parameter the operation does not take (for a caller
     with a key: without one, every answer is the same 401)."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    known = _KNOWN.get(id(route))
+    taken: dict[str, frozenset[str]] = request.app.state.query_names  # per app, by operation
+    known = taken.get(route.name)
     if known is None:
-        known = _KNOWN[id(route)] = frozenset(_query_names(route.dependant))
+        known = taken[route.name] = frozenset(_query_names(route.dependant))
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"

@@ -6,7 +6,14 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 from kyoso.capacity.forecast import Reason
-from kyoso.contract import Capability, MachineState, Process, ShiftCalendar
+from kyoso.contract import (
+    Capability,
+    GatewayReason,
+    GatewayState,
+    MachineState,
+    Process,
+    ShiftCalendar,
+)
 
 Hours = Annotated[float, Field(ge=0, description="Machine-hours.", examples=[12.5])]
 Share = Annotated[float | None, Field(ge=0, description="A ratio.", examples=[0.82])]
@@ -76,8 +83,10 @@ class Problem(_Body):
         description="urn:kyoso:problem:<code>: what kind of problem.",
         examples=["urn:kyoso:problem:not_found"],
     )
-    title: str = Field(description="The kind of problem in words (the HTTP status phrase).",
-                       examples=["Not Found"])  # fmt: skip
+    title: str = Field(
+        description="The kind of problem in words (the HTTP status phrase).",
+        examples=["Not Found"],
+    )
     status: int = Field(description="The HTTP status code.", examples=[404])
     code: ProblemCode = Field(
         description="What went wrong, a stable word to branch on.", examples=["not_found"]
@@ -97,10 +106,8 @@ class GatewayOut(_Body):
     """A gateway's last status, and the samples of it no ingest worker has taken."""
 
     gateway: GatewayId
-    status: Literal["online", "offline"] = Field(
-        description="The last status received.", examples=["online"]
-    )
-    reason: Literal["connected", "shutdown", "connection_lost"] = Field(
+    status: GatewayState = Field(description="The last status received.", examples=["online"])
+    reason: GatewayReason = Field(
         description="Why: connected (online), shutdown (it said goodbye) or connection_lost "
         "(its last will: it vanished).",
         examples=["connected"],

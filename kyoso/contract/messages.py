@@ -191,17 +191,23 @@ class MachineDescription(_Envelope):
     sharing: Sharing = Field(default_factory=Sharing)
 
 
+GatewayState = Literal["online", "offline"]
+GatewayReason = Literal["connected", "shutdown", "connection_lost"]
+"""Why a gateway is in its state: ``connected`` (online), ``shutdown`` or
+``connection_lost`` (its last will)."""
+
+
 class GatewayStatus(_Envelope):
     """A gateway's liveness; retained, and its ``offline`` form is the MQTT last will."""
 
     factory: Id
     gateway: Id
     session: Id
-    status: Literal["online", "offline"]
+    status: GatewayState
     ts: UtcDatetime = Field(
         description="When the gateway composed this message; for the last will, its connect time."
     )
-    reason: Literal["connected", "shutdown", "connection_lost"]
+    reason: GatewayReason
     software: str = Field(default="", max_length=64)
 
     @model_validator(mode="after")

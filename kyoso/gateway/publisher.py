@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -57,6 +57,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from kyoso.contract import (
     MAX_MESSAGE_BYTES,
+    GatewayReason,
+    GatewayState,
     GatewayStatus,
     MachineDescription,
     Sample,
@@ -495,8 +497,8 @@ class MqttPublisher:
 
     def _status(
         self,
-        status: Literal["online", "offline"],
-        reason: Literal["connected", "shutdown", "connection_lost"],
+        status: GatewayState,
+        reason: GatewayReason,
     ) -> bytes:
         cfg, now = self.config, datetime.now(UTC)
         ids = {"factory": cfg.factory, "gateway": cfg.gateway, "session": self.outbox.session}

@@ -296,8 +296,7 @@ class Ingest:
             if incoming.error is not None:
                 letters.append(_letter(incoming, incoming.error.reason, str(incoming.error)))
             elif isinstance(message, WireBatch):
-                key = (message.factory, message.gateway, message.session)
-                self._sort_samples(incoming, message, now, groups.setdefault(key, []), letters)
+                self._sort_samples(incoming, message, now, groups, letters)
             elif isinstance(message, StoreReceipt):
                 self.receipts.heard(message)
             elif isinstance(message, MachineDescription | GatewayStatus):
@@ -316,14 +315,12 @@ class Ingest:
         incoming: Incoming,
         message: WireBatch,
         now: float,
-        group: list[tuple[Incoming, SampleLike]],
+        groups: _Groups,
         letters: list[_Letter],
     ) -> None:
-        """The samples of ``message`` into ``group``, or as letters when refused."""
-        key, conflict_of = (
-            (message.factory, message.gateway, message.session),
-            self._replays.conflict,
-        )
+        """The samples of ``message`` into its session's group, or as letters when refused."""
+        key = (message.factory, message.gateway, message.session)
+        group, conflict_of = groups.setdefault(key, []), self._replays.conflict
         moment, problem = None, None  # a batch's samples often share their ts
         for sample in message.samples:
             if sample.ts is not moment:
