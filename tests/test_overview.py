@@ -154,15 +154,24 @@ def _start_of_day(zone: str, moment: datetime) -> datetime:
 
 
 def _elsewhere(zone: str, moment: datetime) -> str:
-    """A browser time zone whose date differs from ``zone``'s from ``moment`` for an hour
-    at least, whatever the hour: the page must not take the browser's day for the
-    factory's. UTC-12 or UTC+14 (no daylight saving): one of them is always a day apart."""
-    for candidate in ("Etc/GMT+12", "Pacific/Kiritimati"):
-        if all(
-            (moment + timedelta(minutes=m)).astimezone(ZoneInfo(candidate)).date()
-            != (moment + timedelta(minutes=m)).astimezone(ZoneInfo(zone)).date()
-            for m in (0, 60)
-        ):
+    """A browser time zone whose date differs from ``zone``'s at ``moment``, and for the hour
+    after it unless the factory's midnight falls in that hour: the page must not take the
+    browser's day for the factory's. UTC-12 or UTC+14 (no daylight saving): one of them is a
+    day apart at any moment. Should the factory's day turn during the run, the browser may
+    share its new day; the checks accept either of the factory's days."""
+    candidates = ("Etc/GMT+12", "Pacific/Kiritimati")
+
+    def apart(candidate: str, minutes: int) -> bool:
+        later = moment + timedelta(minutes=minutes)
+        return later.astimezone(ZoneInfo(candidate)).date() != later.astimezone(
+            ZoneInfo(zone)
+        ).date()
+
+    for candidate in candidates:
+        if apart(candidate, 0) and apart(candidate, 60):
+            return candidate
+    for candidate in candidates:
+        if apart(candidate, 0):
             return candidate
     raise AssertionError(f"no browser time zone is a day apart from {zone} at {moment}")
 
