@@ -18,6 +18,7 @@ from kyoso.api.bookings import BookingStore
 from kyoso.api.keys import ApiKeyStore, parse_scope
 from kyoso.api.limits import RequestLimits
 from kyoso.api.service import CapacityService
+from kyoso.api.webhook_config import WebhookSettings
 from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import GatewayStatus
 from kyoso.simulators.config import FactoryConfig, load_factory, shipped_factories
@@ -144,10 +145,12 @@ def running_api(
     rules: CapacityRules | None = None,
     clocks: "Clocks | None" = None,
     limits: RequestLimits = UNLIMITED,
+    webhooks: WebhookSettings | None = None,
 ) -> Iterator[Api]:
     """The API over ``region`` with the clock at ``now`` (default: 30 s after its end), or
     on ``clocks`` that the test moves (the request limiter's too); no request limits unless
-    ``limits`` are given."""
+    ``limits`` are given; webhooks in memory, to public addresses only, unless ``webhooks``
+    says otherwise."""
     moment = (now or region.end + timedelta(seconds=30)).timestamp()
     keys = ApiKeyStore(workdir / "keys.sqlite3", create=True)
     scopes = ["admin", "platform", *(f"factory:{f}" for f in region.simulations)]
@@ -171,7 +174,9 @@ def running_api(
             await store.close()
 
     monotonic = time.monotonic if clocks is None else clocks.monotonic
-    app = create_app(service, keys, lifespan=lifespan, limits=limits, monotonic=monotonic)
+    app = create_app(
+        service, keys, lifespan=lifespan, limits=limits, monotonic=monotonic, webhooks=webhooks
+    )
     try:
         with TestClient(app) as client:
             yield Api(client, service, made)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, get_args
 
@@ -89,6 +90,19 @@ def test_the_platform_asks_through_a_generated_client(generated: Any, server: Se
     assert isinstance(factory, models.FactoryCapacityOut)
     assert factory.factory == best.factory
     assert not factory.machines  # null or unset for the platform
+    # What its shared machines can do, and its KPIs summed where it shares them (none here).
+    machines = _module("api.factories.list_machines").sync(client=client, factory=best.factory)
+    assert machines
+    assert all(isinstance(m, models.PublicMachineOut) for m in machines)
+    assert all(m.capabilities and m.timezone for m in machines)
+    kpis = _module("api.factories.get_kpis").sync(
+        client=client,
+        factory=best.factory,
+        start=server.region.end - timedelta(days=1),
+        end=server.region.end,
+    )
+    assert isinstance(kpis, models.SharedKpiReport)
+    assert (kpis.machines, kpis.by_process) == (0, [])
 
 
 def test_problems_arrive_as_typed_models(generated: Any, server: Server) -> None:

@@ -9,6 +9,7 @@ from examples import documented_defaults, uncommented_lines
 from pydantic import BaseModel
 
 from kyoso.api.settings import ApiSettings, load_settings
+from kyoso.api.webhook_config import WebhookSettings
 from kyoso.capacity.rules import CapacityRules
 from kyoso.cli import main
 from kyoso.influx.client import InfluxConfig
@@ -41,7 +42,12 @@ def _real_default(model: type[BaseModel], key: str) -> Any:
 
 @pytest.mark.parametrize(
     ("section", "model"),
-    [(None, ApiSettings), ("capacity", CapacityRules), ("influx", InfluxConfig)],
+    [
+        (None, ApiSettings),
+        ("capacity", CapacityRules),
+        ("influx", InfluxConfig),
+        ("webhooks", WebhookSettings),
+    ],
 )
 def test_the_documented_defaults_are_the_real_ones(
     section: str | None, model: type[BaseModel]

@@ -289,6 +289,7 @@ def test_a_real_server_flooded_with_kpi_reports_keeps_serving_the_others(
         "KYOSO_API_KEYS": str(keys_path),
         "KYOSO_API_BOOKINGS_PATH": str(tmp_path / "bookings.sqlite3"),
         "KYOSO_API_PROFILE_CACHE_PATH": str(tmp_path / "profiles.sqlite3"),
+        "KYOSO_API_WEBHOOKS__PATH": str(tmp_path / "webhooks.sqlite3"),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "kyoso.cli", "api"], env=env, stderr=subprocess.DEVNULL

@@ -31,6 +31,19 @@ OPERATIONS = {
     ("get", "/v1/factories/{factory}/machines/{machine}/bookings"): "get_bookings",
     ("put", "/v1/factories/{factory}/machines/{machine}/bookings"): "put_bookings",
     ("delete", "/v1/factories/{factory}/machines/{machine}/bookings"): "delete_bookings",
+    ("get", "/v1/factories/{factory}/capacity/phased"): "get_factory_phased_capacity",
+    ("get", "/v1/capacity/phased"): "get_region_phased_capacity",
+    ("post", "/v1/holds"): "create_hold",
+    ("get", "/v1/holds"): "list_holds",
+    ("get", "/v1/holds/{hold_id}"): "get_hold",
+    ("post", "/v1/holds/{hold_id}/confirm"): "confirm_hold",
+    ("post", "/v1/holds/{hold_id}/release"): "release_hold",
+    ("get", "/v1/factories/{factory}/audit"): "get_audit_log",
+    ("post", "/v1/webhooks"): "create_webhook",
+    ("get", "/v1/webhooks"): "list_webhooks",
+    ("get", "/v1/webhooks/{webhook_id}"): "get_webhook",
+    ("delete", "/v1/webhooks/{webhook_id}"): "delete_webhook",
+    ("get", "/v1/webhooks/{webhook_id}/deliveries"): "list_webhook_deliveries",
 }
 PROBLEM = "application/problem+json"
 
@@ -149,7 +162,7 @@ def test_every_error_is_a_problem(api: Api) -> None:
     _problem(unauthorized, 401, "unauthorized")
     assert unauthorized.headers["www-authenticate"] == "Bearer"
     _problem(
-        client.get("/v1/factories/okada-machining/machines", headers=platform), 403, "forbidden"
+        client.get("/v1/factories/okada-machining/gateways", headers=platform), 403, "forbidden"
     )
     missing = _problem(
         client.get("/v1/factories/nowhere/capacity", headers=platform), 404, "not_found"

@@ -96,6 +96,7 @@ def test_kyoso_api_serves_the_capacity_over_http(tmp_path: Path) -> None:
         "KYOSO_API_KEYS": str(keys),
         "KYOSO_API_BOOKINGS_PATH": str(tmp_path / "bookings.sqlite3"),
         "KYOSO_API_PROFILE_CACHE_PATH": str(tmp_path / "profiles.sqlite3"),
+        "KYOSO_API_WEBHOOKS__PATH": str(tmp_path / "webhooks.sqlite3"),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "kyoso.cli", "api"], env=env, stderr=subprocess.PIPE, text=True

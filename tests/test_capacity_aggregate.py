@@ -151,3 +151,24 @@ def test_hours_without_confidence_do_not_count_towards_the_machines_needed() -> 
     ]
     [offer] = offers(region, LATHE, hours=20)
     assert (offer.covers, offer.machines_needed, offer.available_s) == (False, None, 50 * H)
+
+
+def test_work_that_cannot_be_split_goes_to_a_machine_that_takes_it_whole() -> None:
+    """12 h on one machine: the most trusted mill (10 h x 0.9) cannot take it alone, a less
+    trusted one (14 h x 0.5) can: that one is offered, and covers."""
+    region = [
+        factory(
+            "okada",
+            machine("sure", MILL, total_h=20, available_h=10, confidence=0.9),
+            machine("roomy", MILL, total_h=20, available_h=14, confidence=0.5),
+            machine("small", MILL, total_h=20, available_h=2, confidence=1.0),
+        )
+    ]
+    [summed_offer] = offers(region, MILL, hours=12)
+    assert summed_offer.qualified == ("sure", "roomy", "small")  # most trusted first
+    [alone] = offers(region, MILL, hours=12, one_machine=True)
+    assert (alone.machines, alone.covers, alone.available_s) == (1, True, 14 * H)
+    assert alone.qualified == ("roomy", "sure", "small")  # the one offered first
+    [too_much] = offers(region, MILL, hours=15, one_machine=True)
+    assert (too_much.covers, too_much.available_s) == (False, 10 * H)  # the most trusted
+    assert too_much.qualified == ("sure", "roomy", "small")

@@ -877,6 +877,7 @@ def test_out_of_range_sample_value_is_refused(path: Path_, value: Json) -> None:
         (("capabilities", 0, "materials"), ["wood"]),
         (("capabilities", 0, "envelope_mm"), [470.0, 470.0]),
         (("capabilities", 0, "force_kn"), 0),
+        (("capabilities", 0, "tolerance_mm"), 0),
         (("ideal_cycle_time_s",), 86_401),
         (("calendar", "timezone"), "Mars/Olympus_Mons"),
         (("calendar", "shifts", 0, "days"), []),
@@ -1023,6 +1024,7 @@ capabilities = st.builds(
     max_thickness_mm=optional(positive(1000)),
     force_kn=optional(positive(100_000)),
     max_part_kg=optional(positive(100_000)),
+    tolerance_mm=optional(st.floats(0.0001, 10)),
 )
 ZONES = ["UTC", "Asia/Tokyo", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]
 

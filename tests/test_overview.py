@@ -95,6 +95,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "KYOSO_API_KEYS": str(keys),
         "KYOSO_API_BOOKINGS_PATH": str(workdir / "bookings.sqlite3"),
         "KYOSO_API_PROFILE_CACHE_PATH": str(workdir / "profiles.sqlite3"),
+        "KYOSO_API_WEBHOOKS__PATH": str(workdir / "webhooks.sqlite3"),
         # The history is written once, not streamed: keep it fresh for the test's length.
         "KYOSO_API_CAPACITY__STALE_AFTER_S": "3600",
     }
@@ -163,9 +164,8 @@ def _elsewhere(zone: str, moment: datetime) -> str:
 
     def apart(candidate: str, minutes: int) -> bool:
         later = moment + timedelta(minutes=minutes)
-        return later.astimezone(ZoneInfo(candidate)).date() != later.astimezone(
-            ZoneInfo(zone)
-        ).date()
+        browser, factory = (later.astimezone(ZoneInfo(z)).date() for z in (candidate, zone))
+        return browser != factory
 
     for candidate in candidates:
         if apart(candidate, 0) and apart(candidate, 60):

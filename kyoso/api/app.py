@@ -9,12 +9,13 @@ carry an ``ETag`` (a ``If-None-Match`` that matches gets 304) and ``Cache-Contro
 """
 
 import base64
+import contextlib
 import hashlib
 import importlib.resources
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -39,8 +40,10 @@ from .openapi import (
     known_query,
     operation_id,
 )
-from .routes import ROUTERS, capacity, factories
+from .routes import ROUTERS, capacity, factories, holds, phased, webhooks
 from .service import CapacityService
+from .webhook_config import WebhookSettings
+from .webhooks import WebhookHub
 
 __all__ = ["create_app"]
 
@@ -78,6 +81,10 @@ _EXPENSIVE: Final = (
     capacity.get_region_capacity,
     capacity.search_capacity,
     capacity.find_cover,
+    phased.get_factory_phased_capacity,
+    phased.get_region_phased_capacity,
+    holds.create_hold,
+    webhooks.create_webhook,
 )
 """The routes that compute (KPIs over a window; capacity when not cached): each key may
 run only so many at once (kyoso/api/limits.py)."""
@@ -108,6 +115,22 @@ def _overview() -> tuple[str, dict[str, str]]:
     return page, headers
 
 
+def _with_webhooks(
+    lifespan: Callable[[FastAPI], Any] | None, hub: WebhookHub
+) -> Callable[[FastAPI], Any]:
+    """``lifespan`` (the stores opened), then the webhooks, stopped first."""
+
+    @contextlib.asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if lifespan is not None:
+                await stack.enter_async_context(lifespan(app))
+            await stack.enter_async_context(hub)
+            yield
+
+    return run
+
+
 def create_app(
     service: CapacityService,
     keys: ApiKeyStore,
@@ -116,18 +139,22 @@ def create_app(
     limits: RequestLimits | None = None,
     cors_origins: Sequence[str] = (),
     monotonic: Callable[[], float] = time.monotonic,
+    webhooks: WebhookSettings | None = None,
 ) -> FastAPI:
     """The FastAPI application over ``service``, authenticating with ``keys``, each key
     within ``limits`` (None: the defaults) on the ``monotonic`` clock; browsers on
-    ``cors_origins`` may call it (CORS; none by default).
+    ``cors_origins`` may call it (CORS; none by default). Webhooks run while the app does,
+    after ``lifespan`` is entered (None: their defaults, but kept in memory).
 
     ``/docs`` and ``/redoc`` load Swagger UI and ReDoc from the installed fastapi-offline
     package, not from a CDN: they work with no network."""
+    settings = webhooks or WebhookSettings(path=None)
+    hub = WebhookHub(settings, service, keys)
     app = FastAPIOffline(
         title="Kyoso capacity API",
         version=__version__,
         description=_DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=_with_webhooks(lifespan, hub),
         static_url=_DOCS_ASSETS,
         redoc_url=None,  # served below, under a policy
         openapi_tags=TAGS,
@@ -138,6 +165,8 @@ def create_app(
     app.state.service = service
     app.state.bodies = AgedBodies()
     app.state.keys = keys
+    app.state.webhooks = hub
+    app.state.streamed = {}  # figures sent on event streams, by event id (routes/capacity.py)
     app.state.query_names = {}  # each operation's query parameters (openapi.known_query)
     app.state.limiter = limiter = Limiter(
         limits or RequestLimits(), expensive=_EXPENSIVE, clock=monotonic

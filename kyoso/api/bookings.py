@@ -6,6 +6,8 @@ own key, and from then on that machine's committed capacity is the booked load, 
 expected load learnt from history (:func:`kyoso.capacity.forecast.forecast`). Deleting
 them returns the machine to the forecast. Putting an empty list declares "nothing booked".
 
+The holds and orders the platform places live in the same file (:mod:`.holds`).
+
 One SQLite file in WAL mode, shared by API replicas on one host; each call is one short
 transaction, so replicas always read what any of them wrote.
 """
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Final
 
 from kyoso.capacity.forecast import Booking
+
+from .holds import HoldStore
 
 __all__ = ["MAX_BOOKINGS_PER_MACHINE", "BookingStore"]
 
@@ -51,6 +55,8 @@ class BookingStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self.holds = HoldStore(self._db, self._lock)
+        """The platform's holds and orders, and the factories' audit log, in the same file."""
 
     def close(self) -> None:
         """Close the file (once a call under way in another thread is done)."""

@@ -3,7 +3,9 @@ query parameters, the figures' shape, and cached (ETag) answers.
 
 The tenant comes from the key, never from the path: a ``factory:<id>`` key asking for
 another factory gets 404 exactly as for a factory that does not exist; a ``platform`` key
-sees aggregated capacity of every factory and search, never per-machine data or telemetry.
+sees aggregated capacity of every factory and search, the public description of shared
+machines and KPIs summed over the machines that share them, never one machine's figures
+or telemetry.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel
 
 from kyoso.capacity.forecast import CapacityFigures
+from kyoso.contract.capabilities import ENVELOPE_MAX_MM
 
 from .keys import ApiKeyStore, Lookup, Principal, ScopeKind
 from .schemas import (
@@ -35,6 +38,7 @@ __all__ = [
     "Caller",
     "End",
     "Horizon",
+    "PartSize",
     "Service",
     "Start",
     "age_s",
@@ -184,6 +188,31 @@ Horizon = Annotated[
 ]
 Start = Annotated[AwareDatetime, Query(description="Window start (RFC 3339).")]
 End = Annotated[AwareDatetime, Query(description="Window end, at most 92 days after start.")]
+
+
+async def _part_mm(
+    part_mm: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9]+(\.[0-9]+)?,[0-9]+(\.[0-9]+)?,[0-9]+(\.[0-9]+)?$",
+            description="The part's size x,y,z in millimetres: it must fit the machine's "
+            "envelope_mm in some axis-aligned orientation.",
+            examples=["120,80,40"],
+        ),
+    ] = None,
+) -> tuple[float, float, float] | None:
+    """``part_mm`` read: three sizes, each > 0 and within the contract's envelope bound."""
+    if part_mm is None:
+        return None
+    x, y, z = (float(side) for side in part_mm.split(","))
+    if not all(0 < side <= ENVELOPE_MAX_MM for side in (x, y, z)):
+        raise invalid(
+            ("query", "part_mm"), f"each size must be > 0 and at most {ENVELOPE_MAX_MM} mm"
+        )
+    return x, y, z
+
+
+PartSize = Annotated[tuple[float, float, float] | None, Depends(_part_mm)]
 
 
 async def own_factory(service: CapacityService, caller: Principal, factory: str) -> None:

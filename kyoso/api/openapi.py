@@ -42,6 +42,12 @@ TAGS: Final = [
     {"name": "events", "description": "Capacity pushed as server-sent events."},
     {"name": "factories", "description": "A factory's own machines, gateways, plans and KPIs."},
     {"name": "bookings", "description": "The work a factory has booked on its machines."},
+    {"name": "webhooks", "description": "Events posted to a receiver the key subscribes."},
+    {
+        "name": "holds",
+        "description": "Machine time the platform holds for its orders, the factory's "
+        "confirmations, and the audit log of every change.",
+    },
 ]
 _PROBLEM: Final = {"$ref": "#/components/schemas/Problem"}
 _CACHING_HEADERS: Final = {
@@ -80,6 +86,8 @@ def document(app: FastAPI) -> dict[str, Any]:
     for operation in _operations(doc):
         responses = operation["responses"]
         responses.setdefault("422", {"description": "The request was refused."})
+        if "requestBody" in operation:
+            responses.setdefault("400", {"description": "The body is not JSON."})
         for code, response in responses.items():
             if code[0] in "45":
                 response["content"] = {MEDIA_TYPE: {"schema": _PROBLEM}}

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .schemas import ProblemCode
 
-__all__ = ["CODES", "MEDIA_TYPE", "install", "problem"]
+__all__ = ["CODES", "MEDIA_TYPE", "Refusal", "install", "problem"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,15 @@ CODES: Final[dict[int, ProblemCode]] = {
 """The ``code`` of each status the API answers with; another status gets ``error``."""
 
 
+class Refusal(StarletteHTTPException):
+    """An HTTP error whose problem says more than its detail: ``members`` (RFC 9457
+    extension members, declared in :class:`~kyoso.api.schemas.Problem`) are added to it."""
+
+    def __init__(self, status: int, detail: str, **members: Any) -> None:
+        super().__init__(status, detail)
+        self.members = members
+
+
 class _ProblemResponse(JSONResponse):
     media_type = MEDIA_TYPE
 
@@ -60,8 +69,9 @@ def problem(
     *,
     headers: Mapping[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
+    members: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
-    """The problem answer of ``status`` for ``request``."""
+    """The problem answer of ``status`` for ``request`` (with ``members`` added)."""
     code: ProblemCode = CODES.get(status, "error")
     body: dict[str, Any] = {
         "type": f"urn:kyoso:problem:{code}",
@@ -73,12 +83,14 @@ def problem(
     }
     if errors is not None:
         body["errors"] = errors
+    body.update(members or {})
     return _ProblemResponse(body, status_code=status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem(request, exc.status_code, str(exc.detail), headers=exc.headers)
+    members = exc.members if isinstance(exc, Refusal) else None
+    return problem(request, exc.status_code, str(exc.detail), headers=exc.headers, members=members)
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:

@@ -100,6 +100,17 @@ class Problem(_Body):
     errors: list[FieldError] | None = Field(
         default=None, description="The refused parts of the request (422 only)."
     )
+    requested_h: float | None = Field(
+        default=None,
+        description="A hold refused for want of room (409): the hours it asked.",
+        examples=[12.0],
+    )
+    available_h: float | None = Field(
+        default=None,
+        description="A hold refused for want of room (409): the most any machine asked "
+        "for has available in its window.",
+        examples=[7.5],
+    )
 
 
 class GatewayOut(_Body):
@@ -241,13 +252,20 @@ class KpiReport(_Body):
     total: PerformanceOut = Field(description="The factory: its machines summed.")
 
 
-class CapacityOut(_Body):
-    """Capacity over the horizon in machine-hours (ISA-95 capability types)."""
+class FiguresOut(_Body):
+    """Capacity in machine-hours (ISA-95 capability types), from now on."""
 
-    total: Hours = Field(description="Planned busy time in the horizon (calendar).")
-    committed: Hours = Field(description="Booked load, or the expected load.")
+    total: Hours = Field(description="Planned busy time (calendar).")
+    committed: Hours = Field(
+        description="The expected load, or the booked load beyond it; holds and orders."
+    )
     unattainable: Hours = Field(description="Down now until expected repair, expected losses.")
     available: Hours = Field(description="total - committed - unattainable, never negative.")
+
+
+class CapacityOut(FiguresOut):
+    """Capacity over the horizon in machine-hours (ISA-95 capability types)."""
+
     confidence: float = Field(
         ge=0,
         le=1,
@@ -342,6 +360,11 @@ class Candidate(_Body):
         examples=[1],
     )
     data_age_s: DataAge
+    qualified_machines: list[MachineId] = Field(
+        description="Its shared machines of the process that meet every attribute asked, "
+        "most trusted first (with one_machine, the one offered first).",
+        examples=[["cnc-02", "cnc-03"]],
+    )
 
 
 class SearchOut(_Body):
@@ -443,6 +466,7 @@ __all__ = [
     "FactoryList",
     "FactoryOut",
     "FieldError",
+    "FiguresOut",
     "GatewayList",
     "GatewayOut",
     "IntervalOut",

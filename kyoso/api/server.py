@@ -78,6 +78,7 @@ def application(settings: ApiSettings, keys: ApiKeyStore) -> FastAPI:
         lifespan=lifespan,
         limits=settings.limits,
         cors_origins=settings.cors_origins,
+        webhooks=settings.webhooks,
     )
 
 

@@ -26,10 +26,11 @@ from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kyoso.capacity.aggregate import FactoryCapacity, MachineCapacity
-from kyoso.capacity.assess import Evidence, assess
-from kyoso.capacity.forecast import forecast
+from kyoso.capacity.assess import Evidence, assess, assess_hourly
+from kyoso.capacity.forecast import Slice, forecast
 from kyoso.capacity.history import FactoryHistory
 from kyoso.capacity.kpi import Performance, TimeElements
 from kyoso.capacity.repair import RepairRecord, stop
@@ -41,6 +42,7 @@ from .bookings import BookingStore
 from .cache import FreshCache
 from .downtime import DownTimes
 from .learning import HistoryLearner
+from .phasing import Phasing
 from .profile_file import ProfileFile
 
 __all__ = ["CapacityService", "FactoryView", "MachineKpis", "MachineView"]
@@ -170,6 +172,8 @@ class CapacityService:
         self._profiles: FreshCache[FactoryHistory] = FreshCache(
             rules.profile_ttl_s, monotonic, serve_stale=True
         )
+        self.phasing = Phasing(self, FreshCache(rules.cache_ttl_s, monotonic, serve_stale=False))
+        """The figures in time (kyoso/api/phasing.py)."""
         self._learner = HistoryLearner(store, rules, kept)
         self._down_times = DownTimes(store, rules.cache_ttl_s, monotonic)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="kyoso-capacity")
@@ -181,13 +185,16 @@ class CapacityService:
         caches = (self._views, self._factories, self._descriptions, self._capacity, self._profiles)
         for cache in caches:
             await cache.close()
+        await self.phasing.close()
         await self._learner.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, factory: str, *, history: bool = False) -> None:
-        """Recompute the factory's capacity on the next request (its bookings changed), and
-        with ``history`` its load profiles too (history was written into its past)."""
+        """Recompute the factory's capacity on the next request (its bookings or holds
+        changed), and with ``history`` its load profiles too (history was written into its
+        past)."""
         self._capacity.forget(lambda key: isinstance(key, tuple) and key[0] == factory)
+        self.phasing.forget(factory)
         if history:
             self._profiles.forget(lambda key: key == factory)
             self._learner.forget(factory)
@@ -273,7 +280,7 @@ class CapacityService:
         }
         return {m for m in unknown if read.get(m, 0.0) <= 0.0}
 
-    async def _history(self, factory: str, as_of: datetime) -> FactoryHistory:
+    async def history(self, factory: str, as_of: datetime) -> FactoryHistory:
         """What the factory's history up to the last whole hour teaches (learnt anew every
         ``profile_ttl_s``, hour by hour; after a restart, what was kept, checked in the
         background: kyoso/api/learning.py)."""
@@ -300,35 +307,56 @@ class CapacityService:
         return await self._capacity.get(*self._refreshed(view, horizon))
 
     async def _compute_capacity(self, view: FactoryView, horizon: timedelta) -> FactoryCapacity:
-        history = await self._history(view.factory, view.as_of)
-        backfilling = self._backfilling()
-
-        def assessed() -> list[MachineCapacity]:
-            declared = self.bookings.declared(view.factory)
-            machines = []
-            for name, machine in view.machines.items():
-                learnt = history.learnt(machine.description)
-                evidence = self._evidence(view, machine, learnt.repairs)
-                machines.append(
-                    assess(
-                        machine.description,
-                        learnt.profile,
-                        evidence,
-                        as_of=view.as_of,
-                        horizon=horizon,
-                        rules=self.rules,
-                        bookings=declared.get(name),
-                        backfilling=backfilling,
-                    )
-                )
-                time.sleep(0)  # the event loop may have the interpreter: it need not wait 5 ms
-            return machines
-
-        # The bookings' read and the CPU work (an hour loop per machine): off the loop.
-        machines = await asyncio.get_running_loop().run_in_executor(self._worker, assessed)
+        machines = [m for m, _ in await self.assessed(view, horizon)]
         return FactoryCapacity(
             view.factory, view.as_of, horizon, view.offline, view.newest, machines
         )
+
+    async def assessed(
+        self,
+        view: FactoryView,
+        horizon: timedelta,
+        *,
+        hourly: bool = False,
+        only: str | None = None,
+    ) -> list[tuple[MachineCapacity, list[Slice]]]:
+        """Each described machine of ``view`` (or ``only`` that one) assessed over the
+        horizon from the view's moment, with its bookings and the platform's holds; with
+        ``hourly``, hour by hour too (kyoso/capacity/phased.py)."""
+        history = await self.history(view.factory, view.as_of)
+        backfilling = self._backfilling()
+
+        def assessed() -> list[tuple[MachineCapacity, list[Slice]]]:
+            declared = self.bookings.declared(view.factory)
+            held = self.bookings.holds.active(view.factory, view.as_of)
+            machines = []
+            for name, machine in view.machines.items():
+                if only is not None and name != only:
+                    continue
+                learnt = history.learnt(machine.description)
+                evidence = self._evidence(view, machine, learnt.repairs)
+                options: dict[str, Any] = {
+                    "as_of": view.as_of,
+                    "horizon": horizon,
+                    "rules": self.rules,
+                    "bookings": declared.get(name),
+                    "held": held.get(name, ()),
+                    "backfilling": backfilling,
+                }
+                if hourly:
+                    machines.append(
+                        assess_hourly(machine.description, learnt.profile, evidence, **options)
+                    )
+                else:
+                    machines.append(
+                        (assess(machine.description, learnt.profile, evidence, **options), [])
+                    )
+                time.sleep(0)  # the event loop may have the interpreter: it need not wait 5 ms
+            return machines
+
+        # The bookings' and holds' reads and the CPU work (an hour loop per machine): off
+        # the loop.
+        return await asyncio.get_running_loop().run_in_executor(self._worker, assessed)
 
     @staticmethod
     def _evidence(view: FactoryView, machine: MachineView, repairs: RepairRecord) -> Evidence:
@@ -347,7 +375,7 @@ class CapacityService:
         known of it), None for a machine that works."""
         view = await self.view(factory)
         found = view.machines[machine]
-        learnt = (await self._history(factory, view.as_of)).learnt(found.description)
+        learnt = (await self.history(factory, view.as_of)).learnt(found.description)
         if found.stale or view.offline or found.unreadable:
             return self.rules.repair_estimate_s
         stopped = stop(found.down_for_s, learnt.repairs, self.rules)
@@ -364,7 +392,7 @@ class CapacityService:
         begin = max(start, view.as_of)
         if end <= begin:
             return 0.0, 0.0
-        learnt = (await self._history(factory, view.as_of)).learnt(found.description)
+        learnt = (await self.history(factory, view.as_of)).learnt(found.description)
         stopped = stop(found.down_for_s, learnt.repairs, self.rules)
         figures = forecast(
             found.description.calendar,
@@ -378,14 +406,21 @@ class CapacityService:
 
     async def expected_work(self, factory: str, machine: str, span: timedelta) -> float:
         """Seconds of work ``machine`` was expected to do in ``span`` from now, as if it
-        worked (its bookings and expected load): what a neighbour must take if it cannot."""
+        worked (its bookings, expected load, and the platform's holds and orders on it):
+        what a neighbour must take if it cannot."""
         view = await self.view(factory)
         found = view.machines[machine]
-        history = await self._history(factory, view.as_of)
+        history = await self.history(factory, view.as_of)
         profile = history.learnt(found.description).profile
         declared = await asyncio.to_thread(self.bookings.declared, factory)
+        held = await asyncio.to_thread(self.bookings.holds.held_on, factory, machine, view.as_of)
         figures = forecast(
-            found.description.calendar, profile, view.as_of, span, bookings=declared.get(machine)
+            found.description.calendar,
+            profile,
+            view.as_of,
+            span,
+            bookings=declared.get(machine),
+            held=held[1],
         )
         return figures.committed_s
 
@@ -446,21 +481,35 @@ class CapacityService:
         )
 
     async def kpis(
-        self, factory: str, start: datetime, end: datetime, machine: str | None = None
+        self,
+        view: FactoryView,
+        start: datetime,
+        end: datetime,
+        machine: str | None = None,
+        *,
+        shared_only: bool = False,
     ) -> list[MachineKpis]:
-        """ISO 22400 figures of each described machine (or one) over ``[start, end)``."""
-        view = await self.view(factory)
+        """ISO 22400 figures over ``[start, end)`` of each machine described in ``view`` (or
+        one), with ``shared_only`` of those whose factory shares their KPIs
+        (``sharing.kpis``) alone: then the store is not asked when none does."""
+        described = {
+            name: m.description
+            for name, m in view.machines.items()
+            if (machine is None or name == machine)
+            and (m.description.sharing.kpis or not shared_only)
+        }
+        if not described:
+            return []
         states, counters = await asyncio.gather(
-            self.store.state_seconds(factory, machine, start, end),
-            self.store.counter_totals(factory, machine, start, end),
+            self.store.state_seconds(view.factory, machine, start, end),
+            self.store.counter_totals(view.factory, machine, start, end),
         )
         counts = {c.machine: c.totals for c in counters}
         result = []
         for window in states:
-            described = view.machines.get(window.machine)
-            if described is None:
+            description = described.get(window.machine)
+            if description is None:
                 continue
-            description = described.description
             pbt = description.calendar.planned_seconds(start, end)
             elements = TimeElements.measured(pbt, window.seconds, window.no_data_s)
             performance = Performance.of_machine(

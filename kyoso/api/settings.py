@@ -16,6 +16,7 @@ from kyoso.store.choice import StoreChoice
 from kyoso.validation import FileSettings, load_yaml_settings
 
 from .limits_config import RequestLimits
+from .webhook_config import WebhookSettings
 
 __all__ = ["ENV_PREFIX", "ApiSettings", "load_settings"]
 
@@ -36,7 +37,9 @@ class ApiSettings(StoreChoice, FileSettings):
         description="API key store; `kyoso api --config FILE keys ...` manages this one.",
     )
     bookings_path: Path = Field(
-        Path("var/bookings.sqlite3"), description="Bookings factories declare through the API."
+        Path("var/bookings.sqlite3"),
+        description="Bookings factories declare, the platform's holds and orders, and the "
+        "factories' audit log of both.",
     )
     profile_cache_path: Path | None = Field(
         Path("var/profiles.sqlite3"),
@@ -45,6 +48,7 @@ class ApiSettings(StoreChoice, FileSettings):
     )
     capacity: CapacityRules = Field(default_factory=CapacityRules)
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Web origins (https://platform.example) whose pages may call the API "

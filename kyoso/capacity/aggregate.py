@@ -13,6 +13,8 @@ Rules:
   whole order before one that sums three lathes); then by available hours weighted by
   confidence, then by factory id (a stable order). Hours with no confidence never cover a
   request.
+- Work that **cannot be split** (``one_machine``) is offered on one machine: the most
+  trusted of those that cover it alone, or, if none does, the most trusted of all.
 """
 
 from collections.abc import Callable, Sequence
@@ -160,6 +162,9 @@ class Offer:
     machines_needed: int | None
     """The fewest of its machines whose hours cover the request (None: they do not)."""
     newest: datetime | None
+    qualified: tuple[str, ...]
+    """Its machines that qualified (process, shared, and kept by ``suits``), most trusted
+    first; with ``one_machine`` the one offered is first."""
 
 
 def offers(
@@ -172,8 +177,8 @@ def offers(
 ) -> list[Offer]:
     """The factories whose shared machines of ``process`` (those that ``suits`` keeps) can
     take some of ``hours``, ranked (see the module docstring). With ``one_machine`` a
-    factory offers its one machine with the most trusted available hours, never a sum: the
-    work cannot be split between machines."""
+    factory offers one machine, never a sum: the work cannot be split between machines."""
+    seconds = hours * 3600.0
     found = []
     for capacity in factories:
         machines = sorted(
@@ -187,20 +192,23 @@ def offers(
         )
         if not machines:
             continue
-        if one_machine:
-            machines = machines[:1]
-        total = summed(machines)
-        needed = _needed(machines, hours * 3600.0)
+        if one_machine:  # the most trusted machine that covers alone, else the most trusted
+            first = next((m for m in machines if _needed([m], seconds) is not None), machines[0])
+            machines = [first, *(m for m in machines if m is not first)]
+        offered = machines[:1] if one_machine else machines
+        total = summed(offered)
+        needed = _needed(offered, seconds)
         found.append(
             Offer(
                 factory=capacity.factory,
                 available_s=total.figures.available_s,
                 confidence=total.confidence,
-                machines=len(machines),
+                machines=len(offered),
                 covers=needed is not None,
-                largest_s=machines[0].figures.available_s,
+                largest_s=offered[0].figures.available_s,
                 machines_needed=needed,
                 newest=capacity.newest,
+                qualified=tuple(m.machine for m in machines),
             )
         )
     return sorted(

@@ -5,17 +5,19 @@ the backtest both call :func:`assess`, so what is measured is what is served).""
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from kyoso.contract import MachineDescription
 
 from .aggregate import MachineCapacity
 from .confidence import confidence
 from .evidence import withdrawal
-from .forecast import Booking, LoadProfile, forecast
+from .forecast import Booking, CapacityFigures, LoadProfile, Slice, forecast, hourly
+from .phased import withdrawn
 from .repair import RepairRecord, stop
 from .rules import CapacityRules
 
-__all__ = ["Evidence", "assess"]
+__all__ = ["Evidence", "assess", "assess_hourly"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +46,72 @@ def assess(
     horizon: timedelta,
     rules: CapacityRules,
     bookings: Sequence[Booking] | None = None,
+    held: Sequence[Booking] = (),
     backfilling: bool = False,
 ) -> MachineCapacity:
     """The machine's capacity over ``[as_of, as_of + horizon)`` (docs/api.md)."""
-    stopped = stop(evidence.down_for_s, evidence.repairs, rules)
-    kind, rest_s = stopped if stopped is not None else ("down", 0.0)
     figures = forecast(
         description.calendar,
         profile,
         as_of,
         horizon,
-        down_now=stopped is not None and not evidence.stale,
-        repair_estimate=timedelta(seconds=rest_s),
-        down_reason=kind,
         bookings=bookings,
+        held=held,
+        **_stopped(evidence, rules),
     )
+    return _judged(description, profile, evidence, figures, rules, backfilling=backfilling)[0]
+
+
+def assess_hourly(
+    description: MachineDescription,
+    profile: LoadProfile,
+    evidence: Evidence,
+    *,
+    as_of: datetime,
+    horizon: timedelta,
+    rules: CapacityRules,
+    bookings: Sequence[Booking] | None = None,
+    held: Sequence[Booking] = (),
+    backfilling: bool = False,
+) -> tuple[MachineCapacity, list[Slice]]:
+    """:func:`assess`, and the same figures hour by hour (kyoso/capacity/phased.py)."""
+    figures, cut = hourly(
+        description.calendar,
+        profile,
+        as_of,
+        horizon,
+        bookings=bookings,
+        held=held,
+        **_stopped(evidence, rules),
+    )
+    machine, withdraw = _judged(
+        description, profile, evidence, figures, rules, backfilling=backfilling
+    )
+    return machine, withdrawn(cut) if withdraw else cut
+
+
+def _stopped(evidence: Evidence, rules: CapacityRules) -> dict[str, Any]:
+    """The forecast's options for a stop under way (none: not down, or not heard)."""
+    stopped = stop(evidence.down_for_s, evidence.repairs, rules)
+    kind, rest_s = stopped if stopped is not None else ("down", 0.0)
+    return {
+        "down_now": stopped is not None and not evidence.stale,
+        "repair_estimate": timedelta(seconds=rest_s),
+        "down_reason": kind,
+    }
+
+
+def _judged(
+    description: MachineDescription,
+    profile: LoadProfile,
+    evidence: Evidence,
+    figures: CapacityFigures,
+    rules: CapacityRules,
+    *,
+    backfilling: bool,
+) -> tuple[MachineCapacity, bool]:
+    """The machine's capacity from its forecast and what is known of it now, and whether
+    the evidence withdraws it."""
     reason = withdrawal(
         offline=evidence.stale or evidence.offline,
         unreadable=evidence.unreadable,
@@ -69,7 +122,7 @@ def assess(
         figures = figures.withdrawn(reason)
     if backfilling:
         figures = figures.noted("history:backfilling")
-    return MachineCapacity(
+    machine = MachineCapacity(
         machine=description.machine,
         processes=tuple(dict.fromkeys(c.process for c in description.capabilities)),
         figures=figures,
@@ -78,3 +131,4 @@ def assess(
         newest=evidence.newest,
         shared=description.sharing.capacity,
     )
+    return machine, reason is not None

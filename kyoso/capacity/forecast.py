@@ -18,6 +18,11 @@ For a horizon ``[as_of, as_of + H)``:
   backtest, a region whose factories declare the work they then did: 85 % MAPE with
   bookings added on top of the expected load, 15 % with bookings consuming it, always on
   the safe side).
+- **held** load (holds and orders the matching platform placed, :mod:`kyoso.api.holds`) is
+  work from outside the factory: it comes on top of the committed load, never consumed by
+  it, each hold taking its hours from what is available in its window in proportion to
+  each hour's available time (so a hold accepted because its window had the room never
+  overfills an hour), holds in the order they were placed.
 - **unattainable** = the planned time of a machine that is down now, until its expected
   repair (learnt per machine, :mod:`.repair`), plus the expected losses in the rest of the
   horizon: the delay share (ADET over the observed time) by hour of the week, as above.
@@ -49,9 +54,12 @@ __all__ = [
     "LoadProfile",
     "ProfileMethod",
     "Reason",
+    "Slice",
     "WeekHour",
     "forecast",
+    "free_in",
     "hour_load",
+    "hourly",
     "week_hours",
 ]
 
@@ -66,6 +74,7 @@ Reason = Literal[
     "forecast:recent_days",
     "forecast:no_history",
     "booked",
+    "held",
     "down",
     "minor_stop",
     "no_planned_time",
@@ -245,49 +254,213 @@ def forecast(
     repair_estimate: timedelta = timedelta(hours=2),
     down_reason: Reason = "down",
     bookings: Iterable[Booking] | None = None,
+    held: Sequence[Booking] = (),
 ) -> CapacityFigures:
     """The capacity figures of one machine over ``[as_of, as_of + horizon)``.
 
     Committed is the expected load (the profile's busy share of each hour). ``bookings``
     consume it (see the module docstring): over the hours they span, committed is the
-    larger of the booked load and the expected load, never less than without them."""
-    end = as_of + horizon
-    zone = ZoneInfo(calendar.timezone)
-    planned = calendar.planned_intervals(as_of, end)
-    repaired = as_of + repair_estimate if down_now else as_of
-    booked = None if bookings is None else _booked(calendar, bookings, planned)
-    total = unattainable = 0.0
-    hours: list[tuple[float, float, float]] = []
-    """Per attainable hour: its time less expected losses, expected load, booked load."""
-    for a, b in planned:
-        for begin, hi in _hours(a, b):
-            total += (hi - begin).total_seconds()
-            lo = max(begin, repaired)
-            if lo >= hi:
-                unattainable += (hi - begin).total_seconds()
-                continue
-            unattainable += (lo - begin).total_seconds()
-            seconds = (hi - lo).total_seconds()
-            hour = _hour_of_week(lo, zone)
-            loss = profile.lost[hour] * seconds
-            taken = 0.0 if booked is None else min(seconds, booked(lo, hi))
-            hours.append((seconds - loss, min(profile.busy[hour] * seconds, seconds - loss), taken))
-            unattainable += loss
-    # Bookings consume the expected load of the hours they span: there, committed is the
-    # larger of the booked and the expected load, within what those hours can hold.
-    spanned = [(room, expected, taken) for room, expected, taken in hours if taken > 0]
-    committed = math.fsum(expected for _, expected, taken in hours if taken <= 0) + min(
-        max(math.fsum(t for *_, t in spanned), math.fsum(e for _, e, _ in spanned)),
-        math.fsum(room for room, *_ in spanned),
+    larger of the booked load and the expected load, never less than without them. The
+    ``held`` load comes on top, within what is available in each hold's window."""
+    hours = _hourly(
+        calendar,
+        profile,
+        as_of,
+        as_of + horizon,
+        down_now=down_now,
+        repair_estimate=repair_estimate,
+        bookings=bookings,
     )
-    reasons: list[Reason] = ["booked"] if booked is not None else []
+    if held:
+        committed = math.fsum(c.committed_s for c in _place(_spread(hours), held))
+    else:
+        # Bookings consume the expected load of the hours they span: there, committed is
+        # the larger of the booked and the expected load, within what those hours can hold.
+        spanned = [h for h in hours if h.taken > 0]
+        committed = math.fsum(h.expected for h in hours if h.taken <= 0) + min(
+            max(math.fsum(h.taken for h in spanned), math.fsum(h.expected for h in spanned)),
+            math.fsum(h.room for h in spanned),
+        )
+    reasons = _reasons(profile, down_now, down_reason, bookings is not None, bool(held))
+    return _figures(hours, committed, reasons)
+
+
+def hourly(
+    calendar: ShiftCalendar,
+    profile: LoadProfile,
+    as_of: datetime,
+    horizon: timedelta,
+    *,
+    down_now: bool = False,
+    repair_estimate: timedelta = timedelta(hours=2),
+    down_reason: Reason = "down",
+    bookings: Iterable[Booking] | None = None,
+    held: Sequence[Booking] = (),
+) -> tuple[CapacityFigures, list["Slice"]]:
+    """The figures of :func:`forecast`, and the same hour by hour (they add up to them)."""
+    hours = _hourly(
+        calendar,
+        profile,
+        as_of,
+        as_of + horizon,
+        down_now=down_now,
+        repair_estimate=repair_estimate,
+        bookings=bookings,
+    )
+    cut = _place(_spread(hours), held)
+    reasons = _reasons(profile, down_now, down_reason, bookings is not None, bool(held))
+    return _figures(hours, math.fsum(c.committed_s for c in cut), reasons), cut
+
+
+def _reasons(
+    profile: LoadProfile, down_now: bool, down_reason: Reason, booked: bool, held: bool
+) -> list[Reason]:
+    reasons: list[Reason] = ["booked"] if booked else []
+    if held:
+        reasons.append("held")
     reasons.append(_FORECAST[profile.method])
     if down_now:
         reasons.append(down_reason)
+    return reasons
+
+
+def _figures(hours: Sequence["_Hour"], committed: float, reasons: list[Reason]) -> CapacityFigures:
+    total = math.fsum(h.total for h in hours)
+    unattainable = math.fsum(h.unattainable for h in hours)
     if total == 0:
         reasons.append("no_planned_time")
     available = max(0.0, total - committed - unattainable)
     return CapacityFigures(total, committed, unattainable, available, tuple(reasons))
+
+
+@dataclass(slots=True)  # not frozen: one per machine-hour, and frozen ones cost 5x to make
+class Slice:
+    """A stretch of one machine's planned time within one UTC hour, and its figures: the
+    horizon's figures of :func:`forecast`, hour by hour (they add up to them)."""
+
+    start: datetime
+    end: datetime
+    total_s: float
+    committed_s: float
+    unattainable_s: float
+    free: bool
+    """Neither booked nor held, and attainable (not awaiting a repair): a job could run
+    here without interrupting or being interrupted by declared work."""
+
+    @property
+    def available_s(self) -> float:
+        return max(0.0, self.total_s - self.committed_s - self.unattainable_s)
+
+    def share(self, start: datetime, end: datetime) -> float:
+        """The share of this stretch within ``[start, end)``."""
+        inside = (min(self.end, end) - max(self.start, start)).total_seconds()
+        return max(0.0, inside) / (self.end - self.start).total_seconds()
+
+
+def free_in(cut: Sequence[Slice], start: datetime, end: datetime) -> float:
+    """Available seconds of ``cut`` within ``[start, end)`` (an hour partly inside counts
+    its available time in proportion)."""
+    return math.fsum(s.available_s * s.share(start, end) for s in cut)
+
+
+@dataclass(slots=True)  # not frozen: one per machine-hour, and frozen ones cost 5x to make
+class _Hour:
+    """A stretch of planned time within one UTC hour, as :func:`forecast` sees it."""
+
+    begin: datetime
+    end: datetime
+    total: float
+    unattainable: float
+    """Awaiting a repair, and the expected losses."""
+    room: float
+    """Attainable time less expected losses: what load can fill."""
+    expected: float
+    """The expected load (within the room)."""
+    taken: float
+    """Booked load (within the attainable time)."""
+
+
+def _hourly(
+    calendar: ShiftCalendar,
+    profile: LoadProfile,
+    as_of: datetime,
+    end: datetime,
+    *,
+    down_now: bool,
+    repair_estimate: timedelta,
+    bookings: Iterable[Booking] | None,
+) -> list[_Hour]:
+    zone = ZoneInfo(calendar.timezone)
+    planned = calendar.planned_intervals(as_of, end)
+    repaired = as_of + repair_estimate if down_now else as_of
+    booked = None if bookings is None else _booked(calendar, bookings, planned)
+    hours: list[_Hour] = []
+    for a, b in planned:
+        for begin, hi in _hours(a, b):
+            length = (hi - begin).total_seconds()
+            lo = max(begin, repaired)
+            if lo >= hi:
+                hours.append(_Hour(begin, hi, length, length, 0.0, 0.0, 0.0))
+                continue
+            seconds = (hi - lo).total_seconds()
+            hour = _hour_of_week(lo, zone)
+            loss = profile.lost[hour] * seconds
+            taken = 0.0 if booked is None else min(seconds, booked(lo, hi))
+            room = seconds - loss
+            unattainable = (lo - begin).total_seconds() + loss
+            expected = min(profile.busy[hour] * seconds, room)
+            hours.append(_Hour(begin, hi, length, unattainable, room, expected, taken))
+    return hours
+
+
+def _spread(hours: Sequence[_Hour]) -> list[Slice]:
+    """Each hour's share of the committed load :func:`forecast` finds: the expected load
+    where nothing is booked; over the hours bookings span, their total (the larger of the
+    booked and the expected load, within the room) laid first where it is booked, then
+    where it is expected, then over the room left, so no hour holds more than its room."""
+    spanned = {i: h for i, h in enumerate(hours) if h.taken > 0}
+    base = {i: min(h.taken, h.room) for i, h in spanned.items()}
+    booked = math.fsum(h.taken for h in spanned.values())
+    expected = math.fsum(h.expected for h in spanned.values())
+    total = min(max(booked, expected), math.fsum(h.room for h in spanned.values()))
+    rest = max(0.0, total - math.fsum(base.values()))
+    beyond = {i: max(0.0, h.expected - base[i]) for i, h in spanned.items()}
+    first = _shares(min(rest, math.fsum(beyond.values())), beyond)
+    room = {i: h.room - base[i] - first[i] for i, h in spanned.items()}
+    second = _shares(rest - math.fsum(first.values()), room)
+    return [
+        Slice(
+            h.begin,
+            h.end,
+            h.total,
+            base[i] + first[i] + second[i] if i in spanned else h.expected,
+            h.unattainable,
+            i not in spanned and h.room > 0,
+        )
+        for i, h in enumerate(hours)
+    ]
+
+
+def _shares(amount: float, weights: dict[int, float]) -> dict[int, float]:
+    """``amount`` split in proportion to ``weights`` (none of it when they are all 0)."""
+    whole = math.fsum(weights.values())
+    if amount <= 0 or whole <= 0:
+        return dict.fromkeys(weights, 0.0)
+    return {k: amount * w / whole for k, w in weights.items()}
+
+
+def _place(cut: list[Slice], held: Sequence[Booking]) -> list[Slice]:
+    """``cut`` with each held load added, in order, where its window has room left: in
+    proportion to each hour's available time there (so never more than it; what finds no
+    room, when the machine lost time after the hold was accepted, is not counted)."""
+    for hold in held:
+        room = {i: s.available_s * s.share(hold.start, hold.end) for i, s in enumerate(cut)}
+        wanted = (hold.hours or 0.0) * 3600.0
+        for i, seconds in _shares(min(wanted, math.fsum(room.values())), room).items():
+            if seconds > 0:
+                s = cut[i]
+                cut[i] = replace(s, committed_s=s.committed_s + seconds, free=False)
+    return cut
 
 
 def _hours(start: datetime, end: datetime) -> Iterable[tuple[datetime, datetime]]:

@@ -210,6 +210,27 @@ class ShiftCalendar(_Strict):
                         return shift, begin.astimezone(UTC), finish.astimezone(UTC)
         return None
 
+    def shifts_between(
+        self, start: datetime, end: datetime
+    ) -> list[tuple[Shift, datetime, datetime]]:
+        """The shifts overlapping ``[start, end)``, in time order, each with its start and
+        end in UTC, breaks included (holidays start none; maintenance does not cut them)."""
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware")
+        zone = ZoneInfo(self.timezone)
+        day = start.astimezone(zone).date() - timedelta(days=1)
+        last = end.astimezone(zone).date()
+        found = []
+        while day <= last:
+            if day not in self.holidays:
+                for shift in self.shifts:
+                    if WEEKDAYS[day.weekday()] in shift.days:
+                        begin, finish = _shift_span(shift, day, zone)
+                        if begin < end and finish > start:
+                            found.append((shift, begin.astimezone(UTC), finish.astimezone(UTC)))
+            day += timedelta(days=1)
+        return sorted(found, key=lambda item: (item[1], item[2]))
+
     def is_planned(self, moment: datetime) -> bool:
         """Whether ``moment`` falls in planned busy time."""
         return bool(self.planned_intervals(moment, moment + timedelta(microseconds=1)))

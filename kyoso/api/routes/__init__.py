@@ -1,8 +1,15 @@
 """The capacity API's routes under ``/v1``, one router per resource."""
 
-from . import bookings, capacity, factories
+from . import bookings, capacity, factories, holds, phased, webhooks
 
-ROUTERS = [factories.router, capacity.router, bookings.router]
+ROUTERS = [
+    factories.router,
+    capacity.router,
+    phased.router,
+    bookings.router,
+    holds.router,
+    webhooks.router,
+]
 """In the order the OpenAPI document lists them."""
 
 __all__ = ["ROUTERS"]

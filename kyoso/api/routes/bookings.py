@@ -125,6 +125,10 @@ async def put_bookings(
                 )
     bookings = [Booking(b.start, b.end, b.hours) for b in body.bookings]
     await asyncio.to_thread(service.bookings.replace, factory, machine, bookings)
+    detail = {"machine": machine, "bookings": body.model_dump(mode="json")["bookings"]}
+    await asyncio.to_thread(
+        service.bookings.holds.record, factory, "bookings_put", caller.key_id, detail, now
+    )
     service.forget(factory)
     return BookingsOut(factory=factory, machine=machine, declared=True, bookings=body.bookings)
 
@@ -137,5 +141,13 @@ async def delete_bookings(factory: Id, machine: Id, service: Service, caller: Ca
     _factory_only(caller)
     await own_factory(service, caller, factory)
     await machine_of(service, factory, machine)
-    await asyncio.to_thread(service.bookings.clear, factory, machine)
+    if await asyncio.to_thread(service.bookings.clear, factory, machine):
+        await asyncio.to_thread(
+            service.bookings.holds.record,
+            factory,
+            "bookings_cleared",
+            caller.key_id,
+            {"machine": machine},
+            service.now(),
+        )
     service.forget(factory)

@@ -10,7 +10,9 @@ from fastapi.responses import StreamingResponse
 
 from kyoso.capacity import aggregate
 from kyoso.capacity.aggregate import CapacitySum, FactoryCapacity, MachineCapacity
+from kyoso.capacity.requirement import Requirement
 from kyoso.contract import Id, Material, Process
+from kyoso.contract.capabilities import TOLERANCE_COARSEST_MM, TOLERANCE_FINEST_MM
 
 from ..aged import AgedBodies, same_objects
 from ..deps import (
@@ -18,6 +20,7 @@ from ..deps import (
     ERRORS,
     Caller,
     Horizon,
+    PartSize,
     Service,
     age_s,
     any_factory,
@@ -25,6 +28,7 @@ from ..deps import (
     figures_out,
     figures_tag,
     in_hours,
+    invalid,
     machine_of,
     regional,
 )
@@ -42,6 +46,7 @@ from ..schemas import (
     SearchOut,
 )
 from ..service import CapacityService
+from ..webhook_watch import look_interval_s
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
@@ -139,25 +144,22 @@ async def _candidates(
     process: Process,
     hours: float,
     within_days: float,
-    material: Material | None,
+    needs: Requirement | None,
     *,
     one_machine: bool = False,
 ) -> tuple[datetime, list[Candidate]]:
-    """The ranked candidates, and when their figures were computed."""
+    """The ranked candidates whose machines meet ``needs`` (None: any machine of the
+    process), and when their figures were computed."""
     factories = await service.region(timedelta(days=within_days))
     suitable: set[tuple[str, str]] | None = None
-    if material is not None:  # the descriptions are read only when a material is asked for
-        suitable = set()
-        for capacity in factories:
-            view = await service.view(capacity.factory)
-            suitable |= {
-                (capacity.factory, name)
-                for name, machine in view.machines.items()
-                if any(
-                    c.process == process and material in c.materials
-                    for c in machine.description.capabilities
-                )
-            }
+    if needs is not None and needs.asks:  # descriptions are read only when something is asked
+        views = await asyncio.gather(*(service.view(c.factory) for c in factories))
+        suitable = {
+            (view.factory, name)
+            for view in views
+            for name, machine in view.machines.items()
+            if needs.met_by(process, machine.description.capabilities)
+        }
 
     def suits(capacity: FactoryCapacity, machine: MachineCapacity) -> bool:
         return suitable is None or (capacity.factory, machine.machine) in suitable
@@ -173,6 +175,7 @@ async def _candidates(
             largest_machine=in_hours(o.largest_s),
             machines_needed=o.machines_needed,
             data_age_s=age_s(o.newest, now),
+            qualified_machines=list(o.qualified),
         )
         for o in aggregate.offers(factories, process, hours, suits, one_machine=one_machine)
     ]
@@ -187,18 +190,48 @@ async def search_capacity(
     hours: Annotated[float, Query(gt=0, le=100_000, description="Machine-hours needed.")],
     within_days: Annotated[float, Query(gt=0, le=31, description="Within the next days.")],
     material: Annotated[Material | None, Query(description="A material to process.")] = None,
+    part_mm: PartSize = None,
+    thickness_mm: Annotated[
+        float | None,
+        Query(gt=0, le=1000, description="Sheet or wall thickness: at most max_thickness_mm."),
+    ] = None,
+    force_kn: Annotated[
+        float | None,
+        Query(gt=0, le=100_000, description="Press or clamping force needed: at most force_kn."),
+    ] = None,
+    part_kg: Annotated[
+        float | None, Query(gt=0, le=100_000, description="Part weight: at most max_part_kg.")
+    ] = None,
+    tolerance_mm: Annotated[
+        float | None,
+        Query(
+            ge=TOLERANCE_FINEST_MM,
+            le=TOLERANCE_COARSEST_MM,
+            description="The part's tightest tolerance, as a ± half-width in millimetres: "
+            "the machine's tolerance_mm must be at most this.",
+        ),
+    ] = None,
     one_machine: Annotated[
         bool, Query(description="The hours must fit on one machine, not a factory's sum.")
     ] = False,
     service: Service,
     caller: Caller,
 ) -> Response:
-    """Who can take ``hours`` of ``process`` within ``within_days``: factories whose
-    available hours cover it first, those needing the fewest machines for it first, then
-    by available hours times confidence."""
+    """Who can take ``hours`` of ``process`` within ``within_days`` on machines that meet
+    every attribute asked, where their descriptions state it (an unstated one does not
+    qualify): factories whose available hours cover it first, those needing the fewest
+    machines for it first, then by available hours times confidence."""
     regional(caller)
+    needs = Requirement(
+        material=material,
+        part_mm=part_mm,
+        thickness_mm=thickness_mm,
+        force_kn=force_kn,
+        part_kg=part_kg,
+        tolerance_mm=tolerance_mm,
+    )
     as_of, ranked = await _candidates(
-        service, process, hours, within_days, material, one_machine=one_machine
+        service, process, hours, within_days, needs, one_machine=one_machine
     )
     body = SearchOut(
         process=process, hours=hours, within_days=within_days, as_of=as_of, candidates=ranked
@@ -272,10 +305,14 @@ async def find_cover(
 
 EVENT_MIN_CHANGE_H: Final = 0.25
 """Default of ``min_change_h``: a quarter of an hour of any figure."""
-_EVENTS_LOOK_AT_MOST_S: Final = 0.1
-"""An event stream looks at the figures at most this often, whatever ``view_ttl_s``."""
 _KEEP_ALIVE_S: Final = 15.0
 """A quiet event stream sends a comment this often (proxies close idle connections)."""
+_REMEMBERED: Final = 64
+"""The figures of the events last sent (by id, in ``app.state.streamed``) that a stream
+resumed with one of those ids starts from."""
+
+Rows = dict[tuple[str, str], tuple[Any, ...]]
+"""A regional answer's figures by (factory or "" for the region, process)."""
 
 
 @router.get(
@@ -293,6 +330,15 @@ async def stream_capacity_events(
     min_change_h: Annotated[
         float, Query(ge=0, le=1000, description="Send when a figure moves by this many hours.")
     ] = EVENT_MIN_CHANGE_H,
+    min_available_h: Annotated[
+        float | None,
+        Query(
+            gt=0,
+            le=100_000,
+            description="Send only when available hours (of the region or a factory, per "
+            "capability listed) cross this, either way; not with min_change_h.",
+        ),
+    ] = None,
     last_event_id: Annotated[str | None, Header(description="Resume: the last id seen.")] = None,
     service: Service,
     caller: Caller,
@@ -300,20 +346,34 @@ async def stream_capacity_events(
     """Server-sent events: ``capacity`` with the regional capacity (as ``/v1/capacity``, only
     ``process`` and ``factory`` if given), at once and whenever a figure changes: an hours
     figure by ``min_change_h`` or more, or a confidence by 0.05, a reason, an offline flag,
-    the factories or capabilities listed. Each event's ``id`` tags its figures: a client
-    reconnecting with ``Last-Event-ID`` gets the first event only if the figures are no
-    longer those. A comment line every 15 s keeps proxies open.
+    the factories or capabilities listed. With ``min_available_h``, only when the available
+    hours of a row (a capability region-wide or at a factory) cross it, up or down, or a
+    row comes or goes. Each event's ``id`` tags its figures: a client reconnecting with
+    ``Last-Event-ID`` is sent what it would have been sent had it stayed connected (by the
+    figures of that id, while this process remembers them; else the first event unless
+    the figures are still those). A comment line every 15 s keeps proxies open.
 
     The figures are looked at as often as the live views are read again (``view_ttl_s``,
     at least every 0.1 s): a change reaches the stream as soon as it reaches
     ``/v1/capacity``. Figures are computed once for every client (kyoso/api/cache.py); a
     look that finds the same ones as the last costs no more than comparing them."""
     regional(caller)
+    if min_available_h is not None and "min_change_h" in request.query_params:
+        raise invalid(
+            ("query", "min_change_h"),
+            "not with min_available_h: a threshold sends its crossings, not moves",
+        )
     horizon = timedelta(hours=horizon_h)
-    step = max(service.rules.view_ttl_s, _EVENTS_LOOK_AT_MOST_S)
+    step = look_interval_s(service)
+    streamed: dict[str, Rows] = request.app.state.streamed
+
+    def tells(before: Rows, now: Rows) -> bool:
+        if min_available_h is None:
+            return _moved(before, now, min_change_h)
+        return _sides(before, min_available_h) != _sides(now, min_available_h)
 
     async def stream() -> AsyncIterator[bytes]:
-        sent: dict[tuple[str, str], tuple[Any, ...]] | None = None
+        sent = None if last_event_id is None else streamed.get(last_event_id)
         looked: list[FactoryCapacity] = []
         quiet = 0.0
         while not await request.is_disconnected():
@@ -327,8 +387,9 @@ async def stream_capacity_events(
                 now = _figures(body)
                 if sent is None and tag == last_event_id:
                     sent = now  # the client has these figures already
-                if sent is None or _moved(sent, now, min_change_h):
+                if sent is None or tells(sent, now):
                     sent, quiet = now, 0.0
+                    _remember(streamed, tag, now)
                     yield b"event: capacity\nid: " + tag.encode() + b"\ndata: " + data + b"\n\n"
             if quiet >= _KEEP_ALIVE_S:
                 quiet = 0.0
@@ -339,9 +400,17 @@ async def stream_capacity_events(
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
-def _figures(body: RegionCapacityOut) -> dict[tuple[str, str], tuple[Any, ...]]:
+def _remember(streamed: dict[str, Rows], tag: str, rows: Rows) -> None:
+    """Keep the figures of event ``tag`` among the last :data:`_REMEMBERED` sent."""
+    streamed.pop(tag, None)
+    streamed[tag] = rows
+    while len(streamed) > _REMEMBERED:
+        del streamed[next(iter(streamed))]
+
+
+def _figures(body: RegionCapacityOut) -> Rows:
     """The figures of a regional answer by (factory or "" for the region, process)."""
-    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+    rows: Rows = {}
     for p in body.by_process:
         rows["", p.process] = (p.total, p.committed, p.unattainable, p.available,
                                p.confidence, tuple(p.reasons), p.offline_factories)  # fmt: skip
@@ -352,12 +421,8 @@ def _figures(body: RegionCapacityOut) -> dict[tuple[str, str], tuple[Any, ...]]:
     return rows
 
 
-def _moved(
-    before: dict[tuple[str, str], tuple[Any, ...]],
-    now: dict[tuple[str, str], tuple[Any, ...]],
-    min_change_h: float,
-) -> bool:
-    """Whether a figure moved enough to tell (see :func:`events`)."""
+def _moved(before: Rows, now: Rows, min_change_h: float) -> bool:
+    """Whether a figure moved enough to tell (see :func:`stream_capacity_events`)."""
     if before.keys() != now.keys():
         return True
     for key, figures in now.items():
@@ -369,6 +434,11 @@ def _moved(
         if abs(old[4] - figures[4]) >= 0.05 or old[5:] != figures[5:]:
             return True
     return False
+
+
+def _sides(rows: Rows, min_available_h: float) -> dict[tuple[str, str], bool]:
+    """Which rows have at least ``min_available_h`` available hours."""
+    return {key: figures[3] >= min_available_h for key, figures in rows.items()}
 
 
 def _sum_out(total: CapacitySum) -> dict[str, Any]:

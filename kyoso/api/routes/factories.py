@@ -1,13 +1,14 @@
-"""Factories, machines, gateways, planned time and ISO 22400 KPIs: a factory's own view."""
+"""Factories, machines, gateways, planned time and ISO 22400 KPIs: a factory's own view, and
+the platform's of its shared machines and consented KPIs."""
 
 import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from kyoso.capacity.kpi import Performance
-from kyoso.contract import Id
+from kyoso.contract import Id, Process
 
 from ..deps import (
     CACHED,
@@ -17,6 +18,7 @@ from ..deps import (
     Service,
     Start,
     age_s,
+    any_factory,
     cached,
     check_window,
     in_hours,
@@ -24,6 +26,13 @@ from ..deps import (
     own_factory,
 )
 from ..keys import ScopeKind
+from ..platform_schemas import (
+    KpiAnswer,
+    MachineListing,
+    ProcessKpisOut,
+    PublicMachineOut,
+    SharedKpiReport,
+)
 from ..schemas import (
     FactoryList,
     FactoryOut,
@@ -33,14 +42,13 @@ from ..schemas import (
     KpiReport,
     KpisOut,
     MachineKpisOut,
-    MachineList,
     MachineOut,
     PerformanceOut,
     PlannedOut,
     ShiftOut,
     TimeElementsOut,
 )
-from ..service import MachineView
+from ..service import FactoryView, MachineKpis, MachineView
 
 router = APIRouter(prefix="/v1", responses=ERRORS, tags=["factories"])
 
@@ -72,15 +80,30 @@ async def list_factories(request: Request, service: Service, caller: Caller) -> 
     return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(oldest, now))
 
 
-@router.get("/factories/{factory}/machines", response_model=MachineList, responses=CACHED)
+@router.get("/factories/{factory}/machines", response_model=MachineListing, responses=CACHED)
 async def list_machines(
     request: Request, factory: Id, service: Service, caller: Caller
 ) -> Response:
-    """Every described machine: description, capabilities, calendar and live state."""
-    await own_factory(service, caller, factory)
+    """Every described machine: description, capabilities, calendar and live state. The
+    platform is shown the machines whose capacity is shared, by their public description:
+    id, name, capabilities and the calendar's time zone, nothing live."""
+    await any_factory(service, caller, factory)
     view = await service.view(factory)
     now = service.now()
-    body = [_machine(m, view.as_of, now) for m in view.machines.values()]
+    body: list[MachineOut] | list[PublicMachineOut]
+    if caller.scope.kind is ScopeKind.PLATFORM:
+        body = [
+            PublicMachineOut(
+                machine=d.machine,
+                name=d.name,
+                capabilities=d.capabilities,
+                timezone=d.calendar.timezone,
+            )
+            for d in (m.description for m in view.machines.values())
+            if d.sharing.capacity
+        ]
+    else:
+        body = [_machine(m, view.as_of, now) for m in view.machines.values()]
     return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(view.as_of, now))
 
 
@@ -155,7 +178,7 @@ async def get_planned(
 # --- KPIs -------------------------------------------------------------------------------
 
 
-@router.get("/factories/{factory}/kpis", response_model=KpiReport, responses=CACHED)
+@router.get("/factories/{factory}/kpis", response_model=KpiAnswer, responses=CACHED)
 async def get_kpis(
     *,
     request: Request,
@@ -166,21 +189,61 @@ async def get_kpis(
     service: Service,
     caller: Caller,
 ) -> Response:
-    """ISO 22400-2 time elements and KPIs per machine and for the factory."""
-    await own_factory(service, caller, factory)
+    """ISO 22400-2 time elements and KPIs per machine and for the factory. The platform is
+    shown them summed over the machines whose KPIs the factory shares (``sharing.kpis``),
+    per process and in total, never per machine (403 with ``machine``); a factory sharing
+    none answers with nothing summed, as one whose machines have no samples in the window."""
+    await any_factory(service, caller, factory)
     check_window(start, end)
+    platform = caller.scope.kind is ScopeKind.PLATFORM
+    if platform and machine is not None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "a platform key sees KPIs summed over machines"
+        )
     if machine is not None:
         await machine_of(service, factory, machine)
-    rows = await service.kpis(factory, start, end, machine)
-    total = sum((r.performance for r in rows), Performance.empty())
-    body = KpiReport(
-        factory=factory,
-        start=start,
-        end=end,
-        machines=[MachineKpisOut(machine=r.machine, **_performance(r.performance)) for r in rows],
-        total=PerformanceOut(**_performance(total)),
-    )
+    view = await service.view(factory)
+    rows = await service.kpis(view, start, end, machine, shared_only=platform)
+    total = PerformanceOut(**_performance(sum((r.performance for r in rows), Performance.empty())))
+    body: KpiReport | SharedKpiReport
+    if platform:
+        body = SharedKpiReport(
+            factory=factory,
+            start=start,
+            end=end,
+            machines=len(rows),
+            by_process=_by_process(view, rows),
+            total=total,
+        )
+    else:
+        body = KpiReport(
+            factory=factory,
+            start=start,
+            end=end,
+            machines=[
+                MachineKpisOut(machine=r.machine, **_performance(r.performance)) for r in rows
+            ],
+            total=total,
+        )
     return cached(request, body, service.rules.cache_ttl_s)
+
+
+def _by_process(view: FactoryView, rows: list[MachineKpis]) -> list[ProcessKpisOut]:
+    """The machines' performance summed per process they offer (a machine offering two
+    counts in both)."""
+    found: dict[Process, list[Performance]] = {}
+    for row in rows:
+        capabilities = view.machines[row.machine].description.capabilities
+        for process in dict.fromkeys(c.process for c in capabilities):
+            found.setdefault(process, []).append(row.performance)
+    return [
+        ProcessKpisOut(
+            process=process,
+            machines=len(performances),
+            **_performance(sum(performances, Performance.empty())),
+        )
+        for process, performances in sorted(found.items())
+    ]
 
 
 def _machine(view: MachineView, as_of: datetime, now: datetime) -> MachineOut:
