@@ -16,6 +16,7 @@ five. The **earliest start** for N hours is the first free block offering them; 
 shifts as the calendar cuts it.
 """
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -101,17 +102,24 @@ def _midnight(day: date, zone: ZoneInfo) -> datetime:
 
 
 def bucketed(cut: Sequence[Slice], into: Sequence[Bucket]) -> list[CapacityFigures]:
-    """The figures of ``cut`` within each bucket (an hour partly inside, in proportion)."""
-    sums = []
-    for bucket in into:
-        parts = [(s, s.share(bucket.start, bucket.end)) for s in cut]
-        parts = [(s, k) for s, k in parts if k > 0]
-        total = math.fsum(s.total_s * k for s, k in parts)
-        committed = math.fsum(s.committed_s * k for s, k in parts)
-        unattainable = math.fsum(s.unattainable_s * k for s, k in parts)
-        available = math.fsum(s.available_s * k for s, k in parts)
-        sums.append(CapacityFigures(total, committed, unattainable, available))
-    return sums
+    """The figures of ``cut`` within each bucket (an hour partly inside, in proportion).
+    Both in time order: each hour is looked at beside the buckets it may overlap only."""
+    sums = [[0.0, 0.0, 0.0, 0.0] for _ in into]
+    starts = [b.start for b in into]
+    longest = max((b.end - b.start for b in into), default=timedelta())
+    for s in cut:
+        i = bisect.bisect_left(starts, s.start - longest)
+        while i < len(into) and (bucket := into[i]).start < s.end:
+            inside = bucket.start <= s.start and s.end <= bucket.end
+            k = 1.0 if inside else s.share(bucket.start, bucket.end)
+            if k > 0:
+                found = sums[i]
+                found[0] += s.total_s * k
+                found[1] += s.committed_s * k
+                found[2] += s.unattainable_s * k
+                found[3] += s.available_s * k
+            i += 1
+    return [CapacityFigures(total, committed, lost, free) for total, committed, lost, free in sums]
 
 
 def summed(
