@@ -13,11 +13,12 @@ from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from fastapi import Request
 from pydantic_core import to_json
 
 from .deps import age_s, figures_tag
 
-__all__ = ["AgedBodies", "AgedBody", "same_objects"]
+__all__ = ["AgedBodies", "AgedBody", "bodies", "same_objects"]
 
 _AGE: Final = b'"data_age_s":null'
 """Where an age goes: every ``data_age_s`` is serialized as null, then cut out."""
@@ -92,3 +93,10 @@ def same_objects(a: Sequence[object], b: Sequence[object]) -> bool:
     """Whether two lists hold the same objects, in the same order (figures computed once are
     never changed: the same objects, the same figures)."""
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def bodies(request: Request) -> AgedBodies:
+    """The app's bodies (``app.state.bodies``): the same for every caller until their
+    figures are computed again."""
+    found: AgedBodies = request.app.state.bodies
+    return found

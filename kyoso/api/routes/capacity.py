@@ -14,7 +14,7 @@ from kyoso.capacity.requirement import Requirement
 from kyoso.contract import Id, Material, Process
 from kyoso.contract.capabilities import TOLERANCE_COARSEST_MM, TOLERANCE_FINEST_MM
 
-from ..aged import AgedBodies, same_objects
+from ..aged import bodies, same_objects
 from ..deps import (
     CACHED,
     ERRORS,
@@ -75,7 +75,7 @@ async def get_factory_capacity(
             out["data_age_s"] = machine.newest
         return data
 
-    body = _bodies(request).get(("factory", factory, capacity.horizon, own), [capacity], build)
+    body = bodies(request).get(("factory", factory, capacity.horizon, own), [capacity], build)
     age = age_s(capacity.as_of, now)
     return cached(request, body.at(now), service.rules.cache_ttl_s, age_s=age, tag=body.tag)
 
@@ -101,16 +101,9 @@ async def get_region_capacity(
             out["data_age_s"] = capacity.newest
         return data
 
-    body = _bodies(request).get(("region", horizon, process), factories, build)
+    body = bodies(request).get(("region", horizon, process), factories, build)
     age = age_s(aggregate.as_of(factories, now), now)
     return cached(request, body.at(now), service.rules.cache_ttl_s, age_s=age, tag=body.tag)
-
-
-def _bodies(request: Request) -> AgedBodies:
-    """The answers built once per computation of their figures, their ages written in per
-    response (kyoso/api/aged.py): the same for every caller until then."""
-    bodies: AgedBodies = request.app.state.bodies
-    return bodies
 
 
 def _region(

@@ -22,6 +22,7 @@ from kyoso.capacity.phased import (
 )
 from kyoso.contract import Id, Process
 
+from ..aged import bodies
 from ..deps import (
     CACHED,
     ERRORS,
@@ -182,6 +183,31 @@ async def get_region_phased_capacity(
     zone = timezone or (zones.pop() if len(zones) == 1 else "UTC")
     begin, end = _window(start, to, zone, now)
     factories = await service.phasing.region(begin, end)
+
+    def build() -> dict[str, Any]:
+        answer = _region(
+            factories, bucket=bucket, begin=begin, end=end, zone=zone, process=process, now=now
+        )
+        return answer.model_dump(mode="json")
+
+    key = ("region-phased", begin, end, bucket, zone, process)
+    body = bodies(request).get(key, factories, build)
+    as_of = min((f.as_of for f in factories), default=now)
+    age = age_s(as_of, now)
+    return cached(request, body.at(now), service.rules.cache_ttl_s, age_s=age, tag=body.tag)
+
+
+def _region(
+    factories: Sequence[PhasedFactory],
+    *,
+    bucket: BucketKind,
+    begin: datetime,
+    end: datetime,
+    zone: str,
+    process: Process | None,
+    now: datetime,
+) -> RegionPhasedOut:
+    """The regional answer: the shared machines' figures per process and per factory."""
     per_factory = []
     rows: dict[Process, _Rows] = {}
     offering: dict[Process, list[PhasedFactory]] = {}
@@ -211,7 +237,7 @@ async def get_region_phased_capacity(
         for p, (cut, figures) in sorted(rows.items())
     ]
     as_of = min((f.as_of for f in factories), default=now)
-    body = RegionPhasedOut(
+    return RegionPhasedOut(
         as_of=as_of,
         start=begin,
         end=end,
@@ -220,7 +246,6 @@ async def get_region_phased_capacity(
         by_process=by_process,
         factories=per_factory,
     )
-    return cached(request, body, service.rules.cache_ttl_s, age_s=age_s(as_of, now))
 
 
 def _cuts(
