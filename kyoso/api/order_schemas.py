@@ -13,13 +13,13 @@ from kyoso.contract import Id, Process
 from .holds import Action, HoldStatus
 from .schemas import (
     AsOf,
+    Body,
     DataAge,
     FactoryId,
     FiguresOut,
     Hours,
     MachineId,
     ProcessName,
-    _Body,
 )
 
 __all__ = [
@@ -65,7 +65,7 @@ class BucketOut(FiguresOut):
     )
 
 
-class BlockOut(_Body):
+class BlockOut(Body):
     """A free block: uninterrupted planned time with nothing booked or held in it."""
 
     start: datetime = Field(description="Start (UTC).", examples=["2026-03-03T23:00:00Z"])
@@ -95,7 +95,7 @@ class MachinePhasedOut(_Window):
     data_age_s: DataAge
 
 
-class MachineOfferOut(_Body):
+class MachineOfferOut(Body):
     """When one machine could take a job: what a hold on it needs to know."""
 
     machine: MachineId
@@ -123,7 +123,7 @@ class ProcessPhasedOut(_Window):
     machines: int = Field(description="Its machines offering the process.", examples=[3])
 
 
-class FactoryPhasedOut(_Body):
+class FactoryPhasedOut(Body):
     """A factory's capacity over ``[start, end)``, bucket by bucket."""
 
     factory: FactoryId
@@ -154,7 +154,7 @@ class RegionProcessPhasedOut(_Window):
     offline_factories: int = Field(description="Of them, offline.", examples=[0])
 
 
-class RegionFactoryPhasedOut(_Body):
+class RegionFactoryPhasedOut(Body):
     """One factory in the regional answer (its shared machines)."""
 
     factory: FactoryId
@@ -163,7 +163,7 @@ class RegionFactoryPhasedOut(_Body):
     by_process: list[ProcessPhasedOut] = Field(description="Per process it shares.")
 
 
-class RegionPhasedOut(_Body):
+class RegionPhasedOut(Body):
     """The region's shared capacity over ``[start, end)``, bucket by bucket."""
 
     as_of: AsOf
@@ -175,7 +175,7 @@ class RegionPhasedOut(_Body):
     factories: list[RegionFactoryPhasedOut] = Field(description="Per factory.")
 
 
-class HoldIn(_Body):
+class HoldIn(Body):
     """Machine time to reserve for an order: on one machine, or on whichever machine of
     the factory offering the process has the most room in the window."""
 
@@ -222,7 +222,7 @@ class HoldIn(_Body):
         return self
 
 
-class HoldOut(_Body):
+class HoldOut(Body):
     """A hold, or, confirmed, an order."""
 
     id: str = Field(description="The hold's id.", examples=["hld_3f9a0c2d4b6e8a10"])
@@ -251,7 +251,7 @@ class HoldList(RootModel[list[HoldOut]]):
     """Holds, newest first."""
 
 
-class AuditEntryOut(_Body):
+class AuditEntryOut(Body):
     """One change to a factory's bookings, holds or orders."""
 
     seq: int = Field(description="Its place in the log: ask for `after` it.", examples=[42])

@@ -10,13 +10,13 @@ from pydantic import Field, RootModel
 from kyoso.contract import Capability
 
 from .schemas import (
+    Body,
     FactoryId,
     KpiReport,
     MachineId,
     MachineList,
     PerformanceOut,
     ProcessName,
-    _Body,
 )
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class PublicMachineOut(_Body):
+class PublicMachineOut(Body):
     """A machine whose capacity its factory shares, as the platform sees it: what it can do,
     not how it is doing (no live state, calendar details, gateway or cycle time)."""
 
@@ -61,7 +61,7 @@ class ProcessKpisOut(PerformanceOut):
     machines: int = Field(description="The machines summed.", examples=[2])
 
 
-class SharedKpiReport(_Body):
+class SharedKpiReport(Body):
     """A factory's KPIs over ``[start, end)`` as the platform sees them: summed over the
     machines whose KPIs the factory shares (``sharing.kpis``), per process and in total,
     never per machine. A factory sharing none answers with no process and a zero total."""

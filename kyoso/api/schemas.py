@@ -57,11 +57,13 @@ ProblemCode = Literal[
 """The ``code`` of a problem (kyoso/api/problems.py)."""
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
+    """What every body of the API is: no field it does not declare, never changed."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FieldError(_Body):
+class FieldError(Body):
     """One refused part of a request."""
 
     loc: list[str] = Field(
@@ -76,7 +78,7 @@ class FieldError(_Body):
     )
 
 
-class Problem(_Body):
+class Problem(Body):
     """An error, as RFC 9457 problem details (``application/problem+json``)."""
 
     type: str = Field(
@@ -113,7 +115,7 @@ class Problem(_Body):
     )
 
 
-class GatewayOut(_Body):
+class GatewayOut(Body):
     """A gateway's last status, and the samples of it no ingest worker has taken."""
 
     gateway: GatewayId
@@ -140,7 +142,7 @@ class GatewayOut(_Body):
     )
 
 
-class FactoryOut(_Body):
+class FactoryOut(Body):
     """A factory at a glance."""
 
     factory: FactoryId
@@ -156,7 +158,7 @@ class FactoryOut(_Body):
     as_of: AsOf
 
 
-class ShiftOut(_Body):
+class ShiftOut(Body):
     """A shift of the machine's calendar, in progress (breaks included)."""
 
     name: str = Field(description="The shift's name in the calendar.", examples=["early"])
@@ -167,7 +169,7 @@ class ShiftOut(_Body):
     end: datetime = Field(description="When it ends (UTC).", examples=["2026-03-02T05:30:00Z"])
 
 
-class MachineOut(_Body):
+class MachineOut(Body):
     """A machine's description and live state (its factory's own view)."""
 
     machine: MachineId
@@ -201,7 +203,7 @@ class MachineOut(_Body):
     as_of: AsOf
 
 
-class TimeElementsOut(_Body):
+class TimeElementsOut(Body):
     """ISO 22400-2 time elements in hours (PBT from the calendar, the rest measured)."""
 
     pbt: Hours = Field(description="Planned busy time.")
@@ -215,7 +217,7 @@ class TimeElementsOut(_Body):
     no_data: Hours = Field(description="No sample at all: kept apart.")
 
 
-class KpisOut(_Body):
+class KpisOut(Body):
     """ISO 22400-2 KPIs; null where the denominator is zero."""
 
     availability: Share = Field(description="APT / PBT.")
@@ -225,7 +227,7 @@ class KpisOut(_Body):
     utilization_efficiency: Share = Field(description="APT / AUBT.")
 
 
-class PerformanceOut(_Body):
+class PerformanceOut(Body):
     """Time elements, quantities and KPIs over a window."""
 
     time: TimeElementsOut = Field(description="The time elements.")
@@ -242,7 +244,7 @@ class MachineKpisOut(PerformanceOut):
     machine: MachineId
 
 
-class KpiReport(_Body):
+class KpiReport(Body):
     """KPIs of a factory's machines and of the factory over ``[start, end)``."""
 
     factory: FactoryId
@@ -252,7 +254,7 @@ class KpiReport(_Body):
     total: PerformanceOut = Field(description="The factory: its machines summed.")
 
 
-class FiguresOut(_Body):
+class FiguresOut(Body):
     """Capacity in machine-hours (ISA-95 capability types), from now on."""
 
     total: Hours = Field(description="Planned busy time (calendar).")
@@ -305,7 +307,7 @@ class ProcessCapacityOut(CapacityOut):
     machines: int = Field(description="Its machines offering the process.", examples=[3])
 
 
-class FactoryCapacityOut(_Body):
+class FactoryCapacityOut(Body):
     """A factory's capacity over ``[as_of, as_of + horizon_h)``."""
 
     factory: FactoryId
@@ -331,7 +333,7 @@ class RegionProcessOut(CapacityOut):
     )
 
 
-class RegionCapacityOut(_Body):
+class RegionCapacityOut(Body):
     """Capacity per capability across the region (shared machines only)."""
 
     as_of: AsOf
@@ -340,7 +342,7 @@ class RegionCapacityOut(_Body):
     factories: list[FactoryCapacityOut] = Field(description="Per factory.")
 
 
-class Candidate(_Body):
+class Candidate(Body):
     """A factory that can take (part of) the work."""
 
     factory: FactoryId
@@ -367,7 +369,7 @@ class Candidate(_Body):
     )
 
 
-class SearchOut(_Body):
+class SearchOut(Body):
     """Who can take ``hours`` of ``process`` within the next ``within_days``, ranked:
     those that cover it first, with the fewest machines first, then by available hours
     weighted by confidence."""
@@ -386,7 +388,7 @@ class CoverOut(SearchOut):
     machine: MachineId
 
 
-class BookingIn(_Body):
+class BookingIn(Body):
     """Work booked on a machine."""
 
     start: AwareDatetime = Field(
@@ -404,13 +406,13 @@ class BookingIn(_Body):
     )
 
 
-class BookingsIn(_Body):
+class BookingsIn(Body):
     """The machine's bookings, all of them (they replace the ones declared before)."""
 
     bookings: list[BookingIn] = Field(max_length=500, description="At most 500.")
 
 
-class BookingsOut(_Body):
+class BookingsOut(Body):
     """The bookings a factory declared for a machine."""
 
     factory: FactoryId
@@ -421,14 +423,14 @@ class BookingsOut(_Body):
     bookings: list[BookingIn] = Field(description="As declared.")
 
 
-class IntervalOut(_Body):
+class IntervalOut(Body):
     """A planned busy interval."""
 
     start: datetime = Field(description="Its start (UTC).", examples=["2026-03-01T21:00:00Z"])
     end: datetime = Field(description="Its end (UTC).", examples=["2026-03-02T03:00:00Z"])
 
 
-class PlannedOut(_Body):
+class PlannedOut(Body):
     """Planned busy time of a machine's calendar within ``[start, end)``."""
 
     machine: MachineId
@@ -455,6 +457,7 @@ class CoverList(RootModel[list[CoverOut]]):
 
 
 __all__ = [
+    "Body",
     "BookingIn",
     "BookingsIn",
     "BookingsOut",

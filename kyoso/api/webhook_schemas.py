@@ -4,11 +4,12 @@ event types a subscription may ask for."""
 from datetime import datetime
 from typing import Annotated, Final, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import AfterValidator, Field, RootModel, model_validator
 
 from kyoso.contract import Id, Process, check_id
 
 from .deps import MAX_HORIZON_H
+from .schemas import Body
 
 __all__ = [
     "MAX_URL_LENGTH",
@@ -40,10 +41,6 @@ MAX_URL_LENGTH: Final = 2048
 _MACHINE_EVENTS: Final = {"machine.down", "machine.up"}
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _machine_ref(value: str) -> str:
     factory, slash, machine = value.partition("/")
     if not slash:
@@ -60,7 +57,7 @@ MachineRef = Annotated[
 ]
 
 
-class ThresholdIn(_Body):
+class ThresholdIn(Body):
     """At least ``min_available_h`` available machine-hours of the subscription's process
     within ``horizon_h`` hours from now."""
 
@@ -72,7 +69,7 @@ class ThresholdIn(_Body):
     )
 
 
-class _WebhookFields(_Body):
+class _WebhookFields(Body):
     url: str = Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
@@ -154,7 +151,7 @@ class WebhookList(RootModel[list[WebhookOut]]):
     """The key's subscriptions, oldest first."""
 
 
-class DeliveryOut(_Body):
+class DeliveryOut(Body):
     """One event for the subscription, and how its delivery went."""
 
     event_id: str = Field(
