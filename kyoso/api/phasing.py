@@ -25,7 +25,7 @@ from .cache import FreshCache
 if TYPE_CHECKING:
     from .service import CapacityService, FactoryView, MachineView
 
-__all__ = ["MAX_AHEAD", "PhasedFactory", "PhasedMachine", "Phasing"]
+__all__ = ["MAX_AHEAD", "PhasedFactory", "PhasedMachine", "Phasing", "zone_of"]
 
 MAX_AHEAD: Final = timedelta(days=31)
 """How far from now a window may reach."""
@@ -91,9 +91,8 @@ class Phasing:
             _windowed(capacity, within(cut, begin, end), view.machines[capacity.machine])
             for capacity, cut in assessed
         ]
-        zones = [m.description.calendar.timezone for m in view.machines.values()]
         return PhasedFactory(
-            view.factory, view.as_of, view.offline, view.newest, (zones or ["UTC"])[0], machines
+            view.factory, view.as_of, view.offline, view.newest, zone_of(view), machines
         )
 
     async def room(
@@ -106,11 +105,14 @@ class Phasing:
         begin = max(start, view.as_of)
         if end <= begin:
             return dict.fromkeys(machines, 0.0)
-        found = {}
-        for machine in machines:
-            ((_, cut),) = await service.assessed(view, end - view.as_of, hourly=True, only=machine)
-            found[machine] = free_in(cut, begin, end)
-        return found
+        assessed = await service.assessed(view, end - view.as_of, hourly=True, only=machines)
+        return {capacity.machine: free_in(cut, begin, end) for capacity, cut in assessed}
+
+
+def zone_of(view: "FactoryView") -> str:
+    """A factory's time zone: its first described machine's calendar's (UTC with none)."""
+    first = next(iter(view.machines.values()), None)
+    return "UTC" if first is None else first.description.calendar.timezone
 
 
 def _windowed(capacity: MachineCapacity, cut: list[Slice], view: "MachineView") -> PhasedMachine:

@@ -22,7 +22,7 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -318,9 +318,9 @@ class CapacityService:
         horizon: timedelta,
         *,
         hourly: bool = False,
-        only: str | None = None,
+        only: Collection[str] | None = None,
     ) -> list[tuple[MachineCapacity, list[Slice]]]:
-        """Each described machine of ``view`` (or ``only`` that one) assessed over the
+        """Each described machine of ``view`` (or ``only`` those) assessed over the
         horizon from the view's moment, with its bookings and the platform's holds; with
         ``hourly``, hour by hour too (kyoso/capacity/phased.py)."""
         history = await self.history(view.factory, view.as_of)
@@ -331,7 +331,7 @@ class CapacityService:
             held = self.bookings.holds.active(view.factory, view.as_of)
             machines = []
             for name, machine in view.machines.items():
-                if only is not None and name != only:
+                if only is not None and name not in only:
                     continue
                 learnt = history.learnt(machine.description)
                 evidence = self._evidence(view, machine, learnt.repairs)

@@ -47,7 +47,7 @@ from ..order_schemas import (
     RegionPhasedOut,
     RegionProcessPhasedOut,
 )
-from ..phasing import MAX_AHEAD, PhasedFactory, PhasedMachine
+from ..phasing import MAX_AHEAD, PhasedFactory, PhasedMachine, zone_of
 
 router = APIRouter(prefix="/v1", responses=ERRORS, tags=["capacity"])
 
@@ -114,10 +114,7 @@ async def get_factory_phased_capacity(
     machines', no machine's figures; docs/api.md)."""
     await any_factory(service, caller, factory)
     now = service.now()
-    described = (await service.view(factory)).machines.values()
-    first = next(iter(described), None)
-    timezone = "UTC" if first is None else first.description.calendar.timezone
-    begin, end = _window(start, to, timezone, now)
+    begin, end = _window(start, to, zone_of(await service.view(factory)), now)
     phased = await service.phasing.factory(factory, begin, end)
     own = caller.scope.kind is not ScopeKind.PLATFORM
     machines = [m for m in phased.machines if own or m.capacity.shared]
@@ -175,11 +172,7 @@ async def get_region_phased_capacity(
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise invalid(("query", "timezone"), f"unknown time zone {timezone!r}") from exc
-    zones = {
-        m.description.calendar.timezone
-        for f in await service.factories()
-        for m in (await service.view(f)).machines.values()
-    }
+    zones = {zone_of(await service.view(f)) for f in await service.factories()}
     zone = timezone or (zones.pop() if len(zones) == 1 else "UTC")
     begin, end = _window(start, to, zone, now)
     factories = await service.phasing.region(begin, end)
