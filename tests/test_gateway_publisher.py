@@ -568,6 +568,10 @@ def test_a_refused_publish_is_kept_counted_and_not_retried(
                 assert [r.seq for r in refused] == seqs
                 assert {r.reason for r in refused} == {"Not authorized (0x87)"}
                 assert [Sample.model_validate_json(r.payload).seq for r in refused] == seqs
+                # The broker drops the connection after a refusal: stop once connected again,
+                # so that the shutdown status is published (on a loaded machine the
+                # reconnection may take longer than the second above).
+                await until(lambda: publisher.connected, 30, "connected again")
 
     asyncio.run(scenario())
     status = retained_status(broker, factory, gateway, username=reader, password=secret)
