@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from kyoso import __version__
+from kyoso.alerts import command as alerts_command
 from kyoso.api import command as api_command
 from kyoso.dashboards import command as dashboards_command
 from kyoso.demo import command as demo_command
 from kyoso.gateway import command as gateway_command
+from kyoso.i18n import DEFAULT, Lang, from_environment, text
+from kyoso.i18n.parser import CatalogParser
 from kyoso.ingest import command as ingest_command
 from kyoso.regional import command as regional_command
 from kyoso.simulators import command as simulate_command
@@ -32,39 +35,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="kyoso",
-        description="Live machine telemetry turned into shared machine capacity.",
+def build_parser(lang: Lang = DEFAULT) -> argparse.ArgumentParser:
+    """The argument parser of every subcommand, its help and errors in ``lang``."""
+    parser = CatalogParser(prog="kyoso", description=text("cli.description", lang), lang=lang)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"kyoso {__version__}",
+        help=text("cli.version", lang),
     )
-    parser.add_argument("--version", action="version", version=f"kyoso {__version__}")
     parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (default: INFO)",
+        help=text("cli.log_level", lang),
     )
     parser.add_argument(
         "--log-format",
         default="text",
         choices=["text", "json"],
-        help="text for people, json (one object a line) for log collectors (default: text)",
+        help=text("cli.log_format", lang),
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    simulate_command.register(commands)
-    gateway_command.register(commands)
-    ingest_command.register(commands)
-    api_command.register(commands)
-    demo_command.register(commands)
-    regional_command.register(commands)
-    dashboards_command.register(commands)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar=text("cli.metavar.command", lang)
+    )
+    simulate_command.register(commands, lang)
+    gateway_command.register(commands, lang)
+    ingest_command.register(commands, lang)
+    api_command.register(commands, lang)
+    demo_command.register(commands, lang)
+    regional_command.register(commands, lang)
+    dashboards_command.register(commands, lang)
+    alerts_command.register(commands, lang)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``kyoso`` command line; return the exit code."""
-    args = build_parser().parse_args(argv)
+    """Run the ``kyoso`` command line in the language of its environment
+    (:func:`kyoso.i18n.from_environment`); return the exit code."""
+    args = build_parser(from_environment()).parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
         handler.setFormatter(JsonFormatter())

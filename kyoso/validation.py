@@ -5,29 +5,42 @@ service's settings from a file overridden by the environment).
 A location is ``<file>:<line>:<column>`` for YAML syntax, ``<file>:<line>: <dotted.path>``
 for a value the schema refuses (the line of the value's key, or of its list item), and
 ``<file>: <dotted.path>`` where the file has no line for it (a problem of the whole file).
+
+A technician reads these in their own language: each error carries a :class:`Report`, whose
+problems are messages of the catalog (section ``config``; a refusal of pydantic's by its
+error ``type``, as ``config.error.<type>`` with the error's context), said in English by
+``str()`` and in the command line's language by :func:`explain`. A refusal whose type the
+catalog lacks keeps pydantic's English message; so do the reasons our own validators give.
 """
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 from pydantic_settings.exceptions import SettingsError
 from yaml.reader import ReaderError
+
+from kyoso.i18n import DEFAULT, Lang, catalog, text
 
 __all__ = [
     "ConfigError",
     "ConfigModel",
     "FileSettings",
     "Loc",
+    "Message",
+    "Place",
+    "Report",
     "YamlDocument",
     "dotted",
     "error_lines",
+    "explain",
     "load_yaml_model",
     "load_yaml_settings",
     "read_yaml",
@@ -66,8 +79,47 @@ _S = TypeVar("_S", bound=FileSettings)
 _M = TypeVar("_M", bound=BaseModel)
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message of the catalog with its values, said once the language is known; a value
+    that is itself a :class:`Message` is said in the same language."""
+
+    key: str
+    values: Mapping[str, object] = field(default_factory=dict)
+
+    def text(self, lang: Lang) -> str:
+        """The message in ``lang``."""
+        values = {k: v.text(lang) if isinstance(v, Message) else v for k, v in self.values.items()}
+        return text(self.key, lang, **values)
+
+
+class Report:
+    """Every problem of one configuration, one a line, in either language. ``str()`` is
+    English: what a log or a caller that does not choose a language gets."""
+
+    __slots__ = ("problems",)
+
+    def __init__(self, problems: Iterable[Message]) -> None:
+        self.problems = tuple(problems)
+
+    def text(self, lang: Lang) -> str:
+        """Every problem in ``lang``, one a line."""
+        return "\n".join(problem.text(lang) for problem in self.problems)
+
+    def __str__(self) -> str:
+        return self.text(DEFAULT)
+
+
 class ConfigError(ValueError):
-    """Settings that cannot be used, with every problem and where it is."""
+    """Settings that cannot be used, with every problem and where it is: raised with a
+    :class:`Report`, like every ``error`` class the loaders of this module are given."""
+
+
+def explain(exc: BaseException, lang: Lang) -> str:
+    """What an error says in ``lang``: the :class:`Report` of a configuration error in that
+    language, any other error as ``str()`` has it."""
+    report = exc.args[0] if len(exc.args) == 1 else None
+    return report.text(lang) if isinstance(report, Report) else str(exc)
 
 
 def dotted(loc: Loc) -> str:
@@ -75,15 +127,42 @@ def dotted(loc: Loc) -> str:
     return ".".join(str(part) for part in loc) or "<root>"
 
 
-def _lines(where: Callable[[Loc], str], exc: ValidationError) -> str:
-    return "\n".join(
-        f"{where(e['loc'])}: {dotted(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+Place = tuple[str, Mapping[str, object]]
+"""Where a problem is: the catalog key of its frame (``config.at_line``, ...) and the
+frame's values; every frame also names the ``field`` and the ``message``."""
+
+
+def _shown(value: object) -> object:
+    """A context value as pydantic writes it in its message: a whole float without ``.0``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _refusal(error: ErrorDetails) -> Message | str:
+    """What pydantic refused, as ``config.error.<type>`` with the error's context, or
+    pydantic's own (English) message for a type the catalog does not have."""
+    key = f"config.error.{error['type']}"
+    if key not in catalog(DEFAULT):  # tests/test_i18n.py keeps the catalogs' keys the same
+        return error["msg"]
+    return Message(key, {name: _shown(v) for name, v in error.get("ctx", {}).items()})
+
+
+def _problem(place: Place, loc: Loc, message: Message | str) -> Message:
+    key, values = place
+    return Message(key, {**values, "field": dotted(loc), "message": message})
+
+
+def _report(where: Callable[[Loc], Place], exc: ValidationError) -> Report:
+    return Report(
+        _problem(where(e["loc"]), e["loc"], _refusal(e)) for e in exc.errors(include_url=False)
     )
 
 
-def error_lines(source: object, exc: ValidationError) -> str:
-    """``<source>: <dotted.location>: <message>``, one line per error of ``exc``."""
-    return _lines(lambda _: str(source), exc)
+def error_lines(source: object, exc: ValidationError) -> Report:
+    """``<source>: <dotted.location>: <message>``, one line per error of ``exc``, for values
+    that come from elsewhere than a file (``source`` names where: options, a request)."""
+    return _report(lambda _: ("config.in_source", {"source": source}), exc)
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -118,14 +197,16 @@ class YamlDocument:
                 node, line = found
         return line
 
-    def where(self, loc: Loc) -> str:
+    def place(self, loc: Loc) -> Place:
         """``<file>:<line>``, or ``<file>`` when the file has no line for ``loc``."""
         line = self.line(loc)
-        return f"{self.path}" if line is None else f"{self.path}:{line}"
+        if line is None:
+            return "config.in_file", {"path": self.path}
+        return "config.at_line", {"path": self.path, "line": line}
 
-    def error_lines(self, exc: ValidationError) -> str:
+    def report(self, exc: ValidationError) -> Report:
         """``<file>:<line>: <dotted.location>: <message>``, one line per error of ``exc``."""
-        return _lines(self.where, exc)
+        return _report(self.place, exc)
 
 
 def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, int] | None:
@@ -162,11 +243,7 @@ def _merge_sources(value: yaml.Node) -> Iterator[yaml.Node]:
         yield value
 
 
-def _position(path: Path, mark: yaml.Mark | None) -> str:
-    return f"{path}" if mark is None else f"{path}:{mark.line + 1}:{mark.column + 1}"
-
-
-def _syntax_error(path: Path, exc: yaml.MarkedYAMLError) -> str:
+def _syntax_error(path: Path, exc: yaml.MarkedYAMLError) -> Message:
     """``<file>:<line>:<column>: <problem> (<context> at <line>:<column>)``."""
     mark = exc.problem_mark or exc.context_mark
     message = exc.problem or exc.context or "not valid YAML"
@@ -178,34 +255,46 @@ def _syntax_error(path: Path, exc: yaml.MarkedYAMLError) -> str:
         else:
             context = f"{exc.context_mark.line + 1}:{exc.context_mark.column + 1}"
             message = f"{exc.problem} ({exc.context} at {context})"
-    return f"{_position(path, mark)}: {message}"
+    if mark is None:
+        return Message("config.syntax", {"path": path, "problem": message})
+    return Message(
+        "config.syntax_at",
+        {"path": path, "line": mark.line + 1, "column": mark.column + 1, "problem": message},
+    )
+
+
+def _failed(error: type[ValueError], problem: Message) -> ValueError:
+    return error(Report([problem]))
 
 
 def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> YamlDocument:
     """Read and parse the YAML file at ``path``, keeping where each value is written;
     ``error`` names the file (and the line and column of a syntax error)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise _failed(error, Message("config.missing", {"path": path})) from exc
     except OSError as exc:
-        raise error(f"{path}: {exc}") from exc
+        raise _failed(error, Message("config.unreadable", {"path": path, "error": exc})) from exc
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        values = {"path": path, "reason": exc.reason, "byte": exc.start}
+        raise _failed(error, Message("config.not_utf8", values)) from exc
     try:
-        loader = yaml.SafeLoader(text)
+        loader = yaml.SafeLoader(content)
     except ReaderError as exc:  # a character YAML does not allow
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise error(
-            f"{path}:{line}:{column}: unacceptable character #x{exc.character:04x}: {exc.reason}"
-        ) from exc
+        line = content.count("\n", 0, exc.position) + 1
+        column = exc.position - (content.rfind("\n", 0, exc.position) + 1) + 1
+        values = {"path": path, "line": line, "column": column, "reason": exc.reason}
+        values["character"] = f"{exc.character:04x}"
+        raise _failed(error, Message("config.bad_character", values)) from exc
     loader.name = str(path)
     try:
         root = loader.get_single_node()
         data = None if root is None else loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
-        raise error(_syntax_error(path, exc)) from exc
+        raise _failed(error, _syntax_error(path, exc)) from exc
     except yaml.YAMLError as exc:
-        raise error(f"{path}: {exc}") from exc
+        raise _failed(error, Message("config.syntax", {"path": path, "problem": exc})) from exc
     finally:
         loader.dispose()
     return YamlDocument(path, data, root)
@@ -235,9 +324,10 @@ def _substitute(data: Any, env: Mapping[str, str]) -> tuple[Any, list[tuple[Loc,
     return walk(data, ()), unknown
 
 
-def _unknown(unknown: list[tuple[Loc, str]], where: Callable[[Loc], str]) -> str:
-    return "\n".join(
-        f"{where(loc)}{dotted(loc)}: unknown environment variable {name}" for loc, name in unknown
+def _unknown(unknown: list[tuple[Loc, str]], where: Callable[[Loc], Place]) -> Report:
+    return Report(
+        _problem(where(loc), loc, Message("config.unknown_variable", {"name": name}))
+        for loc, name in unknown
     )
 
 
@@ -250,7 +340,7 @@ def substitute_env(data: Any, environ: Mapping[str, str] | None = None) -> Any:
     """
     result, unknown = _substitute(data, os.environ if environ is None else environ)
     if unknown:
-        raise ConfigError(_unknown(unknown, lambda _: ""))
+        raise ConfigError(_unknown(unknown, lambda _: ("config.in_data", {})))
     return result
 
 
@@ -261,7 +351,7 @@ def _substituted(
     at its line."""
     data, unknown = _substitute(document.data, os.environ if environ is None else environ)
     if unknown:
-        raise error(_unknown(unknown, lambda loc: f"{document.where(loc)}: "))
+        raise error(_unknown(unknown, document.place))
     return data
 
 
@@ -279,7 +369,7 @@ def load_yaml_model(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise error(document.error_lines(exc)) from exc
+        raise error(document.report(exc)) from exc
 
 
 def _from_environment(environment: Mapping[str, Any], loc: Loc) -> bool:
@@ -312,19 +402,20 @@ def load_yaml_settings(
         if not isinstance(document.data, dict) or not all(
             isinstance(k, str) for k in document.data
         ):
-            raise error(f"{path}: the top level must be a mapping of options")
+            raise _failed(error, Message("config.not_mapping", {"path": path}))
         data = _substituted(document, error, environ)
-    environment = f"environment ({env_prefix}*)"
+    environment: Place = "config.in_environment", {"prefix": env_prefix}
     try:
         return cls(**data)
     except SettingsError as exc:  # a variable that is not the JSON its option needs
-        raise error(f"{environment}: {exc}") from exc
+        values = {"prefix": env_prefix, "error": exc}
+        raise _failed(error, Message("config.environment_unreadable", values)) from exc
     except ValidationError as exc:
         from_env = EnvSettingsSource(cls)()
 
-        def where(loc: Loc) -> str:
+        def where(loc: Loc) -> Place:
             if document is None or _from_environment(from_env, loc):
                 return environment
-            return document.where(loc)
+            return document.place(loc)
 
-        raise error(_lines(where, exc)) from exc
+        raise error(_report(where, exc)) from exc

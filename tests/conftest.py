@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,15 @@ from services import InfluxDB, Mosquitto
 # Each must come from a Debian package that .ci/run installs (tests/executables.py).
 
 install_hook()
+
+# --- the language the commands speak ---------------------------------------------------------
+#
+# In-process commands speak the locale of the machine (kyoso.i18n.from_environment): the
+# tests expect English unless they ask for another language themselves, whatever the locale
+# of the machine running them (a test for Japanese sets KYOSO_LANG, or LANG with KYOSO_LANG
+# removed, in its own environment).
+
+os.environ["KYOSO_LANG"] = "en"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -27,6 +27,7 @@ CI_RUN = ROOT / ".ci" / "run"
 
 __all__ = [
     "CI_RUN",
+    "data_packages",
     "install_hook",
     "packages",
     "record_children",
@@ -43,6 +44,14 @@ def packages() -> dict[str, str]:
     found = re.search(r"^PROGRAMS='\n(.*?)^'$", CI_RUN.read_text(), re.MULTILINE | re.DOTALL)
     assert found is not None, f"{CI_RUN} lost its PROGRAMS table"
     return dict(line.split() for line in found.group(1).splitlines() if line.strip())
+
+
+def data_packages() -> set[str]:
+    """The Debian packages of the ``DATA`` table of ``.ci/run``: what the tests need that is
+    no program (a font the browser renders with)."""
+    found = re.search(r"^DATA='\n(.*?)^'$", CI_RUN.read_text(), re.MULTILINE | re.DOTALL)
+    assert found is not None, f"{CI_RUN} lost its DATA table"
+    return {line.split()[0] for line in found.group(1).splitlines() if line.strip()}
 
 
 def _program(event: str, args: tuple[Any, ...]) -> Path | None:

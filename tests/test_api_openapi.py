@@ -23,6 +23,8 @@ OPERATIONS = {
     ("get", "/v1/factories/{factory}/machines/{machine}"): "get_machine",
     ("get", "/v1/factories/{factory}/machines/{machine}/calendar"): "get_planned",
     ("get", "/v1/factories/{factory}/kpis"): "get_kpis",
+    ("get", "/v1/factories/{factory}/timeline"): "get_timeline",
+    ("get", "/v1/factories/{factory}/kpis/shifts"): "get_shift_utilization",
     ("get", "/v1/factories/{factory}/capacity"): "get_factory_capacity",
     ("get", "/v1/capacity"): "get_region_capacity",
     ("get", "/v1/search"): "search_capacity",
@@ -179,6 +181,27 @@ def test_every_error_is_a_problem(api: Api) -> None:
     assert error["loc"] == ["query", "horizon_h"]
     assert error["type"] == "less_than_equal"
     assert "horizon_h" in refused["detail"]
+
+
+def test_a_problem_title_speaks_the_asked_language_its_code_does_not(api: Api) -> None:
+    platform = api.headers("platform")
+    asked = {
+        "ja-JP,ja;q=0.9,en;q=0.8": ("見つかりません", "ja"),
+        "en-US,en;q=0.9": ("Not Found", "en"),
+        "fr-FR, ja;q=0.5": ("見つかりません", "ja"),  # no French: Japanese is the next asked
+        "de": ("Not Found", "en"),  # nothing asked is known: English
+    }
+    for accept, (title, lang) in asked.items():
+        response = api.client.get(
+            "/v1/factories/nowhere/capacity", headers={**platform, "Accept-Language": accept}
+        )
+        body = _problem(response, 404, "not_found")
+        assert (body["title"], response.headers["content-language"]) == (title, lang), accept
+        assert "accept-language" in response.headers["vary"].lower()
+    refused = api.client.get(
+        "/v1/capacity", params={"horizon_h": 9999}, headers={**platform, "Accept-Language": "ja"}
+    )
+    assert _problem(refused, 422, "invalid_request")["title"] == "リクエストの内容が不正です"
 
 
 def test_an_unknown_query_parameter_is_refused_not_ignored(api: Api) -> None:

@@ -127,6 +127,8 @@ GATEWAYS = Endpoint("GET", "/v1/factories/{factory}/gateways", FACTORY_ONLY)
 MACHINE_VIEW = Endpoint("GET", _MACHINE, FACTORY_ONLY)
 CALENDAR = Endpoint("GET", _MACHINE + "/calendar", FACTORY_ONLY, WINDOW)
 KPIS = Endpoint("GET", "/v1/factories/{factory}/kpis", SHARED, WINDOW)
+TIMELINE = Endpoint("GET", "/v1/factories/{factory}/timeline", FACTORY_ONLY)
+SHIFTS = Endpoint("GET", "/v1/factories/{factory}/kpis/shifts", FACTORY_ONLY, {"days": "2"})
 CAPACITY = Endpoint("GET", "/v1/factories/{factory}/capacity", AGGREGATED, {"horizon_h": "24"})
 REGION = Endpoint("GET", "/v1/capacity", REGIONAL, {"horizon_h": "24"})
 SEARCH = Endpoint("GET", "/v1/search", REGIONAL, _SEARCH)
@@ -181,6 +183,8 @@ ENDPOINTS = [
     MACHINE_VIEW,
     CALENDAR,
     KPIS,
+    TIMELINE,
+    SHIFTS,
     CAPACITY,
     REGION,
     SEARCH,

@@ -11,11 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "kyoso"
 
 FLOORS: list[set[str]] = [
+    {"i18n"},
     {"contract", "validation"},
     {"mqtt", "ops"},
     {"gateway", "simulators", "influx"},
     {"store", "regional"},
-    {"ingest", "capacity", "dashboards"},
+    {"ingest", "capacity", "dashboards", "alerts"},
     {"api"},
     {"demo"},
     {"cli"},

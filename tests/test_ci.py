@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from executables import CI_RUN, packages, unlisted
+from executables import CI_RUN, data_packages, packages, unlisted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,22 +30,26 @@ def test_a_program_missing_from_the_table_is_caught() -> None:
 
 def test_ci_installs_every_package_of_the_table() -> None:
     script = CI_RUN.read_text()
-    table = re.search(r"^PROGRAMS='.*?^'$", script, re.MULTILINE | re.DOTALL)
-    assert table is not None
+    tables = [
+        re.search(rf"^{name}='.*?^'$", script, re.MULTILINE | re.DOTALL)
+        for name in ("PROGRAMS", "DATA")
+    ]
+    assert all(tables)
     line = next(x for x in script.splitlines() if x.startswith("mapfile -t packages"))
+    code = "\n".join([*(t.group(0) for t in tables if t), line])
     listed = subprocess.run(
-        ["bash", "-c", f"{table.group(0)}\n{line}; printf '%s\\n' \"${{packages[@]}}\""],
+        ["bash", "-c", f"{code}; printf '%s\\n' \"${{packages[@]}}\""],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
     ).stdout.split()
-    assert sorted(listed) == sorted(set(packages().values()))
+    assert sorted(listed) == sorted(set(packages().values()) | data_packages())
 
 
 def test_the_readme_installs_every_package_the_tests_need() -> None:
     readme = (ROOT / "README.md").read_text()
     found = re.search(r"sudo apt-get install -y ([a-z0-9 .+-]+?) && python3 -m venv", readme)
     assert found is not None, "the README lost its set-up line"
-    needed = {p for p in packages().values() if not _essential(p)}
+    needed = {p for p in packages().values() if not _essential(p)} | data_packages()
     assert set(found.group(1).split()) == needed, CI_RUN

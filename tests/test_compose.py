@@ -153,21 +153,26 @@ def test_every_mounted_file_exists_and_parses() -> None:
                 continue
             path = ROOT / source
             assert path.exists(), (service, source)
-            for each in sorted(path.iterdir()) if path.is_dir() else [path]:
+            files = sorted(f for f in path.rglob("*") if f.is_file())  # dashboards/ja too
+            for each in files if path.is_dir() else [path]:
                 _parse(each)
     assert used == named  # no volume declared for nothing
     # The registry the stack reads by default is a valid one.
     load_registry(ROOT / example_env()["KYOSO_REGISTRY"])
-    # Grafana finds the dashboards where the provider looks, and its home dashboard.
-    provider = yaml.safe_load(
+    # Grafana finds the dashboards where the providers look, and its home dashboard.
+    provisioning = yaml.safe_load(
         (ROOT / "deploy/grafana/provisioning/dashboards/kyoso.yaml").read_text()
     )
-    path = provider["providers"][0]["options"]["path"]
+    mounted = "/var/lib/kyoso/dashboards/"
     grafana = document["services"]["grafana"]
-    assert ("./dashboards", path, True) in _mounts(grafana)
+    assert ("./dashboards", mounted.rstrip("/"), True) in _mounts(grafana)
+    for provider in provisioning["providers"]:
+        folder = provider["options"]["path"]
+        assert folder.startswith(mounted), provider
+        assert list((ROOT / "dashboards" / folder.removeprefix(mounted)).glob("*.json"))
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert home.startswith(path + "/")
-    assert (ROOT / "dashboards" / Path(home).name).is_file()
+    assert home.startswith(mounted)
+    assert (ROOT / "dashboards" / home.removeprefix(mounted)).is_file()
 
 
 def _parse(path: Path) -> None:

@@ -8,7 +8,8 @@ macros; :func:`expand` does the same here (``$timeFilter``, ``$__interval``, ``$
 ``[[var]]``; a multi-value or "All" variable becomes a regex alternation of its escaped
 values, as Grafana's InfluxDB data source writes it). Each result must have the shape the
 panel expects: one column per ``AS "name"`` of the outermost SELECT, the outermost
-``GROUP BY`` tags on every series, and data.
+``GROUP BY`` tags on every series, and data. Every language's set is run (tests/
+test_dashboards.py proves their queries the same; this proves what Grafana loads).
 """
 
 import asyncio
@@ -17,7 +18,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,6 +28,7 @@ from pydantic import SecretStr
 from services import InfluxDB
 
 from kyoso.contract import GatewayStatus, MachineDescription
+from kyoso.i18n import LANGUAGES, Lang
 from kyoso.influx.client import InfluxConfig
 from kyoso.regional.grafana import CAPACITY_DATASOURCE, datasources
 from kyoso.regional.influxdb import provision_influxdb
@@ -160,8 +162,8 @@ def quiet_thursday() -> datetime:
     every demo factory: a day of shifts, with setups, breakdowns and alarms."""
     tokyo = ZoneInfo("Asia/Tokyo")
     day = datetime.now(tokyo).date() - timedelta(days=1)
-    holidays: set[date] = {h for f in FACTORIES for c in f.calendars.values() for h in c.holidays}
-    while day.weekday() != 3 or day in holidays:
+    calendars = [c for f in FACTORIES for c in f.calendars.values()]
+    while day.weekday() != 3 or any(c.shifts_of(day) is None for c in calendars):
         day -= timedelta(days=1)
     return datetime.combine(day, time(), tokyo)
 
@@ -301,8 +303,9 @@ def run(loaded: Loaded, uid: str, query: str) -> list[dict[str, Any]]:
 # --- the tests -----------------------------------------------------------------------------
 
 
-def load_dashboard(name: str) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads((DASHBOARDS / name).read_text())
+def load_dashboard(name: str, lang: Lang = "en") -> dict[str, Any]:
+    """The committed dashboard ``name`` in ``lang`` (``ja/plant.json`` and so on)."""
+    document: dict[str, Any] = json.loads((DASHBOARDS / lang / name).read_text(encoding="utf-8"))
     return document
 
 
@@ -364,14 +367,18 @@ def check_dashboard(loaded: Loaded, dashboard: dict[str, Any], factory: str) -> 
     return count
 
 
+@pytest.mark.parametrize("lang", LANGUAGES)
 @pytest.mark.parametrize("factory", [f.factory for f in FACTORIES])
-def test_every_plant_panel_query_returns_its_shape(loaded: Loaded, factory: str) -> None:
-    dashboard = load_dashboard("plant.json")
+def test_every_plant_panel_query_returns_its_shape(
+    loaded: Loaded, factory: str, lang: Lang
+) -> None:
+    dashboard = load_dashboard("plant.json", lang)
     assert check_dashboard(loaded, dashboard, factory) == sum(1 for _ in _targets(dashboard))
 
 
-def test_every_regional_panel_query_returns_its_shape(loaded: Loaded) -> None:
-    dashboard = load_dashboard("regional.json")
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_every_regional_panel_query_returns_its_shape(loaded: Loaded, lang: Lang) -> None:
+    dashboard = load_dashboard("regional.json", lang)
     assert check_dashboard(loaded, dashboard, "unused") == sum(1 for _ in _targets(dashboard))
 
 

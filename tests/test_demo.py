@@ -19,6 +19,8 @@ import pytest
 from browser import chromium, png_rows, rendered
 from services import InfluxDB, Mosquitto
 
+from kyoso.i18n import Lang, text
+
 ROOT = Path(__file__).resolve().parent.parent
 FACTORIES = {"mori-plastics", "okada-machining", "sato-sheetmetal"}
 LIVE_WITHIN_S = 120.0
@@ -29,7 +31,7 @@ the demo answers is measured by bench/demo.py)."""
 class Demo:
     """A ``kyoso demo`` process; its output is read in the background."""
 
-    def __init__(self, command: list[str], cwd: Path) -> None:
+    def __init__(self, command: list[str], cwd: Path, lang: Lang = "en") -> None:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             command,
@@ -37,7 +39,7 @@ class Demo:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "KYOSO_LANG": lang},
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -56,7 +58,7 @@ class Demo:
         """The API's address, once the demo printed its guide."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = re.search(r"Overview page : (http://[\d.]+:\d+)/#key=", self.output)
+            found = re.search(r": (http://[\d.]+:\d+)/#key=", self.output)
             if found:
                 return found.group(1)
             if self.process.poll() is not None:
@@ -209,13 +211,15 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
     assert code == 0, demo.output[-3000:]
     assert "Traceback" not in demo.output
 
-    again = Demo(_command(Path(sys.executable), demo_dir), ROOT)
+    again = Demo(_command(Path(sys.executable), demo_dir), ROOT, lang="ja")
     try:
         base = again.url()
         same_keys = json.loads((demo_dir / "demo-keys.json").read_text())
         assert same_keys == keys
-        # The week is in the store already, up to the first run's last sample.
-        assert "History       : complete" in again.output
+        # The week is in the store already, up to the first run's last sample; the guide
+        # speaks the command line's language.
+        complete = text("demo.history", "ja", history=text("demo.history_complete", "ja"))
+        assert complete in again.output
         _confident(base, keys["platform"], 60)
     finally:
         assert again.stop() == 0

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import importlib.resources
+import json
 import logging
 import re
 import time
@@ -25,7 +26,7 @@ from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from kyoso import __version__
+from kyoso import __version__, i18n
 
 from . import problems
 from .aged import AgedBodies
@@ -40,7 +41,7 @@ from .openapi import (
     known_query,
     operation_id,
 )
-from .routes import ROUTERS, capacity, factories, holds, phased, webhooks
+from .routes import ROUTERS, capacity, factories, holds, phased, timeline, webhooks
 from .service import CapacityService
 from .webhook_config import WebhookSettings
 from .webhooks import WebhookHub
@@ -77,6 +78,8 @@ _REDOC_POLICY: Final = (
 app itself may load."""
 _EXPENSIVE: Final = (
     factories.get_kpis,
+    timeline.get_timeline,
+    timeline.get_shift_utilization,
     capacity.get_factory_capacity,
     capacity.get_region_capacity,
     capacity.search_capacity,
@@ -90,11 +93,29 @@ _EXPENSIVE: Final = (
 run only so many at once (kyoso/api/limits.py)."""
 
 
+_PAGE_WORDS: Final = ("page", "state", "reason", "process")
+"""The catalog sections the overview page reads (kyoso/i18n), in every language."""
+
+
 def _overview() -> tuple[str, dict[str, str]]:
     """The overview page with a Content-Security-Policy that admits exactly its own inline
-    script and style (by SHA-256) and same-origin requests: nothing external can load."""
-    resource = importlib.resources.files("kyoso.api").joinpath("static/overview.html")
-    page = resource.read_text(encoding="utf-8")
+    script and style (by SHA-256) and same-origin requests: nothing external can load.
+
+    ``static/overview.html`` names its parts with ``<!-- include overview.js -->`` (the
+    files beside it) and ``<!-- include catalog -->`` (its words in every language, as
+    JSON: the page picks the reader's language itself), put in here so that the page is
+    one static document whose hashes hold whatever language it is read in."""
+    static = importlib.resources.files("kyoso.api").joinpath("static")
+    words = {lang: {s: i18n.section(s, lang) for s in _PAGE_WORDS} for lang in i18n.LANGUAGES}
+    # Within <script> a "<" could end it: JSON's \u003c never does.
+    catalog = json.dumps(words, ensure_ascii=False).replace("<", "\\u003c")
+
+    def include(found: re.Match[str]) -> str:
+        name = found[1]
+        return catalog if name == "catalog" else static.joinpath(name).read_text("utf-8")
+
+    template = static.joinpath("overview.html").read_text("utf-8")
+    page = re.sub(r"<!-- include (\S+) -->", include, template)
 
     def hashes(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)

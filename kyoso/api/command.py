@@ -11,7 +11,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from kyoso.validation import ConfigError
+from kyoso.i18n import DEFAULT, Lang, text
+from kyoso.validation import ConfigError, explain
 
 from .keys import (
     CACHE_TTL_S,
@@ -28,18 +29,23 @@ from .keys import (
 from .settings import ENV_PREFIX, ApiSettings, load_settings
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``api`` (and ``api keys``) to the ``kyoso`` command."""
+def register(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang = DEFAULT
+) -> None:
+    """Add ``api`` (and ``api keys``) to the ``kyoso`` command, its help in ``lang``."""
     parser = commands.add_parser(
         "api",
-        help="run the capacity API",
-        description="Serve live capacity, KPIs and search over HTTP; options from --config "
-        f"and/or {ENV_PREFIX}* environment variables.",
+        help=text("cli.api.help", lang),
+        description=text("cli.api.description", lang, prefix=ENV_PREFIX),
     )
-    parser.add_argument("--config", type=Path, metavar="API.yaml", help="settings file")
-    parser.add_argument("--check", action="store_true", help="validate the settings and exit")
-    parser.set_defaults(run=run)
-    _register_keys(parser.add_subparsers(dest="tool", metavar="TOOL"))
+    parser.add_argument(
+        "--config", type=Path, metavar="API.yaml", help=text("cli.common.settings_file", lang)
+    )
+    parser.add_argument(
+        "--check", action="store_true", help=text("cli.common.check_settings", lang)
+    )
+    parser.set_defaults(run=run, lang=lang)
+    _register_keys(parser.add_subparsers(dest="tool", metavar=text("cli.metavar.tool", lang)), lang)
 
 
 def _settings(args: argparse.Namespace) -> ApiSettings | None:
@@ -47,7 +53,7 @@ def _settings(args: argparse.Namespace) -> ApiSettings | None:
     try:
         return load_settings(args.config)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(explain(exc, args.lang), file=sys.stderr)
         return None
 
 
@@ -82,32 +88,35 @@ def run(args: argparse.Namespace) -> int:
 # --- kyoso api keys -----------------------------------------------------------------------
 
 
-def _register_keys(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _register_keys(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang
+) -> None:
     parser = commands.add_parser(
         "keys",
-        help="create, list or revoke API keys",
-        description="API keys of the capacity service, each with one scope: "
-        f"{SCOPES}. Only a hash of each key is stored. The key store is the one "
-        "`kyoso api` serves with the same --config and environment.",
+        help=text("cli.api.keys.help", lang),
+        description=text("cli.api.keys.description", lang, scopes=SCOPES),
     )
-    actions = parser.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
+    actions = parser.add_subparsers(
+        dest="keys_action", required=True, metavar=text("cli.metavar.action", lang)
+    )
     create = actions.add_parser(
         "create",
-        help="make a key and print it, this once",
-        description="Make a key and print it on stdout, alone on its line; it cannot be "
-        "shown again. The key id and scope go to stderr.",
+        help=text("cli.api.keys.create.help", lang),
+        description=text("cli.api.keys.create.description", lang),
     )
-    create.add_argument("--name", required=True, help="who or what holds the key")
-    create.add_argument("--scope", required=True, help=f"what it may read: {SCOPES}")
+    create.add_argument("--name", required=True, help=text("cli.api.keys.name", lang))
+    create.add_argument(
+        "--scope", required=True, help=text("cli.api.keys.scope", lang, scopes=SCOPES)
+    )
     create.set_defaults(run=run_create)
-    listing = actions.add_parser("list", help="list keys (never the keys themselves)")
+    listing = actions.add_parser("list", help=text("cli.api.keys.list.help", lang))
     listing.set_defaults(run=run_list)
     revoke = actions.add_parser(
         "revoke",
-        help="revoke a key for good",
-        description=f"Revoke a key; every API replica refuses it within {CACHE_TTL_S:g} s.",
+        help=text("cli.api.keys.revoke.help", lang),
+        description=text("cli.api.keys.revoke.description", lang, ttl=f"{CACHE_TTL_S:g}"),
     )
-    revoke.add_argument("id", help="the key id, as shown by list")
+    revoke.add_argument("id", help=text("cli.api.keys.id", lang))
     revoke.set_defaults(run=run_revoke)
     default = ApiSettings.model_fields["keys"].default
     for action in (create, listing, revoke):
@@ -115,8 +124,7 @@ def _register_keys(commands: "argparse._SubParsersAction[argparse.ArgumentParser
             "--keys",
             type=Path,
             metavar="PATH",
-            help=f"the key store (default: the API's: ${ENV_PREFIX}KEYS, else `keys` in "
-            f"the file of `kyoso api --config`, else {default})",
+            help=text("cli.api.keys.store", lang, prefix=ENV_PREFIX, default=default),
         )
 
 

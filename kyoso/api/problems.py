@@ -3,7 +3,10 @@
 A problem names what went wrong twice: ``code``, a stable machine-readable word a client
 branches on (``not_found``, ``invalid_request``, ...), and ``title``, the same in words for
 a person; ``detail`` says what happened this time and ``instance`` which request it was.
-``type`` is ``urn:kyoso:problem:<code>``. A refused request (422) lists each refused part
+``type`` is ``urn:kyoso:problem:<code>``. The ``title`` is in the language the request's
+``Accept-Language`` prefers (Japanese or English, from the ``problem`` section of the
+message catalogs; ``Content-Language`` says which); ``code`` and ``type`` never change with
+it. A refused request (422) lists each refused part
 in ``errors`` (where, what, why), as FastAPI's own validation errors did in ``detail``.
 
 The handlers cover what the routes raise (:class:`fastapi.HTTPException`, with its
@@ -14,13 +17,14 @@ themselves (validation, an unknown path, a method not allowed) and any other exc
 
 import logging
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kyoso.i18n import negotiate, text
 
 from .schemas import ProblemCode
 
@@ -73,9 +77,10 @@ def problem(
 ) -> JSONResponse:
     """The problem answer of ``status`` for ``request`` (with ``members`` added)."""
     code: ProblemCode = CODES.get(status, "error")
+    lang = negotiate(request.headers.get("accept-language"))
     body: dict[str, Any] = {
         "type": f"urn:kyoso:problem:{code}",
-        "title": HTTPStatus(status).phrase,
+        "title": text(f"problem.{code}", lang, status=status),
         "status": status,
         "code": code,
         "detail": detail,
@@ -84,7 +89,10 @@ def problem(
     if errors is not None:
         body["errors"] = errors
     body.update(members or {})
-    return _ProblemResponse(body, status_code=status, headers=headers)
+    answer = _ProblemResponse(body, status_code=status, headers=headers)
+    answer.headers["Content-Language"] = lang
+    answer.headers.add_vary_header("Accept-Language")
+    return answer
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -86,7 +86,10 @@ class Problem(Body):
         examples=["urn:kyoso:problem:not_found"],
     )
     title: str = Field(
-        description="The kind of problem in words (the HTTP status phrase).",
+        description=(
+            "The kind of problem in words, in the language Accept-Language prefers "
+            "(Japanese or English: the HTTP status phrase)."
+        ),
         examples=["Not Found"],
     )
     status: int = Field(description="The HTTP status code.", examples=[404])

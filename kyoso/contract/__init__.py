@@ -3,7 +3,8 @@
 It imports only the standard library and pydantic, so any component (or an integrator's
 gateway) can depend on it alone. See docs/contract.md for the wire format. The ingest's
 compiled decoder of sample batches, :mod:`kyoso.contract.wire`, also needs msgspec, and is
-imported by name only.
+imported by name only; a calendar naming a country needs the holidays library, imported on
+the first such calendar (:mod:`kyoso.contract.holidays`).
 """
 
 from .calendar import Break, Maintenance, Shift, ShiftCalendar

@@ -1,35 +1,41 @@
 """Shift calendars: when a machine is planned to work.
 
 Planned busy time (PBT, ISO 22400-2) is derived from the calendar alone: weekly shifts
-minus their breaks, minus holidays, minus planned maintenance windows. The simulators use
-it to decide when a machine works, the gateway to mark planned stops, and the capacity
-service to compute total capacity, so all three agree to the second.
+minus their breaks, minus holidays (a country's public holidays and the shop's own days
+off, with its working days put back: :mod:`.holidays`), minus planned maintenance
+windows. The simulators use it to decide when a machine works, the gateway to mark planned
+stops, and the capacity service to compute total capacity, so all three agree to the
+second.
 """
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Literal, Self
+from typing import Annotated, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    BaseModel,
-    ConfigDict,
     Field,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+from .holidays import WEEKDAYS, HolidayCalendar, Holidays, Weekday, _Strict, plan_of
+
+__all__ = [
+    "WEEKDAYS",
+    "Break",
+    "Interval",
+    "LocalTime",
+    "Maintenance",
+    "Shift",
+    "ShiftCalendar",
+    "Weekday",
+]
 
 Interval = tuple[datetime, datetime]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _naive(value: time) -> time:
@@ -146,11 +152,20 @@ class ShiftCalendar(_Strict):
     shifts: list[Shift] = Field(
         default_factory=list, max_length=32, description="The weekly shifts."
     )
-    holidays: list[date] = Field(
+    holidays: Holidays = Field(
         default_factory=list,
-        max_length=400,
-        description="Local dates on which no shift starts.",
-        examples=[["2026-01-01", "2026-05-05"]],
+        description="Days on which no shift starts: a list of local dates (at most 400); a "
+        "country code whose public holidays they are (since 1.2); or an object with a "
+        "country, the shop's own days off and its working days (since 1.2).",
+        examples=[
+            ["2026-01-01", "2026-05-05"],
+            "JP",
+            {
+                "country": "JP",
+                "days_off": ["2026-08-13..2026-08-16", "2026-12-29..2027-01-03"],
+                "working_days": [{"date": "2026-12-19", "shifts_of": "mon"}],
+            },
+        ],
     )
     maintenance: list[Maintenance] = Field(
         default_factory=list, max_length=400, description="Planned maintenance windows."
@@ -165,6 +180,24 @@ class ShiftCalendar(_Strict):
             raise ValueError(f"unknown time zone {name!r}") from exc
         return name
 
+    @model_validator(mode="after")
+    def _working_days_work(self) -> Self:
+        if isinstance(self.holidays, HolidayCalendar):
+            for day in self.holidays.working_days:
+                weekday = day.shifts_of or WEEKDAYS[day.date.weekday()]
+                if not any(weekday in shift.days for shift in self.shifts):
+                    raise ValueError(
+                        f"holidays: working day {day.date.isoformat()} would start no shift: "
+                        f"none starts on {weekday}; name a weekday whose shifts run that day, "
+                        "e.g. shifts_of: mon"
+                    )
+        return self
+
+    def shifts_of(self, day: date) -> Weekday | None:
+        """The weekday whose shifts start on the local date ``day``: its own, another on a
+        working day that says so, ``None`` on a holiday or day off."""
+        return plan_of(self.holidays).shifts_of(day)
+
     def planned_intervals(self, start: datetime, end: datetime) -> list[Interval]:
         """Planned busy time within ``[start, end)`` as sorted, disjoint UTC intervals."""
         if start.tzinfo is None or end.tzinfo is None:
@@ -174,12 +207,12 @@ class ShiftCalendar(_Strict):
         zone = ZoneInfo(self.timezone)
         first = start.astimezone(zone).date() - timedelta(days=1)
         last = end.astimezone(zone).date()
-        holidays = set(self.holidays)
+        plan = plan_of(self.holidays)
         raw: list[Interval] = []
         day = first
         while day <= last:
-            if day not in holidays:
-                weekday = WEEKDAYS[day.weekday()]
+            weekday = plan.shifts_of(day)
+            if weekday is not None:
                 for shift in self.shifts:
                     if weekday in shift.days:
                         raw.extend(_shift_intervals(shift, day, zone))
@@ -200,11 +233,11 @@ class ShiftCalendar(_Strict):
             return None
         zone = ZoneInfo(self.timezone)
         today = moment.astimezone(zone).date()
+        plan = plan_of(self.holidays)
         for day in (today - timedelta(days=1), today):
-            if day in self.holidays:
-                continue
+            weekday = plan.shifts_of(day)
             for shift in self.shifts:
-                if WEEKDAYS[day.weekday()] in shift.days:
+                if weekday in shift.days:
                     begin, finish = _shift_span(shift, day, zone)
                     if begin <= moment < finish:
                         return shift, begin.astimezone(UTC), finish.astimezone(UTC)
@@ -220,11 +253,13 @@ class ShiftCalendar(_Strict):
         zone = ZoneInfo(self.timezone)
         day = start.astimezone(zone).date() - timedelta(days=1)
         last = end.astimezone(zone).date()
+        plan = plan_of(self.holidays)
         found = []
         while day <= last:
-            if day not in self.holidays:
+            weekday = plan.shifts_of(day)
+            if weekday is not None:
                 for shift in self.shifts:
-                    if WEEKDAYS[day.weekday()] in shift.days:
+                    if weekday in shift.days:
                         begin, finish = _shift_span(shift, day, zone)
                         if begin < end and finish > start:
                             found.append((shift, begin.astimezone(UTC), finish.astimezone(UTC)))

@@ -8,30 +8,50 @@ import argparse
 import sys
 from pathlib import Path
 
+from kyoso.i18n import DEFAULT, LANGUAGES, Lang, text
+
 _EXTRA = "kyoso dashboards needs the dashboards extra: pip install 'kyoso[dashboards]'"
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``dashboards generate`` and ``dashboards push`` to the ``kyoso`` command."""
+def register(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang = DEFAULT
+) -> None:
+    """Add ``dashboards generate`` and ``dashboards push`` to the ``kyoso`` command, their
+    help in ``lang``."""
     parser = commands.add_parser(
         "dashboards",
-        help="Grafana dashboards as code: generate, check, push",
-        description="The plant and regional dashboards, generated from kyoso.dashboards.",
+        help=text("cli.dashboards.help", lang),
+        description=text("cli.dashboards.description", lang),
     )
-    tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
-    generate = tools.add_parser("generate", help="write the dashboards' JSON")
-    generate.add_argument("--out", type=Path, default=Path("dashboards"), metavar="DIR")
+    tools = parser.add_subparsers(
+        dest="tool", metavar=text("cli.metavar.tool", lang), required=True
+    )
+    generate = tools.add_parser("generate", help=text("cli.dashboards.generate.help", lang))
     generate.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if DIR differs from the code"
+        "--out",
+        type=Path,
+        default=Path("dashboards"),
+        metavar="DIR",
+        help=text("cli.dashboards.generate.out", lang),
+    )
+    generate.add_argument(
+        "--check", action="store_true", help=text("cli.dashboards.generate.check", lang)
     )
     generate.set_defaults(run=run_generate)
-    push = tools.add_parser("push", help="upload the dashboards to a Grafana")
-    push.add_argument("--url", required=True, help="Grafana's base URL, e.g. http://localhost:3000")
+    push = tools.add_parser("push", help=text("cli.dashboards.push.help", lang))
+    push.add_argument("--url", required=True, help=text("cli.dashboards.push.url", lang))
+    push.add_argument("--token", required=True, help=text("cli.dashboards.push.token", lang))
     push.add_argument(
-        "--token", required=True, help="a service account token (Editor) of the target org"
+        "--lang",
+        choices=LANGUAGES,
+        action="append",
+        help=text("dashboard.push_lang_help", lang),
     )
-    push.add_argument("--folder", default="Kyoso", help="folder title (default Kyoso)")
-    push.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    folders = ", ".join(text("dashboard.folder", each) for each in LANGUAGES)
+    push.add_argument("--folder", help=text("dashboard.push_folder_help", lang, folders=folders))
+    push.add_argument(
+        "--timeout", type=float, default=10.0, help=text("cli.dashboards.push.timeout", lang)
+    )
     push.set_defaults(run=run_push)
 
 
@@ -59,18 +79,19 @@ def run_push(args: argparse.Namespace) -> int:
     try:
         from grafana_client.api import GrafanaApi  # noqa: PLC0415 - optional extra
 
-        from .generate import DASHBOARDS, render  # noqa: PLC0415
+        from .generate import documents  # noqa: PLC0415
         from .push import PushError, push_dashboards  # noqa: PLC0415
     except ImportError:
         print(_EXTRA, file=sys.stderr)
         return 2
     api = GrafanaApi.from_url(args.url, credential=args.token, timeout=args.timeout)
-    documents = {name: render(build()) for name, build in DASHBOARDS.items()}
-    try:
-        urls = push_dashboards(api, documents, args.folder)
-    except PushError as exc:
-        print(f"{args.url}: {exc}", file=sys.stderr)
-        return 1
-    for url in urls:
-        print(args.url.rstrip("/") + url)
+    for lang in args.lang or LANGUAGES:
+        folder = args.folder or text("dashboard.folder", lang)
+        try:
+            urls = push_dashboards(api, documents([lang]).values(), folder)
+        except PushError as exc:
+            print(f"{args.url}: {exc}", file=sys.stderr)
+            return 1
+        for url in urls:
+            print(args.url.rstrip("/") + url)
     return 0

@@ -13,9 +13,12 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import dashboard
 
+from .words import Words, uid
+
 __all__ = [
     "INFLUXDB",
     "LIVE_WINDOW",
+    "LIVE_WINDOW_MIN",
     "InfluxQL",
     "InfluxQLQuery",
     "datasource",
@@ -26,7 +29,8 @@ __all__ = [
 INFLUXDB = "influxdb"
 """Grafana's plugin id of the InfluxDB data source."""
 
-LIVE_WINDOW = "10m"
+LIVE_WINDOW_MIN = 10
+LIVE_WINDOW = f"{LIVE_WINDOW_MIN}m"
 """How old a capacity snapshot may be and still count as live: ten snapshot periods of the
 capacity service (60 s by default). An older one means the service has stopped, and a
 board must then show nothing rather than stale capacity."""
@@ -39,14 +43,17 @@ def datasource(uid: str) -> dashboard.DataSourceRef:
     return dashboard.DataSourceRef(type_val=INFLUXDB, uid=uid)
 
 
-def kyoso_dashboard(title: str, uid: str, description: str) -> builders.Dashboard:
-    """A dashboard as every Kyoso board starts: tagged, the last 24 h, refreshing every
-    minute, cursors synchronised across panels."""
+def kyoso_dashboard(words: Words, base_uid: str, name: str) -> builders.Dashboard:
+    """A dashboard as every Kyoso board starts, in the language of ``words``: titled and
+    described by the catalog's ``<name>_title`` and ``<name>_description``, tagged with
+    its language, linked to its twins in the other languages, the last 24 h, refreshing
+    every minute, cursors synchronised across panels."""
     return (
-        builders.Dashboard(title)
-        .uid(uid)
-        .description(description)
-        .tags(["kyoso"])
+        builders.Dashboard(words(f"{name}_title"))
+        .uid(uid(base_uid, words.lang))
+        .description(words(f"{name}_description"))
+        .tags(["kyoso", words.lang])
+        .links(words.links(base_uid))
         .time("now-24h", "now")
         .refresh("1m")
         .tooltip(dashboard.DashboardCursorSync.CROSSHAIR)

@@ -19,12 +19,17 @@ that factory only. Panels:
 - **Downtime**: Pareto of down time by alarm code (each alarmed sample's down time counted
   under the alarm it ends with) and by machine.
 
+Every word on it comes from the catalog (:class:`~kyoso.dashboards.words.Words`): the
+same builder makes the English and the Japanese dashboard.
+
 Shifts: InfluxQL cannot read a shift calendar, so "by shift" is a grid of equal shifts
 (``shift_length`` from ``shift_start`` in ``timezone``: 8 h from 06:00 in Asia/Tokyo by
 default, the demo factories' early, late and night shifts).
 """
 
 # ruff: noqa: S608 - the queries are Grafana templates built from constants, run by Grafana
+from typing import get_args
+
 from grafana_foundation_sdk.builders import (
     barchart,
     bargauge,
@@ -38,30 +43,25 @@ from grafana_foundation_sdk.builders import (
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 
+from kyoso.contract import GatewayReason
+from kyoso.i18n import DEFAULT, Lang
 from kyoso.regional.grafana import CAPACITY_DATASOURCE
 
 from .influxql import (
     INFLUXDB,
     LIVE_WINDOW,
+    LIVE_WINDOW_MIN,
     InfluxQL,
     datasource,
     kyoso_dashboard,
     transformation,
 )
+from .words import Words
 
-__all__ = ["STATE_COLORS", "plant_dashboard"]
+__all__ = ["UID", "plant_dashboard"]
 
 UID = "kyoso-plant"
-
-STATE_COLORS = {
-    "running": "green",
-    "setup": "blue",
-    "down": "red",
-    "idle": "yellow",
-    "planned_stop": "#8e8e8e",
-    "unknown": "#404040",
-}
-"""The contract's machine states and their colours."""
+"""The English dashboard's uid; the Japanese one's is ``kyoso-plant-ja``."""
 
 _FACTORY = datasource("${factory}")
 _CAPACITY = datasource(CAPACITY_DATASOURCE)
@@ -71,26 +71,22 @@ _APT = 'sum("running_s")'
 _PBT = 'sum("running_s") + sum("setup_s") + sum("down_s") + sum("idle_s")'
 _AUBT = 'sum("running_s") + sum("setup_s") + sum("down_s")'
 _PRODUCED = 'sum("good_delta") + sum("reject_delta")'
+_CAPACITY_FIGURES = [
+    "available_h", "committed_h", "unattainable_h", "total_h", "confidence", "offline",
+]  # fmt: skip
+_GATEWAY_REASONS = get_args(GatewayReason)
 
 
-def _state_mappings() -> list[models.ValueMapping]:
-    options = {
-        state: models.ValueMappingResult(text=state.replace("_", " "), color=color, index=i)
-        for i, (state, color) in enumerate(STATE_COLORS.items())
-    }
-    return [models.ValueMap(options=options)]
-
-
-def _variables(board: dashboard.Dashboard) -> None:
+def _variables(board: dashboard.Dashboard, words: Words) -> None:
     board.with_variable(
         dashboard.DatasourceVariable("factory")
-        .label("Factory")
+        .label(words("variable_factory"))
         .type(INFLUXDB)
         .regex(f"/^(?!{CAPACITY_DATASOURCE}$).+$/")
     )
     board.with_variable(
         dashboard.QueryVariable("machine")
-        .label("Machine")
+        .label(words("variable_machine"))
         .datasource(_FACTORY)
         .query('SHOW TAG VALUES FROM "samples" WITH KEY = "machine"')
         .multi(True)
@@ -99,41 +95,41 @@ def _variables(board: dashboard.Dashboard) -> None:
         .refresh(models.VariableRefresh.ON_DASHBOARD_LOAD)
         .sort(models.VariableSort.ALPHABETICAL_ASC)
     )
-    for name, label, values, default in (
-        ("horizon", "Capacity horizon", ["24h", "7d"], "24h"),
-        ("shift_length", "Shift length", ["8h", "12h", "24h"], "8h"),
-        ("shift_start", "First shift starts", [f"{h}h" for h in range(24)], "6h"),
-        ("timezone", "Shift time zone", ["Asia/Tokyo", "UTC"], "Asia/Tokyo"),
+    for name, values, default in (
+        ("horizon", ["24h", "7d"], "24h"),
+        ("shift_length", ["8h", "12h", "24h"], "8h"),
+        ("shift_start", [f"{h}h" for h in range(24)], "6h"),
+        ("timezone", ["Asia/Tokyo", "UTC"], "Asia/Tokyo"),
     ):
         board.with_variable(
             dashboard.CustomVariable(name)
-            .label(label)
+            .label(words(f"variable_{name}"))
             .values(",".join(values))
             .current(models.VariableOption(selected=True, text=default, value=default))
         )
 
 
-def _now(board: dashboard.Dashboard) -> None:
-    board.with_row(dashboard.Row("Now"))
+def _now(board: dashboard.Dashboard, words: Words) -> None:
+    board.with_row(dashboard.Row(words("row_now")))
     board.with_panel(
-        table.Panel()
-        .title("Machine state")
-        .description("Each machine's state at its latest sample in the time range.")
+        words.columns(table.Panel(), ["machine", "state"])
+        .title(words("machine_state"))
+        .description(words("machine_state_description"))
         .with_target(
             InfluxQL(
                 f'SELECT last("state") AS "state" FROM "samples" {_WHERE} GROUP BY "machine"',
                 _FACTORY,
             ).table()
         )
-        .mappings(_state_mappings())
+        .mappings(words.states())
         .with_transformation(transformation("organize", {"excludeByName": {"Time": True}}))
         .height(8)
         .span(6)
     )
     board.with_panel(
-        table.Panel()
-        .title("Gateways")
-        .description("The status each gateway last reported (offline: its last will).")
+        words.columns(table.Panel(), ["gateway", "status", "reason", "software"])
+        .title(words("gateways"))
+        .description(words("gateways_description"))
         .with_target(
             InfluxQL(
                 'SELECT last("status") AS "status", last("reason") AS "reason", '
@@ -145,8 +141,18 @@ def _now(board: dashboard.Dashboard) -> None:
             [
                 models.ValueMap(
                     options={
-                        "online": models.ValueMappingResult(color="green", index=0),
-                        "offline": models.ValueMappingResult(color="red", index=1),
+                        "online": models.ValueMappingResult(
+                            text=words("gateway_online"), color="green", index=0
+                        ),
+                        "offline": models.ValueMappingResult(
+                            text=words("gateway_offline"), color="red", index=1
+                        ),
+                        **{
+                            reason: models.ValueMappingResult(
+                                text=words(f"gateway_{reason}"), index=i
+                            )
+                            for i, reason in enumerate(_GATEWAY_REASONS, 2)
+                        },
                     }
                 )
             ]
@@ -156,12 +162,13 @@ def _now(board: dashboard.Dashboard) -> None:
         .span(6)
     )
     board.with_panel(
-        table.Panel()
-        .title("Live available capacity ($horizon)")
-        .description(
-            "The capacity service's latest snapshot (none older than "
-            f"{LIVE_WINDOW}): hours free per machine and capability over the horizon."
+        words.columns(
+            table.Panel(),
+            [*_CAPACITY_FIGURES, "machine", "process"],
+            {"confidence": [models.DynamicConfigValue("unit", "percentunit")]},
         )
+        .title(words("live_capacity"))
+        .description(words("live_capacity_description", minutes=LIVE_WINDOW_MIN))
         .with_target(
             InfluxQL(
                 f"""
@@ -176,20 +183,20 @@ def _now(board: dashboard.Dashboard) -> None:
                 _CAPACITY,
             ).table()
         )
+        .mappings([words.yes_no()])
         .with_transformation(transformation("organize", {"excludeByName": {"Time": True}}))
-        .unit("h")
+        .unit(words.unit("unit_hours"))
         .decimals(1)
-        .override_by_name("confidence", [models.DynamicConfigValue("unit", "percentunit")])
         .height(8)
         .span(12)
     )
 
 
-def _time(board: dashboard.Dashboard) -> None:
-    board.with_row(dashboard.Row("Time"))
+def _time(board: dashboard.Dashboard, words: Words) -> None:
+    board.with_row(dashboard.Row(words("row_time")))
     board.with_panel(
         statetimeline.Panel()
-        .title("State timeline")
+        .title(words("state_timeline"))
         .with_target(
             InfluxQL(
                 f"""
@@ -199,7 +206,7 @@ def _time(board: dashboard.Dashboard) -> None:
                 _FACTORY,
             ).alias("$tag_machine")
         )
-        .mappings(_state_mappings())
+        .mappings(words.states())
         .show_value(common_models.VisibilityMode.NEVER)
         .merge_values(True)
         .height(10)
@@ -207,8 +214,8 @@ def _time(board: dashboard.Dashboard) -> None:
     )
     board.with_panel(
         bargauge.Panel()
-        .title("Utilization by machine")
-        .description("Utilization efficiency UE = running / (running + setup + down).")
+        .title(words("utilization_by_machine"))
+        .description(words("utilization_by_machine_description"))
         .with_target(
             InfluxQL(
                 f'SELECT {_APT} / ({_AUBT}) AS "utilization" FROM "samples" {_WHERE} '
@@ -226,8 +233,8 @@ def _time(board: dashboard.Dashboard) -> None:
     )
     board.with_panel(
         timeseries.Panel()
-        .title("Utilization by shift")
-        .description("UE per shift of the grid set by shift_length, shift_start and timezone.")
+        .title(words("utilization_by_shift"))
+        .description(words("utilization_by_shift_description"))
         .with_target(
             InfluxQL(
                 f"""
@@ -241,6 +248,7 @@ def _time(board: dashboard.Dashboard) -> None:
         .unit("percentunit")
         .min(0)
         .max(1)
+        .axis_label(words("column_utilization"))
         .draw_style(common_models.GraphDrawStyle.BARS)
         .fill_opacity(60)
         .height(9)
@@ -248,25 +256,19 @@ def _time(board: dashboard.Dashboard) -> None:
     )
 
 
-def _oee(board: dashboard.Dashboard) -> None:
-    board.with_row(dashboard.Row("OEE"))
-    for title, expression, description in (
-        ("Availability", f"{_APT} / ({_PBT})", "A = APT / PBT over the selected machines."),
-        ("Utilization", f"{_APT} / ({_AUBT})", "UE = APT / AUBT over the selected machines."),
-        (
-            "Quality",
-            f'sum("good_delta") / ({_PRODUCED})',
-            "QR = good parts / parts produced over the selected machines.",
-        ),
+def _oee(board: dashboard.Dashboard, words: Words) -> None:
+    board.with_row(dashboard.Row(words("row_oee")))
+    for name, expression in (
+        ("availability", f"{_APT} / ({_PBT})"),
+        ("utilization", f"{_APT} / ({_AUBT})"),
+        ("quality", f'sum("good_delta") / ({_PRODUCED})'),
     ):
         board.with_panel(
             stat.Panel()
-            .title(title)
-            .description(description)
+            .title(words(f"column_{name}"))
+            .description(words(f"{name}_description"))
             .with_target(
-                InfluxQL(
-                    f'SELECT {expression} AS "{title.lower()}" FROM "samples" {_WHERE}', _FACTORY
-                )
+                InfluxQL(f'SELECT {expression} AS "{name}" FROM "samples" {_WHERE}', _FACTORY)
             )
             .unit("percentunit")
             .decimals(1)
@@ -275,12 +277,9 @@ def _oee(board: dashboard.Dashboard) -> None:
             .span(4)
         )
     board.with_panel(
-        table.Panel()
-        .title("OEE by machine")
-        .description(
-            "Availability, effectiveness (ideal cycle time x produced / running time), "
-            "quality and OEE = A x E x QR per machine."
-        )
+        words.columns(table.Panel(), ["machine", "availability", "effectiveness", "quality", "oee"])
+        .title(words("oee_by_machine"))
+        .description(words("oee_by_machine_description"))
         .with_target(
             InfluxQL(
                 f"""
@@ -330,7 +329,6 @@ def _oee(board: dashboard.Dashboard) -> None:
                             "quality": 3,
                             "oee": 4,
                         },
-                        "renameByName": {"oee": "OEE"},
                     },
                 ),
             ]
@@ -354,11 +352,15 @@ def _product(left: str, operator: str, right: str, alias: str) -> models.DataTra
     )
 
 
-def _parts(board: dashboard.Dashboard) -> None:
-    board.with_row(dashboard.Row("Parts and scrap"))
+def _parts(board: dashboard.Dashboard, words: Words) -> None:
+    board.with_row(dashboard.Row(words("row_parts")))
     board.with_panel(
-        timeseries.Panel()
-        .title("Parts and scrap")
+        words.columns(
+            timeseries.Panel(),
+            ["good", "scrap"],
+            {"scrap": [models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"})]},
+        )
+        .title(words("parts_and_scrap"))
         .with_target(
             InfluxQL(
                 f"""
@@ -366,20 +368,22 @@ def _parts(board: dashboard.Dashboard) -> None:
                 FROM "samples" {_WHERE} GROUP BY time($__interval) fill(0)
                 """,
                 _FACTORY,
-            )
+            ).alias("$col")
         )
+        .axis_label(words("parts"))
         .draw_style(common_models.GraphDrawStyle.BARS)
         .fill_opacity(80)
         .stacking(common.StackingConfig().mode(common_models.StackingMode.NORMAL))
-        .override_by_name(
-            "scrap", [models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"})]
-        )
         .height(8)
         .span(14)
     )
     board.with_panel(
-        table.Panel()
-        .title("Parts by machine")
+        words.columns(
+            table.Panel(),
+            ["machine", "good", "scrap", "scrap_rate"],
+            {"scrap_rate": [models.DynamicConfigValue("unit", "percentunit")]},
+        )
+        .title(words("parts_by_machine"))
         .with_target(
             InfluxQL(
                 f"""
@@ -391,18 +395,17 @@ def _parts(board: dashboard.Dashboard) -> None:
             ).table()
         )
         .with_transformation(transformation("organize", {"excludeByName": {"Time": True}}))
-        .override_by_name("scrap_rate", [models.DynamicConfigValue("unit", "percentunit")])
         .height(8)
         .span(10)
     )
 
 
-def _downtime(board: dashboard.Dashboard) -> None:
-    board.with_row(dashboard.Row("Downtime"))
+def _downtime(board: dashboard.Dashboard, words: Words) -> None:
+    board.with_row(dashboard.Row(words("row_downtime")))
     board.with_panel(
-        barchart.Panel()
-        .title("Down time by alarm code")
-        .description("Pareto: hours down, by the alarm code each alarmed sample ends with.")
+        words.columns(barchart.Panel(), ["alarm", "down_h (sum)"])
+        .title(words("down_by_alarm"))
+        .description(words("down_by_alarm_description"))
         .with_target(
             InfluxQL(
                 f"""
@@ -431,13 +434,14 @@ def _downtime(board: dashboard.Dashboard) -> None:
             ]
         )
         .x_field("alarm")
-        .unit("h")
+        .axis_label(words("column_down_h"))
+        .unit(words.unit("unit_hours"))
         .height(9)
         .span(12)
     )
     board.with_panel(
-        barchart.Panel()
-        .title("Down time by machine")
+        words.columns(barchart.Panel(), ["machine", "down_h"])
+        .title(words("down_by_machine"))
         .with_target(
             InfluxQL(
                 f'SELECT sum("down_s") / 3600 AS "down_h" FROM "samples" {_WHERE} '
@@ -452,23 +456,21 @@ def _downtime(board: dashboard.Dashboard) -> None:
             ]
         )
         .x_field("machine")
-        .unit("h")
+        .axis_label(words("column_down_h"))
+        .unit(words.unit("unit_hours"))
         .height(9)
         .span(12)
     )
 
 
-def plant_dashboard() -> dashboard.Dashboard:
-    """The plant manager's dashboard (see the module docstring)."""
-    board = kyoso_dashboard(
-        "Kyoso plant",
-        UID,
-        "One factory's machines: state, utilization, OEE, parts, downtime, capacity.",
-    )
-    _variables(board)
-    _now(board)
-    _time(board)
-    _oee(board)
-    _parts(board)
-    _downtime(board)
+def plant_dashboard(lang: Lang = DEFAULT) -> dashboard.Dashboard:
+    """The plant manager's dashboard in ``lang`` (see the module docstring)."""
+    words = Words(lang)
+    board = kyoso_dashboard(words, UID, "plant")
+    _variables(board, words)
+    _now(board, words)
+    _time(board, words)
+    _oee(board, words)
+    _parts(board, words)
+    _downtime(board, words)
     return board

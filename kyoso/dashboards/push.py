@@ -7,7 +7,7 @@ must exist in that Grafana (provisioned by the compose stack, or created by hand
 same uids: the factory ids and ``kyoso-capacity``).
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from grafana_client.api import GrafanaApi
@@ -31,7 +31,7 @@ def upload_payload(document: Mapping[str, Any], folder_uid: str) -> dict[str, An
 
 
 def push_dashboards(
-    api: GrafanaApi, documents: Mapping[str, Mapping[str, Any]], folder: str
+    api: GrafanaApi, documents: Iterable[Mapping[str, Any]], folder: str
 ) -> list[str]:
     """Upload ``documents`` into the folder titled ``folder``; return each dashboard's URL
     path. :class:`PushError` says what failed (unreachable, bad token, refused)."""
@@ -42,7 +42,7 @@ def push_dashboards(
         create = api.folder.create_folder  # untyped too
         folder_uid = found[0] if found else create(folder)["uid"]  # type: ignore[no-untyped-call]
         urls = []
-        for document in documents.values():
+        for document in documents:
             payload = upload_payload(document, folder_uid)
             answer = api.dashboard.update_dashboard(payload)  # type: ignore[no-untyped-call]
             urls.append(str(answer["url"]))

@@ -6,7 +6,8 @@ capability and horizon in ``capacity`` and one per factory in ``factory_status``
 figure is the latest snapshot of each series no older than
 :data:`~kyoso.dashboards.influxql.LIVE_WINDOW`, summed over machines; a trend sums, per
 time bucket, each series' latest value in that bucket (summing every snapshot of a bucket
-would count a machine once per snapshot).
+would count a machine once per snapshot). Its words come from the catalog, as the plant
+dashboard's do.
 """
 
 # ruff: noqa: S608 - the queries are Grafana templates built from constants, run by Grafana
@@ -14,13 +15,16 @@ from grafana_foundation_sdk.builders import barchart, bargauge, dashboard, stat,
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 
+from kyoso.i18n import DEFAULT, Lang
 from kyoso.regional.grafana import CAPACITY_DATASOURCE
 
 from .influxql import LIVE_WINDOW, InfluxQL, datasource, kyoso_dashboard, transformation
+from .words import Words
 
-__all__ = ["regional_dashboard"]
+__all__ = ["UID", "regional_dashboard"]
 
 UID = "kyoso-regional"
+"""The English board's uid; the Japanese one's is ``kyoso-regional-ja``."""
 
 _CAPACITY = datasource(CAPACITY_DATASOURCE)
 _SELECTED = (
@@ -45,20 +49,17 @@ def _live_available(group_by: str) -> str:
     return f'SELECT sum("available_h") AS "available_h" FROM ({latest}) GROUP BY {group_by}'
 
 
-def _variables(board: dashboard.Dashboard) -> None:
+def _variables(board: dashboard.Dashboard, words: Words) -> None:
     board.with_variable(
         dashboard.CustomVariable("horizon")
-        .label("Horizon")
+        .label(words("variable_horizon"))
         .values("24h,7d")
         .current(models.VariableOption(selected=True, text="24h", value="24h"))
     )
-    for name, label, key in (
-        ("capability", "Capability", "process"),
-        ("factory", "Factory", "factory"),
-    ):
+    for name, key in (("capability", "process"), ("factory", "factory")):
         board.with_variable(
             dashboard.QueryVariable(name)
-            .label(label)
+            .label(words(f"variable_{name}"))
             .datasource(_CAPACITY)
             .query(f'SHOW TAG VALUES FROM "capacity" WITH KEY = "{key}"')
             .multi(True)
@@ -69,18 +70,18 @@ def _variables(board: dashboard.Dashboard) -> None:
         )
 
 
-def _now(board: dashboard.Dashboard) -> None:
-    board.with_row(dashboard.Row("Available now ($horizon)"))
+def _now(board: dashboard.Dashboard, words: Words) -> None:
+    board.with_row(dashboard.Row(words("row_available_now")))
     status_where = f'"factory" =~ /^$factory$/ AND {_LIVE}'
-    for title, query in (
+    for name, query in (
         (
-            "Gateways offline",
+            "gateways_offline",
             'SELECT sum("gateways_offline") AS "gateways_offline" FROM ('
             + _latest("gateways_offline", "factory_status", status_where, '"factory"')
             + ")",
         ),
         (
-            "Factories offline",
+            "factories_offline",
             'SELECT count("offline") AS "factories_offline" FROM ('
             + _latest("offline", "factory_status", status_where, '"factory"')
             + ') WHERE "offline" = true',
@@ -88,8 +89,8 @@ def _now(board: dashboard.Dashboard) -> None:
     ):
         board.with_panel(
             stat.Panel()
-            .title(title)
-            .description("Offline factories advertise no capacity (reason offline).")
+            .title(words(f"column_{name}"))
+            .description(words("offline_description"))
             .with_target(InfluxQL(query, _CAPACITY))
             .graph_mode(common_models.BigValueGraphMode.NONE)
             .no_value("0")
@@ -103,14 +104,14 @@ def _now(board: dashboard.Dashboard) -> None:
         )
     board.with_panel(
         bargauge.Panel()
-        .title("Available hours by capability")
+        .title(words("available_by_capability"))
         .with_target(
             InfluxQL(
                 _live_available('"process"'),
                 _CAPACITY,
             ).alias("$tag_process")
         )
-        .unit("h")
+        .unit(words.unit("unit_hours"))
         .decimals(0)
         .display_mode(common_models.BarGaugeDisplayMode.GRADIENT)
         .orientation(common_models.VizOrientation.HORIZONTAL)
@@ -118,8 +119,8 @@ def _now(board: dashboard.Dashboard) -> None:
         .span(16)
     )
     board.with_panel(
-        barchart.Panel()
-        .title("Available hours by capability and factory")
+        words.columns(barchart.Panel(), ["process\\factory"])
+        .title(words("available_by_capability_and_factory"))
         .with_target(
             InfluxQL(
                 _live_available('"process", "factory"'),
@@ -135,14 +136,19 @@ def _now(board: dashboard.Dashboard) -> None:
         .x_field("process\\factory")
         .stacking(common_models.StackingMode.NORMAL)
         .orientation(common_models.VizOrientation.HORIZONTAL)
-        .unit("h")
+        .axis_label(words("column_available_h"))
+        .unit(words.unit("unit_hours"))
         .height(10)
         .span(24)
     )
     board.with_panel(
-        table.Panel()
-        .title("Factories")
-        .description("Each factory's latest status from the capacity service.")
+        words.columns(
+            table.Panel(),
+            ["factory", "gateways_online", "gateways_offline", "offline", "machines", "data_age_s"],
+            {"data_age_s": [models.DynamicConfigValue("unit", words.unit("unit_seconds"))]},
+        )
+        .title(words("factories"))
+        .description(words("factories_description"))
         .with_target(
             InfluxQL(
                 f"""
@@ -154,19 +160,19 @@ def _now(board: dashboard.Dashboard) -> None:
                 _CAPACITY,
             ).table()
         )
+        .mappings([words.yes_no()])
         .with_transformation(transformation("organize", {"excludeByName": {"Time": True}}))
-        .override_by_name("data_age_s", [models.DynamicConfigValue("unit", "s")])
         .height(8)
         .span(24)
     )
 
 
-def _trends(board: dashboard.Dashboard) -> None:
-    board.with_row(dashboard.Row("Trends"))
+def _trends(board: dashboard.Dashboard, words: Words) -> None:
+    board.with_row(dashboard.Row(words("row_trends")))
     buckets = "time($__interval)"
     board.with_panel(
         timeseries.Panel()
-        .title("Available hours by capability, over time")
+        .title(words("available_over_time"))
         .with_target(
             InfluxQL(
                 'SELECT sum("available_h") AS "available_h" FROM ('
@@ -180,13 +186,14 @@ def _trends(board: dashboard.Dashboard) -> None:
                 _CAPACITY,
             ).alias("$tag_process")
         )
-        .unit("h")
+        .axis_label(words("column_available_h"))
+        .unit(words.unit("unit_hours"))
         .height(9)
         .span(12)
     )
     board.with_panel(
         timeseries.Panel()
-        .title("Gateways offline, over time")
+        .title(words("gateways_offline_over_time"))
         .with_target(
             InfluxQL(
                 'SELECT sum("gateways_offline") AS "gateways_offline" FROM ('
@@ -198,16 +205,17 @@ def _trends(board: dashboard.Dashboard) -> None:
                 )
                 + f") GROUP BY {buckets} fill(none)",
                 _CAPACITY,
-            )
+            ).alias(words("column_gateways_offline"))
         )
+        .axis_label(words("column_gateways_offline"))
         .draw_style(common_models.GraphDrawStyle.BARS)
         .height(9)
         .span(6)
     )
     board.with_panel(
         timeseries.Panel()
-        .title("Confidence by factory")
-        .description("Mean confidence of the factory's capacity figures (history, withdrawals).")
+        .title(words("confidence_by_factory"))
+        .description(words("confidence_by_factory_description"))
         .with_target(
             InfluxQL(
                 f"""
@@ -218,6 +226,7 @@ def _trends(board: dashboard.Dashboard) -> None:
                 _CAPACITY,
             ).alias("$tag_factory")
         )
+        .axis_label(words("column_confidence"))
         .unit("percentunit")
         .min(0)
         .max(1)
@@ -226,14 +235,11 @@ def _trends(board: dashboard.Dashboard) -> None:
     )
 
 
-def regional_dashboard() -> dashboard.Dashboard:
-    """The regional board (see the module docstring)."""
-    board = kyoso_dashboard(
-        "Kyoso region",
-        UID,
-        "Available machine capacity across the region, by capability and factory.",
-    )
-    _variables(board)
-    _now(board)
-    _trends(board)
+def regional_dashboard(lang: Lang = DEFAULT) -> dashboard.Dashboard:
+    """The regional board in ``lang`` (see the module docstring)."""
+    words = Words(lang)
+    board = kyoso_dashboard(words, UID, "regional")
+    _variables(board, words)
+    _now(board, words)
+    _trends(board, words)
     return board

@@ -6,38 +6,39 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from kyoso.i18n import DEFAULT, Lang, from_environment, text
 from kyoso.influx.client import InfluxConfig
 from kyoso.simulators.command import parse_duration
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``demo`` to the ``kyoso`` command."""
+def register(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang = DEFAULT
+) -> None:
+    """Add ``demo`` to the ``kyoso`` command, its help in ``lang``."""
     parser = commands.add_parser(
-        "demo",
-        help="run broker, demo factories, gateways, ingest and API in one process",
-        description="Everything in one process with nothing else installed: an embedded "
-        "MQTT broker, the demo factories with a backfilled week, one gateway per factory, "
-        "the ingest into the embedded store, and the capacity API with its overview page. "
-        "Ctrl-C stops it; the data directory is kept for the next run.",
+        "demo", help=text("cli.demo.help", lang), description=text("cli.demo.description", lang)
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("kyoso-demo"), help="where everything is kept"
+        "--data-dir",
+        type=Path,
+        default=Path("kyoso-demo"),
+        metavar="DIR",
+        help=text("cli.demo.data_dir", lang),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    parser.add_argument("--port", type=int, default=8000, help="API port (0: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help=text("cli.demo.host", lang))
+    parser.add_argument("--port", type=int, default=8000, help=text("cli.demo.port", lang))
     parser.add_argument(
-        "--mqtt-port", type=int, default=1883, help="embedded broker port (0: a free one)"
+        "--mqtt-port", type=int, default=1883, help=text("cli.demo.mqtt_port", lang)
     )
+    parser.add_argument("--broker", metavar="HOST:PORT", help=text("cli.demo.broker", lang))
+    parser.add_argument("--influxdb", metavar="URL", help=text("cli.demo.influxdb", lang))
     parser.add_argument(
-        "--broker", metavar="HOST:PORT", help="use this MQTT 5 broker instead of the embedded one"
+        "--backfill",
+        type=parse_duration,
+        default=7 * 86400.0,
+        help=text("cli.common.backfill", lang),
     )
-    parser.add_argument(
-        "--influxdb", metavar="URL", help="use this InfluxDB (v1 API) instead of the embedded store"
-    )
-    parser.add_argument(
-        "--backfill", type=parse_duration, default=7 * 86400.0, help="history to generate, e.g. 7d"
-    )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, lang=lang)
 
 
 def _broker(value: str | None) -> tuple[str, int] | None:
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     def ready(info: DemoInfo) -> None:
-        print(guide(info), flush=True)
+        print(guide(info, from_environment()), flush=True)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -47,6 +47,7 @@ from kyoso.api.service import CapacityService
 from kyoso.capacity.rules import CapacityRules
 from kyoso.gateway.agent import Gateway
 from kyoso.gateway.config import GatewayConfig
+from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.influx.client import InfluxConfig
 from kyoso.ingest.config import IngestSettings, MqttConfig
 from kyoso.ingest.deadletter import DeadLetterStore
@@ -367,31 +368,26 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         signal.signal(sig, handler)
 
 
-def guide(info: DemoInfo) -> str:
-    """What the demo prints once it runs."""
-    admin = info.keys["admin"]
-    return "\n".join(
-        [
-            "",
-            "Kyoso demo is running.",
-            f"  Overview page : {info.api_url}/#key={admin}",
-            f"  API docs      : {info.api_url}/docs",
-            f"  Capacity      : curl -H 'Authorization: Bearer {info.keys['platform']}' "
-            f"'{info.api_url}/v1/capacity?horizon_h=24'",
-            f"  MQTT broker   : {info.broker} (topics kyoso/v1/#)",
-            f"  Factories     : {', '.join(info.factories)}",
-            f"  History       : {_history(info.history)}",
-            f"  Data          : {info.data_dir.resolve()} (keys in demo-keys.json)",
-            "Press Ctrl-C to stop; the data directory is kept for the next run.",
-            "",
-        ]
-    )
+def guide(info: DemoInfo, lang: Lang = DEFAULT) -> str:
+    """What the demo prints once it runs, in ``lang``."""
+    admin, platform = info.keys["admin"], info.keys["platform"]
+    values = {
+        "overview": f"{info.api_url}/#key={admin}",
+        "docs": f"{info.api_url}/docs",
+        "curl": (
+            f"curl -H 'Authorization: Bearer {platform}' '{info.api_url}/v1/capacity?horizon_h=24'"
+        ),
+        "broker": info.broker,
+        "factories": ", ".join(info.factories),
+        "history": _history(info.history, lang),
+        "data": info.data_dir.resolve(),
+    }
+    lines = ("running", "overview", "docs", "capacity", "broker", "factories", "history", "data")
+    said = [text(f"demo.{line}", lang, **values) for line in (*lines, "stop")]
+    return "\n".join(["", *said, ""])
 
 
-def _history(progress: BackfillProgress) -> str:
+def _history(progress: BackfillProgress, lang: Lang) -> str:
     if progress.complete:
-        return "complete"
-    return (
-        f"{progress.todo_s / 86400:.1f} days filling in the background, newest first "
-        "(figures firm up as it goes; the log says when it is done)"
-    )
+        return text("demo.history_complete", lang)
+    return text("demo.history_filling", lang, days=f"{progress.todo_s / 86400:.1f}")

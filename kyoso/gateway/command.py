@@ -8,6 +8,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kyoso.i18n import DEFAULT, Lang, text
+from kyoso.validation import explain
+
 from .agent import Gateway
 from .config import ConfigError, GatewayConfig, load_config
 from .http import health_server
@@ -17,57 +20,78 @@ from .modbus_probe import format_probe, probe
 from .outbox import OutboxLockedError, SqliteOutbox
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``gateway`` (and ``gateway probe``) to the ``kyoso`` command."""
+def register(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang = DEFAULT
+) -> None:
+    """Add ``gateway`` (and ``gateway probe``) to the ``kyoso`` command, its help in ``lang``."""
     parser = commands.add_parser(
         "gateway",
-        help="run the edge gateway (Modbus and MQTT sensors -> MQTT)",
-        description="Poll the machines of one factory and publish their samples.",
+        help=text("cli.gateway.help", lang),
+        description=text("cli.gateway.description", lang),
     )
-    parser.add_argument("--config", type=Path, metavar="GATEWAY.yaml", help="required to run")
     parser.add_argument(
-        "--check",
-        action="store_true",
-        help="validate the file, print each machine's Modbus request plan, then exit",
+        "--config", type=Path, metavar="GATEWAY.yaml", help=text("cli.gateway.config", lang)
     )
-    parser.set_defaults(run=run)
-    tools = parser.add_subparsers(dest="tool", metavar="TOOL")
-    probe_parser = tools.add_parser(
-        "probe", help="read raw Modbus registers and print every interpretation"
-    )
-    probe_parser.add_argument("target", metavar="HOST[:PORT]")
-    probe_parser.add_argument("--unit", type=int, default=1)
-    probe_parser.add_argument("--address", type=int, default=0, help="zero-based address")
-    probe_parser.add_argument("--count", type=int, default=2)
+    parser.add_argument("--check", action="store_true", help=text("cli.gateway.check", lang))
+    parser.set_defaults(run=run, lang=lang)
+    tools = parser.add_subparsers(dest="tool", metavar=text("cli.metavar.tool", lang))
+    probe_parser = tools.add_parser("probe", help=text("cli.gateway.probe.help", lang))
     probe_parser.add_argument(
-        "--table", choices=["holding", "input", "coil", "discrete_input"], default="holding"
+        "target", metavar="HOST[:PORT]", help=text("cli.gateway.probe.target", lang)
     )
-    probe_parser.add_argument("--rtu-over-tcp", action="store_true", help="RTU framing over TCP")
-    probe_parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    probe_parser.add_argument(
+        "--unit", type=int, default=1, help=text("cli.gateway.probe.unit", lang)
+    )
+    probe_parser.add_argument(
+        "--address", type=int, default=0, help=text("cli.gateway.probe.address", lang)
+    )
+    probe_parser.add_argument(
+        "--count", type=int, default=2, help=text("cli.gateway.probe.count", lang)
+    )
+    probe_parser.add_argument(
+        "--table",
+        choices=["holding", "input", "coil", "discrete_input"],
+        default="holding",
+        help=text("cli.gateway.probe.table", lang),
+    )
+    probe_parser.add_argument(
+        "--rtu-over-tcp", action="store_true", help=text("cli.gateway.probe.rtu_over_tcp", lang)
+    )
+    probe_parser.add_argument(
+        "--timeout", type=float, default=3.0, help=text("cli.common.timeout", lang)
+    )
     probe_parser.set_defaults(run=run_probe)
     outbox_parser = tools.add_parser(
         "outbox",
-        help="show the outbox (pending, refused, dropped); requeue refused samples",
-        description="What the gateway's outbox holds: pending samples (and how many of them "
-        "the broker took, awaiting the store's receipt), samples the broker refused (with "
-        "the reason) and seq ranges a full outbox dropped. 'requeue' puts "
-        "refused samples back to be published once the cause is fixed (an ACL, a quota). "
-        "Stop the gateway first: one process at a time opens its outbox.",
+        help=text("cli.gateway.outbox.help", lang),
+        description=text("cli.gateway.outbox.description", lang),
     )
-    outbox_parser.add_argument("action", nargs="?", choices=["show", "requeue"], default="show")
-    outbox_parser.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="requeue these")
+    outbox_parser.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "requeue"],
+        default="show",
+        help=text("cli.gateway.outbox.action", lang),
+    )
+    outbox_parser.add_argument(
+        "seqs",
+        nargs="*",
+        type=int,
+        metavar="SEQ",
+        help=text("cli.gateway.outbox.seqs", lang),
+    )
     outbox_parser.set_defaults(run=run_outbox)
 
 
 def _config(args: argparse.Namespace, command: str) -> GatewayConfig | None:
     """The configuration ``--config`` names; None (said on stderr) if there is none."""
     if args.config is None:
-        print(f"{command}: --config GATEWAY.yaml is required", file=sys.stderr)
+        print(text("cli.gateway.config_required", args.lang, command=command), file=sys.stderr)
         return None
     try:
         return load_config(args.config)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(explain(exc, args.lang), file=sys.stderr)
         return None
 
 

@@ -9,9 +9,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.store import SqliteStore
 from kyoso.store.choice import store_for
 from kyoso.store.influx import InfluxStore
+from kyoso.validation import explain
 
 from .config import ENV_PREFIX, IngestConfigError, IngestSettings, load_settings
 from .deadletter import DeadLetter, DeadLetterStore
@@ -22,26 +24,40 @@ GC_YOUNG_THRESHOLD = 20_000
 """Allocations between young collections (CPython's default is 700)."""
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``ingest`` (and ``ingest dead-letters``) to the ``kyoso`` command."""
+def register(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang = DEFAULT
+) -> None:
+    """Add ``ingest`` (and ``ingest dead-letters``) to the ``kyoso`` command, its help in
+    ``lang``."""
     parser = commands.add_parser(
         "ingest",
-        help="run the ingest (MQTT -> InfluxDB or the embedded store)",
-        description="Subscribe to the regional broker and store every valid message; "
-        f"options from --config and/or {ENV_PREFIX}* environment variables.",
+        help=text("cli.ingest.help", lang),
+        description=text("cli.ingest.description", lang, prefix=ENV_PREFIX),
     )
-    parser.add_argument("--config", type=Path, metavar="INGEST.yaml", help="settings file")
-    parser.add_argument("--check", action="store_true", help="validate the settings and exit")
-    parser.set_defaults(run=run)
-    tools = parser.add_subparsers(dest="tool", metavar="TOOL")
-    letters = tools.add_parser(
-        "dead-letters", help="list refused messages, or show one with its payload"
+    parser.add_argument(
+        "--config", type=Path, metavar="INGEST.yaml", help=text("cli.common.settings_file", lang)
     )
-    letters.add_argument("id", nargs="?", type=int, help="show this dead letter in full")
-    letters.add_argument("--reason", help="only letters of this reason")
-    letters.add_argument("--after", type=int, default=0, metavar="ID", help="only after this id")
-    letters.add_argument("--limit", type=int, default=50, help="most letters listed")
-    letters.add_argument("--raw", action="store_true", help="with ID: write the payload bytes")
+    parser.add_argument(
+        "--check", action="store_true", help=text("cli.common.check_settings", lang)
+    )
+    parser.set_defaults(run=run, lang=lang)
+    tools = parser.add_subparsers(dest="tool", metavar=text("cli.metavar.tool", lang))
+    letters = tools.add_parser("dead-letters", help=text("cli.ingest.dead_letters.help", lang))
+    letters.add_argument("id", nargs="?", type=int, help=text("cli.ingest.dead_letters.id", lang))
+    letters.add_argument("--reason", help=text("cli.ingest.dead_letters.reason", lang))
+    letters.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="ID",
+        help=text("cli.ingest.dead_letters.after", lang),
+    )
+    letters.add_argument(
+        "--limit", type=int, default=50, help=text("cli.ingest.dead_letters.limit", lang)
+    )
+    letters.add_argument(
+        "--raw", action="store_true", help=text("cli.ingest.dead_letters.raw", lang)
+    )
     letters.set_defaults(run=run_dead_letters)
 
 
@@ -49,7 +65,7 @@ def _settings(args: argparse.Namespace) -> IngestSettings | None:
     try:
         return load_settings(args.config)
     except IngestConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(explain(exc, args.lang), file=sys.stderr)
         return None
 
 

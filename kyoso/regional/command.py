@@ -8,9 +8,11 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 
+from kyoso.i18n import DEFAULT, Lang, text
+from kyoso.i18n.parser import CatalogParser
 from kyoso.influx.client import InfluxConfig, InfluxError
 from kyoso.simulators.config import load_factory, shipped_factories
-from kyoso.validation import error_lines
+from kyoso.validation import error_lines, explain
 
 from .demo import demo_gateway_configs, write_demo_gateways
 from .grafana import write_datasources
@@ -30,75 +32,97 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``regional mosquitto`` and ``regional setup`` to the ``kyoso`` command."""
+def register(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang = DEFAULT
+) -> None:
+    """Add ``regional mosquitto`` and ``regional setup`` to the ``kyoso`` command, their
+    help in ``lang``."""
     parser = commands.add_parser(
         "regional",
-        help="generate the regional stack's access control and configuration",
-        description="Generate broker, InfluxDB and Grafana access from a gateway registry "
-        "(docs/regional.md).",
+        help=text("cli.regional.help", lang),
+        description=text("cli.regional.description", lang),
     )
-    tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", type=Path, required=True, metavar="FILE")
+    parser.set_defaults(lang=lang)
+    tools = parser.add_subparsers(
+        dest="tool", metavar=text("cli.metavar.tool", lang), required=True
+    )
+    common = CatalogParser(add_help=False, lang=lang)
+    common.add_argument(
+        "--registry",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help=text("cli.regional.registry", lang),
+    )
     common.add_argument(
         "--secrets",
         type=Path,
         required=True,
         metavar="FILE",
-        help="generated passwords, kept across runs (created if missing, mode 0600)",
+        help=text("cli.regional.secrets", lang),
     )
     common.add_argument(
         "--tls-dir",
         type=Path,
         metavar="DIR",
-        help="add a TLS listener (8883) when DIR holds server.crt and server.key; with "
-        "ca.crt, clients need a certificate signed by it",
+        help=text("cli.regional.tls_dir", lang),
     )
     mosquitto = tools.add_parser(
-        "mosquitto",
-        parents=[common],
-        help="write Mosquitto's password file, ACL file and access settings",
+        "mosquitto", parents=[common], help=text("cli.regional.mosquitto.help", lang)
     )
-    mosquitto.add_argument("--out", type=Path, required=True, metavar="DIR")
+    mosquitto.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help=text("cli.regional.mosquitto.out", lang),
+    )
     mosquitto.set_defaults(run=run_mosquitto)
     setup = tools.add_parser(
         "setup",
         parents=[common],
-        help="everything the compose stack needs: broker files, InfluxDB users and grants, "
-        "Grafana data sources, demo gateway configurations",
-        description=f"Idempotent; the InfluxDB admin's password comes from {ADMIN_PASSWORD_ENV}.",
+        help=text("cli.regional.setup.help", lang),
+        description=text("cli.regional.setup.description", lang, variable=ADMIN_PASSWORD_ENV),
     )
     setup.add_argument(
         "--out",
         type=Path,
         required=True,
         metavar="DIR",
-        help="writes DIR/mosquitto/, DIR/grafana/kyoso.yaml and DIR/gateways/",
+        help=text("cli.regional.setup.out", lang),
     )
-    setup.add_argument("--influx-url", required=True, help="InfluxDB 1.x HTTP API")
-    setup.add_argument("--influx-admin", default="admin", metavar="USER", help="default admin")
     setup.add_argument(
-        "--grafana-influx-url", metavar="URL", help="InfluxDB as Grafana reaches it (default: same)"
+        "--influx-url", required=True, help=text("cli.regional.setup.influx_url", lang)
+    )
+    setup.add_argument(
+        "--influx-admin",
+        default="admin",
+        metavar="USER",
+        help=text("cli.regional.setup.influx_admin", lang),
+    )
+    setup.add_argument(
+        "--grafana-influx-url",
+        metavar="URL",
+        help=text("cli.regional.setup.grafana_influx_url", lang),
     )
     setup.add_argument(
         "--broker",
         type=_address,
         default=("mosquitto", 1883),
         metavar="HOST:PORT",
-        help="the regional broker, for the demo gateways (default mosquitto:1883)",
+        help=text("cli.regional.setup.broker", lang),
     )
     setup.add_argument(
         "--simulator-host",
         default="simulators",
-        help="host of `kyoso simulate` (default simulators)",
+        help=text("cli.regional.setup.simulator_host", lang),
     )
     setup.add_argument(
         "--sensor-broker",
         type=_address,
         default=("sensor-broker", 1883),
         metavar="HOST:PORT",
-        help="the shop-floor broker of the current clamps (default sensor-broker:1883)",
+        help=text("cli.regional.setup.sensor_broker", lang),
     )
     setup.set_defaults(run=run_setup)
 
@@ -107,7 +131,7 @@ def _load(args: argparse.Namespace) -> Registry | None:
     try:
         return load_registry(args.registry)
     except RegistryError as exc:
-        print(exc, file=sys.stderr)
+        print(explain(exc, args.lang), file=sys.stderr)
         return None
 
 
@@ -147,7 +171,7 @@ def run_setup(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     except ValidationError as exc:
-        print(error_lines("--influx-url/--influx-admin", exc), file=sys.stderr)
+        print(error_lines("--influx-url/--influx-admin", exc).text(args.lang), file=sys.stderr)
         return 2
     try:
         asyncio.run(provision_influxdb(registry, passwords.influxdb, admin))

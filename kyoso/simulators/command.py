@@ -9,6 +9,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kyoso.i18n import DEFAULT, Lang, text
+from kyoso.validation import explain
+
 from .config import ClampSourceConfig, FactoryConfig, FactoryConfigError, load_factory
 from .config import shipped_factories as _shipped
 from .modbus import Fault, FaultKind
@@ -60,44 +63,52 @@ def _broker(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``simulate`` to the ``kyoso`` command."""
+def register(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", lang: Lang = DEFAULT
+) -> None:
+    """Add ``simulate`` to the ``kyoso`` command, its help in ``lang``."""
     parser = commands.add_parser(
         "simulate",
-        help="run demo factories (Modbus machines, MQTT current clamps)",
-        description="Run simulated factories with known ground truth. Without FACTORY "
-        "files, every shipped demo factory runs.",
-    )
-    parser.add_argument("factories", nargs="*", type=Path, metavar="FACTORY.yaml")
-    parser.add_argument("--list", action="store_true", help="list machines and sources, then exit")
-    parser.add_argument("--check", action="store_true", help="validate the files, then exit")
-    parser.add_argument("--host", default="127.0.0.1", help="Modbus bind address")
-    parser.add_argument(
-        "--ephemeral-ports", action="store_true", help="bind every Modbus server to a free port"
+        help=text("cli.simulate.help", lang),
+        description=text("cli.simulate.description", lang),
     )
     parser.add_argument(
-        "--mqtt", type=_broker, metavar="HOST[:PORT]", help="local broker for the clamp sensors"
+        "factories",
+        nargs="*",
+        type=Path,
+        metavar="FACTORY.yaml",
+        help=text("cli.simulate.factories", lang),
     )
-    parser.add_argument("--scale", type=float, default=1.0, help="time-scale factor (default 1)")
+    parser.add_argument("--list", action="store_true", help=text("cli.simulate.list", lang))
+    parser.add_argument("--check", action="store_true", help=text("cli.simulate.check", lang))
+    parser.add_argument("--host", default="127.0.0.1", help=text("cli.simulate.host", lang))
     parser.add_argument(
-        "--start", type=_parse_time, help="simulation time at launch (default: now)"
+        "--ephemeral-ports", action="store_true", help=text("cli.simulate.ephemeral_ports", lang)
     )
     parser.add_argument(
-        "--backfill", type=parse_duration, default=0.0, help="history to generate, e.g. 7d"
+        "--mqtt", type=_broker, metavar="HOST[:PORT]", help=text("cli.simulate.mqtt", lang)
     )
-    parser.add_argument("--ground-truth", type=Path, metavar="DIR", help="write the truth here")
+    parser.add_argument("--scale", type=float, default=1.0, help=text("cli.simulate.scale", lang))
+    parser.add_argument("--start", type=_parse_time, help=text("cli.simulate.start", lang))
     parser.add_argument(
-        "--duration", type=parse_duration, help="stop after this wall time (default: never)"
+        "--backfill", type=parse_duration, default=0.0, help=text("cli.common.backfill", lang)
     )
+    parser.add_argument(
+        "--ground-truth",
+        type=Path,
+        metavar="DIR",
+        help=text("cli.simulate.ground_truth", lang),
+    )
+    parser.add_argument("--duration", type=parse_duration, help=text("cli.simulate.duration", lang))
     parser.add_argument(
         "--fault",
         type=parse_fault,
         action="append",
         default=[],
         metavar="MACHINE=KIND[:P[:DELAY]]",
-        help="inject a Modbus fault: busy, no_response, slow, drop or junk",
+        help=text("cli.simulate.fault", lang),
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, lang=lang)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         factories = [load_factory(p) for p in paths]
     except FactoryConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(explain(exc, args.lang), file=sys.stderr)
         return 2
     if args.check:
         for factory in factories:

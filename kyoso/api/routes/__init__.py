@@ -1,9 +1,10 @@
 """The capacity API's routes under ``/v1``, one router per resource."""
 
-from . import bookings, capacity, factories, holds, phased, webhooks
+from . import bookings, capacity, factories, holds, phased, timeline, webhooks
 
 ROUTERS = [
     factories.router,
+    timeline.router,
     capacity.router,
     phased.router,
     bookings.router,
