@@ -119,20 +119,21 @@ def test_a_machine_down_fires_once_and_recovers_in_both_languages(
     driven: Driver, own: Region, clocks: Clocks, smtp: SmtpSink, hook: Receiver
 ) -> None:
     assert driven.look() == 0
+    # Its sample says it went down a minute before the clock, at 08:59:30.
     set_states(own, OKADA, clocks, {"cnc-02": MachineState.DOWN})
     assert driven.look(5) == 0  # down (seen 5 s later), not for 10 minutes yet
     assert driven.look(5 * MINUTE) == 0
-    assert driven.look(6 * MINUTE) == 2  # 11 min: one e-mail, one webhook
+    assert driven.look(6 * MINUTE) == 2  # 12 min: one e-mail, one webhook
     for _ in range(3):
         assert driven.look(MINUTE) == 0  # still down: nothing more
     [mail] = smtp.taken()
     assert mail.to == ["boss@okada.example.jp"]
     assert mail.subject == f"[{OKADA}] 設備停止: cnc-02"
     assert "故障停止" in mail.body
-    assert "11月5日 09:00から11分続いています" in mail.body
+    assert "11月5日 08:59から12分続いています" in mail.body
     [posted] = hook.at("/hook")
     assert posted.event["title"] == f"[{OKADA}] Machine down: cnc-02"
-    assert "down since 11/5 09:00 (11 min)" in posted.event["message"]
+    assert "down since 11/5 08:59 (12 min)" in posted.event["message"]
 
     set_states(own, OKADA, clocks, {"cnc-02": MachineState.RUNNING})
     assert driven.look(MINUTE) == 2
@@ -140,7 +141,20 @@ def test_a_machine_down_fires_once_and_recovers_in_both_languages(
     mails, posts = _titles(smtp, hook)
     assert mails[1:] == [f"[{OKADA}] 設備復旧: cnc-02"]
     assert posts[1:] == [f"[{OKADA}] Machine back: cnc-02"]
-    assert "15分" in smtp.taken()[1].body  # down from 09:00 to 09:15
+    assert "停止 16分" in smtp.taken()[1].body  # down from 08:59:30 to 09:15:35
+
+
+def test_a_stop_is_timed_from_its_samples_not_from_the_first_look(
+    driven: Driver, own: Region, clocks: Clocks, smtp: SmtpSink, hook: Receiver
+) -> None:
+    """The alerts start while a machine has been down for 20 minutes: the stop began when
+    its samples say (the API's down_since), so the first look fires."""
+    for _ in range(20):
+        clocks.advance(MINUTE)
+        set_states(own, OKADA, clocks, {"cnc-02": MachineState.DOWN})
+    assert driven.look() == 2
+    [mail] = smtp.taken()
+    assert "20分続いています" in mail.body
 
 
 def test_a_stop_shorter_than_the_rule_says_nothing(

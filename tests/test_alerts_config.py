@@ -181,7 +181,7 @@ def test_every_message_renders_in_both_languages() -> None:
         "gateway_offline": {"factory": "f", "gateway": ""},
         "capacity_below": {
             "factory": "f",
-            "process": "p",
+            "process": "cnc_milling_3axis",
             "available_h": 1.0,
             "below_h": 2.0,
             "horizon_h": "24",
@@ -193,7 +193,12 @@ def test_every_message_renders_in_both_languages() -> None:
             "orders": [{"ref": None, "start": since, "end": since, "hours": None}],
             "cover": cover,
         },
-        "partner_down": {"partner": "p", "machine": "m", "processes": ["a", "b"], "cover": []},
+        "partner_down": {
+            "partner": "p",
+            "machine": "m",
+            "processes": ["cnc_turning", "laser_cutting"],
+            "cover": [],
+        },
     }
     for rule, known in facts.items():
         for event in ("fired", "reminder", "recovered"):
@@ -206,7 +211,7 @@ def test_every_message_renders_in_both_languages() -> None:
         "order_at_risk", "fired", facts["order_at_risk"], "ja", TOKYO, since=since, at=since
     )
     assert "・予約 11月5日 08:00〜11月5日 08:00（計画時間すべて）" in body
-    assert "・cnc_turning: 振り替えが必要な仕事 2時間 → sato（空き 7.2時間）" in body
+    assert "・NC旋盤加工: 振り替えが必要な仕事 2時間 → sato（空き 7.2時間）" in body
     _, body = render(
         "partner_down", "fired", facts["partner_down"], "en", TOKYO, since=since, at=since
     )

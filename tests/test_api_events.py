@@ -47,6 +47,17 @@ def _available(api: Api) -> float:
     return available
 
 
+def _quiet_machine(api: Api) -> str:
+    """The process's machine whose withdrawal leaves the process's reasons as they are: one
+    whose reasons the other has too (which one it is depends on the simulated history: a
+    machine in a minor stop at the end of it adds ``minor_stop``)."""
+    body = get_json(api, f"/v1/factories/{FACTORY}/capacity", "admin", horizon_h=24)
+    rows: dict[str, set[str]] = {
+        m["machine"]: set(m["reasons"]) for m in body["machines"] if PROCESS in m["processes"]
+    }
+    return next(m for m, reasons in rows.items() if all(reasons <= r for r in rows.values()))
+
+
 def _withdraw(region: Region, machine: str) -> None:
     async def write() -> None:
         async with SqliteStore(region.path) as store:
@@ -114,7 +125,7 @@ def test_a_threshold_sends_its_crossings_only_and_a_resumed_stream_what_it_misse
 def test_a_stream_resumed_after_a_move_too_small_to_tell_is_sent_nothing(
     api: tuple[Api, Region],
 ) -> None:
-    """cnc-02 withdrawn changes the answer (one machine fewer: its id, the ETag, changes)
+    """A machine withdrawn changes the answer (one machine fewer: its id, the ETag, changes)
     but, with ``min_change_h`` at 1000, no figure enough to tell: a client resuming with the
     id it had is sent what it would have been sent had it stayed connected, nothing."""
     client, region = api
@@ -123,8 +134,8 @@ def test_a_stream_resumed_after_a_move_too_small_to_tell_is_sent_nothing(
     with client.client.stream("GET", "/v1/events", params=params, headers=platform) as stream:
         seen, _ = next(_events(stream.iter_lines()))
     before = _process_row(client)
-    _withdraw(region, "cnc-02")
-    wait_until(lambda: _process_row(client)["machines"] == 1, what="cnc-02 withdrawn")
+    _withdraw(region, _quiet_machine(client))
+    wait_until(lambda: _process_row(client)["machines"] == 1, what="a machine withdrawn")
     after = _process_row(client)
     assert abs(after["confidence"] - before["confidence"]) < 0.05  # nothing else to tell
     assert after["reasons"] == before["reasons"]

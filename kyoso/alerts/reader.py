@@ -36,6 +36,8 @@ class MachineNow:
     """Its state at the latest sample (``down``, ``running``...); None: no sample."""
     withdrawn: str | None
     """Why its capacity is withdrawn, if it is for want of evidence: offline, unreadable."""
+    down_since: datetime | None = None
+    """Down now: when the stop began, by its samples, as the API says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,9 @@ class ApiReader:
                     state=m["state"],
                     withdrawn=next(
                         (r for r in reasons.get(m["machine"], []) if r in _WITHDRAWN), None
+                    ),
+                    down_since=(
+                        None if m["down_since"] is None else datetime.fromisoformat(m["down_since"])
                     ),
                 )
                 for m in machines

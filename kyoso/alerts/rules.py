@@ -45,7 +45,9 @@ def machine_down(seen: FactoryNow) -> list[Condition]:
         else:
             continue
         facts = {"factory": seen.factory, "machine": m.machine, "name": m.name, "cause": cause}
-        found.append(Condition(m.machine, facts))
+        # A stop is timed from its samples; withdrawn for want of them, from when first seen.
+        since = m.down_since.timestamp() if cause == "down" and m.down_since else None
+        found.append(Condition(m.machine, facts, since))
     return found
 
 

@@ -201,6 +201,11 @@ class MachineOut(Body):
         description="The alarm code at the latest sample (0: none); null: not read.",
         examples=[0],
     )
+    down_since: datetime | None = Field(
+        description="Down now: when this stop began, by its samples (a stop longer than a "
+        "day is said to begin a day before its latest sample); null: not down.",
+        examples=[None],
+    )
     data_age_s: DataAge
     stale: bool = Field(description="No sample within the staleness threshold.", examples=[False])
     as_of: AsOf

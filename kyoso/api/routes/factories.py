@@ -2,7 +2,7 @@
 the platform's of its shared machines and consented KPIs."""
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -262,6 +262,11 @@ def _machine(view: MachineView, as_of: datetime, now: datetime) -> MachineOut:
         share_kpis=d.sharing.kpis,
         state=None if latest is None else latest.state,
         alarm=None if latest is None else latest.alarm,
+        down_since=(
+            None
+            if latest is None or view.down_for_s is None
+            else latest.ts - timedelta(seconds=view.down_for_s)
+        ),
         data_age_s=age_s(view.newest, now),
         stale=view.stale,
         as_of=as_of,
