@@ -5,6 +5,9 @@ hours and sent as a digest; kept across a restart; retried until delivered; told
 partner only when both sides agree. The API is the real one over a simulated region, on
 the test's clock: every look is one call, nothing waits on the wall clock."""
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,8 +28,10 @@ from alertkit import (
     write_config,
 )
 from apikit import Api, Clocks, Region, build_region, copy_region, running_api
+from ingestkit import wait_until
 from webhookkit import Receiver
 
+from kyoso.alerts.state import AlertState
 from kyoso.capacity.rules import CapacityRules
 from kyoso.contract import MachineState
 
@@ -321,6 +326,49 @@ def test_a_restart_neither_repeats_nor_misses(
     mails, posts = _titles(smtp, hook)
     assert mails == [f"[{OKADA}] 設備停止: cnc-02", f"[{OKADA}] 設備復旧: cnc-02"]
     assert posts == [f"[{OKADA}] Machine down: cnc-02", f"[{OKADA}] Machine back: cnc-02"]
+
+
+def test_the_running_loop_looks_delivers_and_stops(
+    *, api: Api, own: Region, clocks: Clocks, smtp: SmtpSink, hook: Receiver, tmp_path: Path
+) -> None:
+    """`kyoso alerts` without --once: its loop looks, delivers what fired (once, however many
+    looks it takes), and ends when told to stop."""
+    rules = _rules(machine_down={"after_min": 0})
+    factory = _okada(api, smtp, hook, rules=rules)
+    driver = Driver(api, clocks, write_config(tmp_path / "a.yaml", {OKADA: factory}, interval_s=1))
+    set_states(own, OKADA, clocks, {"cnc-02": MachineState.DOWN})
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(driver.engine.run(stop))
+        sent = lambda: len(smtp.taken()) + len(hook.at("/hook")) == 2  # noqa: E731
+        await asyncio.to_thread(wait_until, sent, 120, "the loop's first messages")  # a hang
+        await asyncio.sleep(2.5)  # more looks, a second apart: nothing more to send
+        stop.set()
+        async with asyncio.timeout(120):
+            await loop
+
+    asyncio.run(run())
+    driver.close()
+    assert _titles(smtp, hook) == (
+        [f"[{OKADA}] 設備停止: cnc-02"],
+        [f"[{OKADA}] Machine down: cnc-02"],
+    )
+
+
+def test_a_second_process_on_the_state_file_is_refused(driven: Driver, api: Api) -> None:
+    """Two processes on one state file would each send every message: while one holds it,
+    `kyoso alerts` in another process exits 2 saying so; once it is closed, it takes over."""
+    config = Path(driven.config.state_path).parent / "alerts.yaml"
+    command = [sys.executable, "-m", "kyoso", "alerts", "--config", str(config), "--check"]
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    once = [*command[:-1], "--once"]
+    refused = subprocess.run(once, capture_output=True, text=True, check=False)
+    assert refused.returncode == 2
+    assert "is in use by another kyoso alerts" in refused.stderr
+    driven.close()
+    with AlertState(driven.config.state_path):
+        pass  # free again
 
 
 def test_a_failed_delivery_is_retried_until_it_goes(

@@ -13,6 +13,7 @@ from kyoso.validation import ConfigError, explain
 
 from .config import AlertsConfig, load_config
 from .engine import AlertEngine
+from .errors import StateInUseError
 from .state import AlertState
 
 
@@ -54,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
             f"API {config.api.url}, state {config.state_path}"
         )
         return 0
-    return asyncio.run(_serve(config, once=args.once))
+    try:
+        return asyncio.run(_serve(config, once=args.once))
+    except StateInUseError as exc:
+        print(f"kyoso alerts: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _serve(config: AlertsConfig, *, once: bool) -> int:

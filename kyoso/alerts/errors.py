@@ -1,6 +1,6 @@
 """The alerts' errors: one root, and a type for each side that can fail."""
 
-__all__ = ["AlertsError", "ApiReadError", "DeliveryError"]
+__all__ = ["AlertsError", "ApiReadError", "DeliveryError", "StateInUseError"]
 
 
 class AlertsError(Exception):
@@ -19,3 +19,7 @@ class ApiReadError(AlertsError):
 
 class DeliveryError(AlertsError):
     """A channel did not take a message: it is tried again later."""
+
+
+class StateInUseError(AlertsError):
+    """Another process holds the state file."""

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from .errors import StateInUseError
+
 __all__ = ["AlertRow", "AlertState", "Outgoing", "Queued"]
 
 SCHEMA_VERSION = 1
@@ -89,19 +91,35 @@ class Queued:
 
 
 class AlertState:
-    """The state file; used from one thread (the engine's event loop)."""
+    """The state file; used from one thread (the engine's event loop), by one process: it
+    holds SQLite's exclusive lock from its first write until closed, so that a second
+    ``kyoso alerts`` on the same file (which would send every message twice) is refused."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        self._db = sqlite3.connect(path, timeout=0)
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise ValueError(f"{path}: an alerts state file of version {version}, not 1")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            # A write each time it opens: the exclusive lock is taken now, not at the first
+            # alert.
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.commit()
+        except sqlite3.OperationalError as exc:
             self._db.close()
-            raise ValueError(f"{path}: an alerts state file of version {version}, not 1")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db.commit()
+            if "locked" not in str(exc):
+                raise
+            raise StateInUseError(
+                f"{path} is in use by another kyoso alerts: one process per state file, or "
+                "each would send every message"
+            ) from None
+        except ValueError:
+            self._db.close()
+            raise
 
     def __enter__(self) -> Self:
         return self
