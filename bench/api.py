@@ -69,6 +69,7 @@ from kyoso.simulators.config import (
     MachineConfig,
     ModbusServerConfig,
     ModbusSourceConfig,
+    MTConnectSourceConfig,
     load_factory,
     shipped_factories,
 )
@@ -101,9 +102,11 @@ def clone_region(factories: int, machines: int) -> list[FactoryConfig]:
         for j in range(machines):
             base = template.machines[j % len(template.machines)]
             machine_id = f"{base.id}-{j // len(template.machines)}"
-            source: ClampSourceConfig | ModbusSourceConfig
+            source: ClampSourceConfig | ModbusSourceConfig | MTConnectSourceConfig
             if isinstance(base.source, ClampSourceConfig):
                 source = base.source.model_copy(update={"sensor": f"clamp-{k}-{j}"})
+            elif isinstance(base.source, MTConnectSourceConfig):
+                source = base.source.model_copy(update={"port": 0})  # an agent of its own
             else:
                 servers[f"srv-{j}"] = ModbusServerConfig(port=0)
                 source = base.source.model_copy(update={"server": f"srv-{j}", "unit": 1})

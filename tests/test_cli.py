@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from kyoso.simulators.config import load_factory, shipped_factories
+from kyoso.simulators.modbus import Endpoint
 from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
 
 
@@ -49,6 +50,7 @@ def test_gateway_probe_reads_the_commissioning_test_pattern() -> None:
         options = SimulationOptions(ephemeral_ports=True)
         async with Simulation([factory], SimClock(start), options) as sim:
             endpoint = sim.endpoints[factory.factory]["cnc-02"]  # word order CDAB
+            assert isinstance(endpoint, Endpoint)
             return await _kyoso(
                 "gateway", "probe", f"{endpoint.host}:{endpoint.port}", "--unit",
                 str(endpoint.unit), "--table", "input", "--address", "114", "--count", "2",

@@ -104,9 +104,7 @@ def test_the_english_help_of_the_gateway() -> None:
     assert "Live machine telemetry turned into shared machine capacity." in help_
     assert "show program's version number and exit" in help_
     gateway = " ".join(dict(_subcommands(build_parser("en")))["gateway"].format_help().split())
-    assert (
-        "--check validate the file, print each machine's Modbus request plan, then exit" in gateway
-    )
+    assert "--check validate the file, print each machine's source" in gateway
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:

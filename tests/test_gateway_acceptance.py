@@ -24,6 +24,7 @@ from kyoso.simulators.clamp import ClampSensor
 from kyoso.simulators.config import load_factory, shipped_factories
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.modbus import ModbusServers
+from kyoso.simulators.mtconnect import mtconnect_agents
 from kyoso.simulators.runner import FactorySimulation
 
 START = datetime(2026, 1, 7, 0, 0, tzinfo=UTC).timestamp()  # Wednesday 09:00 in Tokyo
@@ -88,14 +89,19 @@ def test_gateway_samples_match_the_ground_truth(mosquitto: Mosquitto, tmp_path: 
             name: ModbusServers(sim.config, sim.models, clock.now, host="127.0.0.1")
             for name, sim in sims.items()
         }
+        agents = {
+            name: mtconnect_agents(sim.config, sim.models, clock.now) for name, sim in sims.items()
+        }
         clamps: list[ClampSensor] = []
         gateways: list[Gateway] = []
         for name, sim in sims.items():
             await servers[name].start()
+            for agent in agents[name].values():
+                await agent.start()
             clamps.extend(sim.clamp_sensors())
             config = gateway_config(
                 sim.config,
-                servers[name].endpoints,
+                {**servers[name].endpoints, **{m: a.endpoint for m, a in agents[name].items()}},
                 gateway="gw-01",
                 broker={"host": mosquitto.host, "port": mosquitto.port},
                 outbox_path=tmp_path / f"{name}.sqlite3",
@@ -125,6 +131,9 @@ def test_gateway_samples_match_the_ground_truth(mosquitto: Mosquitto, tmp_path: 
             await gateway.stop()
         for server in servers.values():
             await server.stop()
+        for factory_agents in agents.values():
+            for agent in factory_agents.values():
+                await agent.stop()
         return polls
 
     try:

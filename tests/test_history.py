@@ -27,6 +27,7 @@ from kyoso.simulators.behaviour import COUNTER_MODULUS, MachineModel
 from kyoso.simulators.config import (
     FactoryConfig,
     ModbusSourceConfig,
+    MTConnectSourceConfig,
     WordOrder,
     load_factory,
     shipped_factories,
@@ -34,6 +35,7 @@ from kyoso.simulators.config import (
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.history import BATCH_SAMPLES, history_batches, history_samples
 from kyoso.simulators.modbus import Endpoint
+from kyoso.simulators.mtconnect import AgentEndpoint
 from kyoso.simulators.registers import (
     ALARM,
     GOOD_COUNTER,
@@ -138,11 +140,16 @@ def test_batches_round_trip_on_their_topic_in_sequence(factory: FactoryConfig) -
 
 def test_samples_carry_what_the_simulators_gateway_config_reads() -> None:
     for factory in FACTORIES:
-        endpoints = {
+        endpoints: dict[str, Endpoint | AgentEndpoint] = {
             m.id: Endpoint("127.0.0.1", 5020, 1)
             for m in factory.machines
             if isinstance(m.source, ModbusSourceConfig)
         }
+        endpoints.update(
+            (m.id, AgentEndpoint("127.0.0.1", 5024, m.id))
+            for m in factory.machines
+            if isinstance(m.source, MTConnectSourceConfig)
+        )
         config = gateway_config(
             factory, endpoints, gateway="gw-01", broker={}, outbox_path=Path("unused")
         )

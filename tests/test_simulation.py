@@ -21,6 +21,7 @@ from kyoso.contract import MachineState
 from kyoso.simulators.clamp import sensor_topic
 from kyoso.simulators.config import ClampSourceConfig, load_factory, shipped_factories
 from kyoso.simulators.groundtruth import read_ground_truth, state_seconds
+from kyoso.simulators.modbus import Endpoint
 from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
 
 START = datetime(2026, 1, 7, 0, 0, tzinfo=UTC).timestamp()  # a Wednesday, 09:00 in Tokyo
@@ -74,12 +75,13 @@ def test_modbus_registers_follow_the_simulated_clock() -> None:
     async def main() -> None:
         options = SimulationOptions(ephemeral_ports=True)
         async with Simulation(FACTORIES, SimClock(START, 1.0), options) as sim:
-            endpoint = sim.endpoints["okada-machining"]["cnc-01"]
+            endpoint = sim.endpoints["okada-machining"]["cnc-03"]
+            assert isinstance(endpoint, Endpoint)
             client = AsyncModbusTcpClient(endpoint.host, port=endpoint.port, timeout=2)
             await client.connect()
             reply = await client.read_holding_registers(0, count=2, device_id=endpoint.unit)
             client.close()
-            snap = sim.model("okada-machining", "cnc-01").snapshot(sim.clock.now())
+            snap = sim.model("okada-machining", "cnc-03").snapshot(sim.clock.now())
             codes = {"planned_stop": 0, "idle": 1, "setup": 2, "running": 3, "down": 4}
             assert reply.registers == [codes[snap.state.value], snap.alarm]
 

@@ -15,14 +15,16 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from kyoso.contract import MachineDescription
 
 from .config import GatewayConfig, MachineConfig
 from .machine import MachineTracker
 from .modbus import ModbusConnections, ModbusSource
+from .mtconnect import MtconnectSource
 from .outbox import SqliteOutbox
 from .publisher import MqttPublisher
 from .sensors import SensorHub, SensorSource
@@ -71,6 +73,8 @@ class Gateway:
             if config.sensor_broker is not None
             else None
         )
+        self._closers: list[Callable[[], Awaitable[None]]] = [self.connections.aclose]
+        """What :meth:`stop` closes: connections and the sources that own one."""
         self.sources: dict[str, Source] = {m.id: self._source(m) for m in config.machines}
         self.trackers: dict[str, MachineTracker] = {}
         self.polls = dict.fromkeys(self.sources, 0)
@@ -80,12 +84,29 @@ class Gateway:
 
     def _source(self, machine: MachineConfig) -> Source:
         """The source that reads ``machine``, by its configured kind."""
-        if machine.source.modbus is not None:
-            device = machine.source.modbus
-            return ModbusSource(device, self.connections.get(device))
-        assert machine.source.mqtt is not None  # the configuration has exactly one source
-        assert self.sensors is not None  # and a sensor broker when it has MQTT sensors
+        return self._BUILDERS[machine.source.kind](self, machine)
+
+    def _modbus_source(self, machine: MachineConfig) -> Source:
+        assert machine.source.modbus is not None
+        return ModbusSource(machine.source.modbus, self.connections.get(machine.source.modbus))
+
+    def _mqtt_source(self, machine: MachineConfig) -> Source:
+        assert machine.source.mqtt is not None
+        assert self.sensors is not None  # the configuration has a sensor broker then
         return SensorSource(self.sensors, machine.source.mqtt)
+
+    def _mtconnect_source(self, machine: MachineConfig) -> Source:
+        assert machine.source.mtconnect is not None
+        source = MtconnectSource(machine.source.mtconnect)
+        self._closers.append(source.aclose)
+        return source
+
+    _BUILDERS: ClassVar[dict[str, Callable[["Gateway", MachineConfig], Source]]] = {
+        "modbus": _modbus_source,
+        "mqtt": _mqtt_source,
+        "mtconnect": _mtconnect_source,
+    }
+    """A builder per source kind of :class:`~kyoso.gateway.config.SourceConfig`."""
 
     def descriptions(self) -> list[MachineDescription]:
         """The retained description of every machine."""
@@ -131,7 +152,8 @@ class Gateway:
         await self.publisher.stop()
         if self.sensors is not None:
             await self.sensors.stop()
-        await self.connections.aclose()
+        for close in self._closers:
+            await close()
         self.outbox.close()
 
     async def poll(self, machine: str) -> None:

@@ -11,12 +11,14 @@ from pathlib import Path
 from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.validation import explain
 
+from . import mtconnect_probe
 from .agent import Gateway
 from .config import ConfigError, GatewayConfig, load_config
 from .http import health_server
 from .modbus import ModbusError
 from .modbus_decode import format_plan, plan_device
 from .modbus_probe import format_probe, probe
+from .mtconnect_xml import MtconnectError
 from .outbox import OutboxLockedError, SqliteOutbox
 
 
@@ -37,7 +39,13 @@ def register(
     tools = parser.add_subparsers(dest="tool", metavar=text("cli.metavar.tool", lang))
     probe_parser = tools.add_parser("probe", help=text("cli.gateway.probe.help", lang))
     probe_parser.add_argument(
-        "target", metavar="HOST[:PORT]", help=text("cli.gateway.probe.target", lang)
+        "target", nargs="?", metavar="HOST[:PORT]", help=text("cli.gateway.probe.target", lang)
+    )
+    probe_parser.add_argument(
+        "--mtconnect", metavar="URL", help=text("cli.gateway.probe.mtconnect", lang)
+    )
+    probe_parser.add_argument(
+        "--device", metavar="NAME", help=text("cli.gateway.probe.mtconnect_device", lang)
     )
     probe_parser.add_argument(
         "--unit", type=int, default=1, help=text("cli.gateway.probe.unit", lang)
@@ -109,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
                 print(format_plan(plan_device(device)))
             elif machine.source.mqtt is not None:
                 print(f"{machine.id}: mqtt {machine.source.mqtt.topic}")
+            elif (agent := machine.source.mtconnect) is not None:
+                print(f"{machine.id}: mtconnect {agent.base} device {agent.device or '(only)'}")
         return 0
     asyncio.run(_serve(Gateway(config)))
     return 0
@@ -162,6 +172,11 @@ def run_outbox(args: argparse.Namespace) -> int:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Execute ``kyoso gateway probe``."""
+    if args.mtconnect is not None:
+        return _probe_mtconnect(args)
+    if args.target is None:
+        print("kyoso gateway probe: give HOST[:PORT] (Modbus) or --mtconnect URL", file=sys.stderr)
+        return 2
     host, _, port = args.target.rpartition(":") if ":" in args.target else (args.target, "", "502")
     if not host or not port.isdigit():
         print(f"{args.target!r} is not HOST[:PORT]", file=sys.stderr)
@@ -183,4 +198,18 @@ def run_probe(args: argparse.Namespace) -> int:
         print(f"probe failed: {exc}", file=sys.stderr)
         return 1
     print(format_probe(result))
+    return 0
+
+
+def _probe_mtconnect(args: argparse.Namespace) -> int:
+    """Execute ``kyoso gateway probe --mtconnect URL [--device NAME]``."""
+    if args.target is not None:
+        print("kyoso gateway probe: give HOST[:PORT] or --mtconnect, not both", file=sys.stderr)
+        return 2
+    try:
+        items = asyncio.run(mtconnect_probe.probe(args.mtconnect, args.device, args.timeout))
+    except MtconnectError as exc:
+        print(f"probe failed: {exc}", file=sys.stderr)
+        return 1
+    print(mtconnect_probe.format_probe(items))
     return 0

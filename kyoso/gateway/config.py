@@ -24,6 +24,7 @@ from kyoso.validation import ConfigModel, FileSettings, load_yaml_settings
 
 from .errors import GatewayError
 from .modbus_decode import ModbusDeviceConfig
+from .mtconnect_xml import MtconnectConfig
 from .outbox import OutboxConfig
 from .publisher import PublisherConfig
 
@@ -42,15 +43,24 @@ class MqttSensorConfig(ConfigModel):
 
 
 class SourceConfig(ConfigModel):
-    """Where a machine's fields come from: exactly one of ``modbus`` and ``mqtt``."""
+    """Where a machine's fields come from: exactly one kind (``modbus``, ``mqtt``,
+    ``mtconnect``)."""
 
     modbus: ModbusDeviceConfig | None = None
     mqtt: MqttSensorConfig | None = None
+    mtconnect: MtconnectConfig | None = None
+
+    @property
+    def kind(self) -> str:
+        """The name of the configured kind."""
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.modbus is None) == (self.mqtt is None):
-            raise ValueError("give exactly one of modbus and mqtt")
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            kinds = ", ".join(type(self).model_fields)
+            raise ValueError(f"give exactly one of {kinds} (given: {', '.join(given) or 'none'})")
         return self
 
     @property
@@ -58,6 +68,8 @@ class SourceConfig(ConfigModel):
         """Names of every field the source yields."""
         if self.modbus is not None:
             return {f.name for f in self.modbus.fields}
+        if self.mtconnect is not None:
+            return set(self.mtconnect.fields)
         assert self.mqtt is not None
         return set(self.mqtt.values)
 

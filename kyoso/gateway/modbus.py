@@ -39,6 +39,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from . import source
 from .errors import GatewayError
 from .modbus_decode import (
     BIT_TABLES,
@@ -161,11 +162,10 @@ class MissingReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Missing:
-    """A field without a value, and why."""
+class Missing(source.Missing):
+    """A field without a value, and why; a Modbus exception with its code."""
 
     reason: MissingReason
-    detail: str = ""
     exception_code: int | None = None
 
     @property
@@ -179,7 +179,7 @@ class Missing:
         if self.reason is MissingReason.EXCEPTION and self.exception_code is not None:
             name = _EXCEPTION_NAMES.get(self.exception_code, "unknown")
             return f"exception {self.exception_code} ({name})"
-        return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
+        return source.Missing.__str__(self)  # super() fails in a slotted dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,16 +4,37 @@ A source answers ``await source.poll()`` with the fields it read and, for every 
 configured field, why it is missing. It never raises for a device fault: a dead, slow or
 confused device is missing values with a reason, so the agent treats every protocol alike
 and a new one (OPC UA, MTConnect, SLMP) only has to implement :class:`Source`.
-Implementations: :class:`~kyoso.gateway.modbus.ModbusSource` and
-:class:`~kyoso.gateway.sensors.SensorSource` (MQTT sensors).
+Implementations: :class:`~kyoso.gateway.modbus.ModbusSource`,
+:class:`~kyoso.gateway.mtconnect.MtconnectSource` (an MTConnect agent) and
+:class:`~kyoso.gateway.sensors.SensorSource` (MQTT sensors); the agent builds each by its
+configured kind (kyoso/gateway/agent.py).
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from .modbus_decode import Value
 
-__all__ = ["Reading", "Source"]
+__all__ = ["Missing", "Reading", "Source"]
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """A field without a value, and why: a reason of the source's own (each protocol names
+    its reasons in a StrEnum) and what more it knows."""
+
+    reason: StrEnum
+    detail: str = ""
+
+    @property
+    def key(self) -> str:
+        """A short metric label: ``timeout``, ``circuit_open``..."""
+        return self.reason.name.lower()
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
 
 
 class Reading(Protocol):

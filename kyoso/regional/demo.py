@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
-from kyoso.simulators.config import FactoryConfig, ModbusSourceConfig
+from kyoso.simulators.config import FactoryConfig, ModbusSourceConfig, MTConnectSourceConfig
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.modbus import Endpoint
+from kyoso.simulators.mtconnect import AgentEndpoint
 
 from .files import write_file
 from .registry import Registry
@@ -42,13 +43,13 @@ def demo_gateway_configs(
         factory = simulated.get(entry.factory)
         if factory is None:
             continue
-        endpoints = {
-            m.id: Endpoint(
-                simulator_host, factory.modbus_servers[m.source.server].port, m.source.unit
-            )
-            for m in factory.machines
-            if isinstance(m.source, ModbusSourceConfig)
-        }
+        endpoints: dict[str, Endpoint | AgentEndpoint] = {}
+        for m in factory.machines:
+            if isinstance(m.source, ModbusSourceConfig):
+                port = factory.modbus_servers[m.source.server].port
+                endpoints[m.id] = Endpoint(simulator_host, port, m.source.unit)
+            elif isinstance(m.source, MTConnectSourceConfig):
+                endpoints[m.id] = AgentEndpoint(simulator_host, m.source.port, m.id)
         has_clamps = len(endpoints) < len(factory.machines)
         configs[entry.user] = gateway_config(
             factory,

@@ -12,9 +12,15 @@ from pathlib import Path
 from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.validation import explain
 
-from .config import ClampSourceConfig, FactoryConfig, FactoryConfigError, load_factory
+from .config import (
+    ClampSourceConfig,
+    FactoryConfig,
+    FactoryConfigError,
+    MTConnectSourceConfig,
+    load_factory,
+)
 from .config import shipped_factories as _shipped
-from .modbus import Fault, FaultKind
+from .modbus import Endpoint, Fault, FaultKind
 from .runner import SimClock, Simulation, SimulationOptions
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -152,7 +158,8 @@ async def _serve(
     async with Simulation(factories, clock, options) as sim:
         for factory, machines in sim.endpoints.items():
             for machine, endpoint in machines.items():
-                print(f"{factory}/{machine}: modbus {endpoint}", flush=True)
+                kind = "modbus" if isinstance(endpoint, Endpoint) else "mtconnect"
+                print(f"{factory}/{machine}: {kind} {endpoint}", flush=True)
         for factory, publisher in sim.publishers.items():
             for sensor in publisher.sensors:
                 print(f"{factory}/{sensor.model.machine}: mqtt {sensor.topic}", flush=True)
@@ -168,6 +175,8 @@ def _print_machines(factories: list[FactoryConfig]) -> None:
             source = machine.source
             if isinstance(source, ClampSourceConfig):
                 where = f"clamp sensors/{source.sensor}/tele/SENSOR"
+            elif isinstance(source, MTConnectSourceConfig):
+                where = f"mtconnect :{source.port} device {machine.id}"
             else:
                 port = factory.modbus_servers[source.server].port
                 where = f"modbus :{port} unit {source.unit} {source.word_order}"

@@ -97,6 +97,19 @@ class ClampSourceConfig(ConfigModel):
     noise_a: float = Field(default=0.2, ge=0, description="Peak noise added to the current.")
 
 
+class MTConnectSourceConfig(ConfigModel):
+    """A machine tool with its own MTConnect agent, serving its data items over HTTP."""
+
+    kind: Literal["mtconnect"] = "mtconnect"
+    port: int = Field(ge=0, le=65535, description="The agent's HTTP port; 0 picks a free one.")
+    buffer_size: int = Field(
+        default=1024,
+        ge=16,
+        le=131_072,
+        description="Observations the agent keeps for /sample (its circular buffer).",
+    )
+
+
 class MachineConfig(ConfigModel):
     """One simulated machine."""
 
@@ -106,7 +119,9 @@ class MachineConfig(ConfigModel):
     capabilities: list[Capability] = Field(min_length=1)
     ideal_cycle_time_s: float = Field(gt=0)
     behaviour: BehaviourConfig
-    source: ModbusSourceConfig | ClampSourceConfig = Field(discriminator="kind")
+    source: ModbusSourceConfig | ClampSourceConfig | MTConnectSourceConfig = Field(
+        discriminator="kind"
+    )
 
 
 class ModbusServerConfig(ConfigModel):
@@ -131,6 +146,7 @@ class FactoryConfig(ConfigModel):
         if len(set(ids)) != len(ids):
             raise ValueError("machine ids must be unique within a factory")
         units: set[tuple[str, int]] = set()
+        ports = [s.port for s in self.modbus_servers.values() if s.port]
         for machine in self.machines:
             if machine.calendar not in self.calendars:
                 raise ValueError(f"machine {machine.id}: unknown calendar {machine.calendar!r}")
@@ -145,6 +161,10 @@ class FactoryConfig(ConfigModel):
                         f"machine {machine.id}: unit {source.unit} already used on {source.server}"
                     )
                 units.add((source.server, source.unit))
+            if isinstance(source, MTConnectSourceConfig) and source.port:
+                if source.port in ports:
+                    raise ValueError(f"machine {machine.id}: port {source.port} already used")
+                ports.append(source.port)
         return self
 
 

@@ -1,17 +1,20 @@
 """Gateway configurations for simulated factories: how a technician would commission them.
 
 Each Modbus machine is read through the documented register map (one request for the
-live block), each clamp through its vendor JSON with current thresholds half-way between
+live block), each MTConnect machine through its agent's state and faults presets and its
+part counts, each clamp through its vendor JSON with current thresholds half-way between
 the clamp's state levels. The demo and the tests use these; they double as worked
 examples of a gateway configuration.
 """
 
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import ClampSourceConfig, FactoryConfig, ModbusSourceConfig
+from .config import ClampSourceConfig, FactoryConfig, ModbusSourceConfig, MTConnectSourceConfig
 from .modbus import Endpoint
+from .mtconnect import AgentEndpoint
 
 _LIVE_FIELDS = [
     {"name": "state_code", "address": 0, "dtype": "uint16"},
@@ -23,11 +26,25 @@ _LIVE_FIELDS = [
 ]
 _COUNTERS = {"good": {"field": "good_count"}, "reject": {"field": "reject_count"}}
 _THRESHOLD_STATES = ("running", "setup", "idle")
+_MTCONNECT_FIELDS = {
+    "state_code": {"preset": "state"},
+    "alarm_code": {"preset": "fault_code"},
+    "good_count": {"data_item": "part_good"},
+    "reject_count": {"data_item": "part_bad"},
+    "spindle_rpm": {"data_item": "spindle"},
+}
+_MTCONNECT_STATES = {
+    # The codes of the gateway's state preset (kyoso/gateway/mtconnect_xml.py): an
+    # interruption is a stop; the active Fault's nativeCode is the alarm's code, as a
+    # Modbus machine's alarm register gives it.
+    "from_code": {"field": "state_code", "map": {1: "running", 2: "idle", 3: "setup", 4: "down"}},
+    "alarm": {"field": "alarm_code"},
+}
 
 
 def gateway_config(
     factory: FactoryConfig,
-    endpoints: dict[str, Endpoint],
+    endpoints: Mapping[str, Endpoint | AgentEndpoint],
     *,
     gateway: str,
     broker: dict[str, Any],
@@ -50,8 +67,21 @@ def gateway_config(
             "counters": _COUNTERS,
         }
         source = machine.source
-        if isinstance(source, ModbusSourceConfig):
+        if isinstance(source, MTConnectSourceConfig):
+            agent = endpoints[machine.id]
+            assert isinstance(agent, AgentEndpoint), machine.id
+            entry["source"] = {
+                "mtconnect": {
+                    "agent": agent.url,
+                    "device": agent.device,
+                    "fields": _MTCONNECT_FIELDS,
+                }
+            }
+            entry["state"] = _MTCONNECT_STATES
+            entry["signals"] = ["spindle_rpm"]
+        elif isinstance(source, ModbusSourceConfig):
             endpoint = endpoints[machine.id]
+            assert isinstance(endpoint, Endpoint), machine.id
             entry["source"] = {
                 "modbus": {
                     "host": endpoint.host,

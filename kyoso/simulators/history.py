@@ -61,7 +61,8 @@ from kyoso.contract import (
 
 from .behaviour import MachineModel, Segment
 from .clamp import ClampSensor
-from .config import FactoryConfig, ModbusSourceConfig
+from .config import FactoryConfig, ModbusSourceConfig, MTConnectSourceConfig
+from .mtconnect import STATE_VIEW
 from .runner import FactorySimulation
 
 BATCH_SAMPLES: Final = 250
@@ -164,11 +165,12 @@ def _sampled(
     machines = []
     for config in sim.config.machines:
         model = sim.models[config.id]
-        read = (
-            _modbus_reader(model)
-            if isinstance(config.source, ModbusSourceConfig)
-            else _clamp_reader(sensors[config.id])
-        )
+        if isinstance(config.source, ModbusSourceConfig):
+            read = _modbus_reader(model)
+        elif isinstance(config.source, MTConnectSourceConfig):
+            read = _mtconnect_reader(model)
+        else:
+            read = _clamp_reader(sensors[config.id])
         machines.append(_MachineHistory(model, read, boundaries[0], boundaries[-1]))
     seq = itertools.count(first_seq)
     for begin, finish in itertools.pairwise(boundaries):
@@ -221,6 +223,24 @@ def _modbus_reader(model: MachineModel) -> _Reader:
             good_raw=snap.good_counter,
             reject_raw=snap.reject_counter,
             signals={"load_pct": load, "power_kw": power},
+        )
+
+    return read
+
+
+def _mtconnect_reader(model: MachineModel) -> _Reader:
+    def read(moment: float) -> _Reading:
+        snap = model.snapshot(moment)
+        # The agent's cumulative PartCounts, its active Fault's code and its spindle speed.
+        down = snap.state is MachineState.DOWN
+        return _Reading(
+            state=snap.state,
+            alarm=snap.alarm if down else 0,
+            good_total=snap.good_total,
+            reject_total=snap.reject_total,
+            good_raw=snap.good_total,
+            reject_raw=snap.reject_total,
+            signals={"spindle_rpm": STATE_VIEW[snap.state][2]},
         )
 
     return read

@@ -1,4 +1,4 @@
-"""Runs whole demo factories: Modbus servers, clamp sensors and the ground-truth log.
+"""Runs whole demo factories: Modbus servers, MTConnect agents, clamps, the ground truth.
 
 Simulation time is wall time by default. A time-scale factor compresses it for tests and
 demos, and a backfill generates the past days at once so that a demo has meaningful
@@ -17,9 +17,16 @@ from typing import Self
 
 from .behaviour import MachineModel, machine_seed
 from .clamp import ClampPublisher, ClampSensor
-from .config import ClampSourceConfig, FactoryConfig, ModbusServerConfig, ModbusSourceConfig
+from .config import (
+    ClampSourceConfig,
+    FactoryConfig,
+    ModbusServerConfig,
+    ModbusSourceConfig,
+    MTConnectSourceConfig,
+)
 from .groundtruth import GroundTruthWriter
 from .modbus import Endpoint, Fault, ModbusServers
+from .mtconnect import AgentEndpoint, MTConnectAgent, mtconnect_agents
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +114,37 @@ class Simulation:
             factories = [_ephemeral(f) for f in factories]
         self.factories = {f.factory: FactorySimulation(f, origin) for f in factories}
         self.servers: dict[str, ModbusServers] = {}
+        self.agents: dict[str, dict[str, MTConnectAgent]] = {}
         self.publishers: dict[str, ClampPublisher] = {}
         self._writers: dict[str, GroundTruthWriter] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def endpoints(self) -> dict[str, dict[str, Endpoint]]:
-        """Where each Modbus machine answers: factory -> machine -> endpoint."""
-        return {name: servers.endpoints for name, servers in self.servers.items()}
+    def endpoints(self) -> dict[str, dict[str, Endpoint | AgentEndpoint]]:
+        """Where each Modbus or MTConnect machine answers: factory -> machine -> endpoint."""
+        found: dict[str, dict[str, Endpoint | AgentEndpoint]] = {}
+        for name, servers in self.servers.items():
+            found.setdefault(name, {}).update(servers.endpoints)
+        for name, agents in self.agents.items():
+            found.setdefault(name, {}).update((m, a.endpoint) for m, a in agents.items())
+        return found
 
     def model(self, factory: str, machine: str) -> MachineModel:
         """The behaviour model of one machine."""
         return self.factories[factory].models[machine]
 
     def set_fault(self, factory: str, machine: str, fault: Fault | None) -> None:
-        """Inject a fault into a Modbus machine (None clears it)."""
-        self.servers[factory].set_fault(machine, fault)
+        """Inject a fault into a Modbus machine or an MTConnect agent (None clears it)."""
+        agent = self.agents.get(factory, {}).get(machine)
+        if agent is not None:
+            agent.set_fault(fault)
+            log.info("%s/%s: fault %s", factory, machine, fault)
+        else:
+            self.servers[factory].set_fault(machine, fault)
+
+    def agent(self, factory: str, machine: str) -> MTConnectAgent:
+        """The MTConnect agent of a machine, to restart it or take its machine away."""
+        return self.agents[factory][machine]
 
     async def __aenter__(self) -> Self:
         try:
@@ -152,9 +174,14 @@ class Simulation:
                 servers = ModbusServers(sim.config, sim.models, self.clock.now, host=opts.host)
                 self.servers[name] = servers
                 await servers.start()
-                for machine, fault in opts.faults.items():
-                    if machine in sim.models:
-                        servers.set_fault(machine, fault)
+            agents = mtconnect_agents(sim.config, sim.models, self.clock.now, host=opts.host)
+            if agents:
+                self.agents[name] = agents
+                for agent in agents.values():
+                    await agent.start()
+            for machine, fault in opts.faults.items():
+                if machine in sim.models:
+                    self.set_fault(name, machine, fault)
             sensors = sim.clamp_sensors()
             if sensors:
                 if opts.mqtt_host is None:
@@ -182,6 +209,9 @@ class Simulation:
         self._tasks.clear()
         for servers in self.servers.values():
             await servers.stop()
+        for agents in self.agents.values():
+            for agent in agents.values():
+                await agent.stop()
         if self._writers:
             self._flush()
         for writer in self._writers.values():
@@ -199,6 +229,12 @@ class Simulation:
 
 
 def _ephemeral(config: FactoryConfig) -> FactoryConfig:
-    """The same factory with every Modbus server on a free port."""
+    """The same factory with every Modbus server and MTConnect agent on a free port."""
     servers = {name: ModbusServerConfig(port=0) for name in config.modbus_servers}
-    return config.model_copy(update={"modbus_servers": servers})
+    machines = [
+        m.model_copy(update={"source": m.source.model_copy(update={"port": 0})})
+        if isinstance(m.source, MTConnectSourceConfig)
+        else m
+        for m in config.machines
+    ]
+    return config.model_copy(update={"modbus_servers": servers, "machines": machines})
