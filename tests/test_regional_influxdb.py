@@ -166,8 +166,13 @@ def test_setup_writes_what_the_stack_reads(
     assert config.broker.username == "okada-machining-gw-01"
     assert config.broker.password is not None
     assert config.broker.password.get_secret_value() == stored["mqtt"]["okada-machining-gw-01"]
-    assert config.machines[0].source.modbus is not None
-    assert config.machines[0].source.modbus.host == "simulators"
+    # Its machines are reached on the simulators' service, over Modbus and MTConnect alike.
+    sources = {m.id: m.source for m in config.machines}
+    modbus, mtconnect = sources["cnc-02"].modbus, sources["cnc-01"].mtconnect
+    assert modbus is not None
+    assert modbus.host == "simulators"
+    assert mtconnect is not None
+    assert mtconnect.agent.host == "simulators"
     assert config.sensor_broker is not None
     assert config.sensor_broker.host == "sensor-broker"
 
