@@ -30,6 +30,19 @@ def machine(machine_id: str, server: str, unit: int, order: str, **source: Any) 
     }
 
 
+def mtconnect_machine(machine_id: str, buffer_size: int = 1024) -> dict[str, Any]:
+    """A machine tool with an MTConnect agent of its own (a free port), the same behaviour."""
+    return {
+        "id": machine_id,
+        "name": machine_id,
+        "calendar": "days",
+        "capabilities": [{"process": "cnc_milling_5axis"}],
+        "ideal_cycle_time_s": 28,
+        "behaviour": BEHAVIOUR,
+        "source": {"kind": "mtconnect", "port": 0, "buffer_size": buffer_size},
+    }
+
+
 def small_factory(
     factory: str,
     seed: int,

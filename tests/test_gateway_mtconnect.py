@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from simfactory import BEHAVIOUR, small_factory
+from simfactory import mtconnect_machine, small_factory
 
 from kyoso.gateway import mtconnect_probe
 from kyoso.gateway.agent import Gateway
@@ -591,16 +591,7 @@ def test_the_gateway_builds_an_mtconnect_source_by_kind(tmp_path: Path) -> None:
 
 
 def test_the_simulated_agent_through_restarts_overruns_and_faults() -> None:
-    machine = {
-        "id": "mc-01",
-        "name": "mc-01",
-        "calendar": "days",
-        "capabilities": [{"process": "cnc_milling_5axis"}],
-        "ideal_cycle_time_s": 28,
-        "behaviour": BEHAVIOUR,
-        "source": {"kind": "mtconnect", "port": 0, "buffer_size": 16},
-    }
-    factory = small_factory("mt-works", 1901, [], [machine])
+    factory = small_factory("mt-works", 1901, [], [mtconnect_machine("mc-01", buffer_size=16)])
     start = 1_767_772_800.0  # 2026-01-07 08:00 UTC
     moment = [start]
     simulation = FactorySimulation(factory, start)

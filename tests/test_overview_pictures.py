@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 from apikit import build_region
-from browser import CHROMIUM, Tab, devtools, png_colours
+from browser import Tab, devtools, png_colours
 from test_overview import Server, _get, _kyoso_api, server
 
 from kyoso import i18n
 
 __all__ = ["server"]  # test_overview's fixture: a real `kyoso api` on uvicorn
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
 
 STATE_COLOURS = {
     "running": (0x56, 0xA6, 0x4B),

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from services import Mosquitto
-from simfactory import BEHAVIOUR, small_factory
+from simfactory import mtconnect_machine, small_factory
 from test_gateway_acceptance import (
     HOURS,
     POLL_S,
@@ -45,15 +45,7 @@ INVERSE = {view[:2]: state for state, view in STATE_VIEW.items()}
 
 
 def _factory(buffer_size: int = 1024, timezone: str = "UTC") -> FactoryConfig:
-    machine = {
-        "id": "mc-01",
-        "name": "mc-01",
-        "calendar": "days",
-        "capabilities": [{"process": "cnc_milling_5axis"}],
-        "ideal_cycle_time_s": 28,
-        "behaviour": BEHAVIOUR,
-        "source": {"kind": "mtconnect", "port": 0, "buffer_size": buffer_size},
-    }
+    machine = mtconnect_machine("mc-01", buffer_size)
     config = small_factory("mt-works", 1901, [], [machine]).model_dump()
     config["calendars"]["days"]["timezone"] = timezone
     return FactoryConfig.model_validate(config)
