@@ -28,9 +28,8 @@ from pymodbus.server import ModbusTcpServer
 from simfactory import machine, small_factory
 
 from kyoso.contract import MachineState
+from kyoso.gateway.breaker import CircuitBreaker, CircuitState
 from kyoso.gateway.modbus import (
-    CircuitBreaker,
-    CircuitState,
     MissingReason,
     ModbusConnections,
     ModbusDeviceConfig,

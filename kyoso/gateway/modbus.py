@@ -40,6 +40,7 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from . import source
+from .breaker import CircuitBreaker
 from .errors import GatewayError
 from .modbus_decode import (
     BIT_TABLES,
@@ -56,8 +57,6 @@ from .modbus_decode import (
 )
 
 __all__ = [
-    "CircuitBreaker",
-    "CircuitState",
     "ConnectionStats",
     "Missing",
     "MissingReason",
@@ -213,56 +212,6 @@ class SourceStats:
     last_latency_s: float | None = None
     """Round trip of the last answered request."""
     last_poll_s: float | None = None
-
-
-# -- circuit breaker -----------------------------------------------------------------------
-
-
-class CircuitState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class CircuitBreaker:
-    """Opens after ``failures_to_open`` consecutive failures; after ``open_s`` lets one
-    trial through (half-open), which closes it on success and reopens it on failure."""
-
-    def __init__(
-        self, failures_to_open: int, open_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.failures_to_open = failures_to_open
-        self.open_s = open_s
-        self._clock = clock
-        self.state = CircuitState.CLOSED
-        self.failures = 0
-        self.opened_at = 0.0
-
-    def allow(self) -> bool:
-        """Whether a request may go out now; moves an open circuit whose time is up to
-        half-open."""
-        if self.state is CircuitState.OPEN:
-            if self._clock() - self.opened_at < self.open_s:
-                return False
-            self.state = CircuitState.HALF_OPEN
-        return True
-
-    def remaining_s(self) -> float:
-        return max(0.0, self.opened_at + self.open_s - self._clock())
-
-    def success(self) -> None:
-        self.state = CircuitState.CLOSED
-        self.failures = 0
-
-    def failure(self) -> bool:
-        """Count a failure; True if it opened the circuit."""
-        self.failures += 1
-        if self.state is CircuitState.HALF_OPEN or self.failures >= self.failures_to_open:
-            opened = self.state is not CircuitState.OPEN
-            self.state = CircuitState.OPEN
-            self.opened_at = self._clock()
-            return opened
-        return False
 
 
 # -- connections ---------------------------------------------------------------------------
@@ -528,7 +477,7 @@ class ModbusSource:
         self.connection = connection or ModbusConnection(device)
         self._owns_connection = connection is None
         self.stats = SourceStats()
-        self.breaker = CircuitBreaker(device.failures_to_open, device.open_s, clock)
+        self.breaker = CircuitBreaker.configured(device, clock)
         self.name = f"{device.endpoint} unit {device.unit}"
         self._clock = clock
         self._busy_until = float("-inf")

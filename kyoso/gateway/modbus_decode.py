@@ -26,6 +26,8 @@ from pydantic import Field, model_validator
 from kyoso.contract import Name
 from kyoso.validation import ConfigModel
 
+from .breaker import BreakerConfig
+
 Table = Literal["holding", "input", "coil", "discrete_input"]
 """Holding registers (FC 3), input registers (FC 4), coils (FC 1), discrete inputs (FC 2)."""
 
@@ -161,7 +163,7 @@ class ModbusFieldConfig(ConfigModel):
         return self
 
 
-class ModbusDeviceConfig(ConfigModel):
+class ModbusDeviceConfig(BreakerConfig):
     """One Modbus device (a unit id behind an endpoint) and the fields read from it.
 
     Units behind the same endpoint (host and port, or serial port) share one connection,
@@ -220,15 +222,6 @@ class ModbusDeviceConfig(ConfigModel):
     )
     busy_backoff_s: float = Field(
         default=2.0, gt=0, le=3600, description="Pause after exception 6 (busy) or 5."
-    )
-    failures_to_open: int = Field(
-        default=3, ge=1, le=1000, description="Consecutive failed polls that open the circuit."
-    )
-    open_s: float = Field(
-        default=30.0,
-        gt=0,
-        le=86_400,
-        description="How long an open circuit refuses polls before one trial request.",
     )
     fields: tuple[ModbusFieldConfig, ...] = Field(default=(), description="What to read.")
 

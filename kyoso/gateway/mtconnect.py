@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .modbus import CircuitBreaker
+from .breaker import CircuitBreaker
 from .modbus_decode import Value
 from .mtconnect_xml import (
     CONDITION_LEVELS,
@@ -120,7 +120,7 @@ class MtconnectSource:
     ) -> None:
         self.config = config
         self.stats = MtconnectStats()
-        self.breaker = CircuitBreaker(config.failures_to_open, config.open_s, clock)
+        self.breaker = CircuitBreaker.configured(config, clock)
         self.name = config.base + (f"/{config.device}" if config.device else "")
         self._client = httpx.AsyncClient(timeout=config.timeout_s)
         self._polling = asyncio.Lock()

@@ -21,6 +21,8 @@ from pydantic import Field, HttpUrl, model_validator
 from kyoso.contract import Name
 from kyoso.validation import ConfigModel
 
+from .breaker import BreakerConfig
+
 UNAVAILABLE: Final = "UNAVAILABLE"
 """The value of a data item the agent has no value for (adapter gone, machine off)."""
 
@@ -135,7 +137,7 @@ class MtconnectFieldConfig(ConfigModel):
         return self
 
 
-class MtconnectConfig(ConfigModel):
+class MtconnectConfig(BreakerConfig):
     """One device of an MTConnect agent and the fields read from its stream."""
 
     agent: HttpUrl = Field(description="The agent's base URL, e.g. http://192.168.1.20:5000.")
@@ -149,15 +151,6 @@ class MtconnectConfig(ConfigModel):
     )
     sample_count: int = Field(
         default=1000, ge=1, le=100_000, description="Most observations one /sample returns."
-    )
-    failures_to_open: int = Field(
-        default=3, ge=1, le=1000, description="Consecutive failed polls that open the circuit."
-    )
-    open_s: float = Field(
-        default=30.0,
-        gt=0,
-        le=86_400,
-        description="How long an open circuit refuses polls before one trial request.",
     )
     fields: dict[Name, MtconnectFieldConfig] = Field(
         min_length=1, description="Field name -> what it reads."
