@@ -70,6 +70,8 @@ from kyoso.simulators.config import (
     ModbusServerConfig,
     ModbusSourceConfig,
     MTConnectSourceConfig,
+    OpcuaSourceConfig,
+    SlmpSourceConfig,
     load_factory,
     shipped_factories,
 )
@@ -102,11 +104,19 @@ def clone_region(factories: int, machines: int) -> list[FactoryConfig]:
         for j in range(machines):
             base = template.machines[j % len(template.machines)]
             machine_id = f"{base.id}-{j // len(template.machines)}"
-            source: ClampSourceConfig | ModbusSourceConfig | MTConnectSourceConfig
+            source: (
+                ClampSourceConfig
+                | ModbusSourceConfig
+                | MTConnectSourceConfig
+                | OpcuaSourceConfig
+                | SlmpSourceConfig
+            )
             if isinstance(base.source, ClampSourceConfig):
                 source = base.source.model_copy(update={"sensor": f"clamp-{k}-{j}"})
-            elif isinstance(base.source, MTConnectSourceConfig):
-                source = base.source.model_copy(update={"port": 0})  # an agent of its own
+            elif isinstance(
+                base.source, MTConnectSourceConfig | OpcuaSourceConfig | SlmpSourceConfig
+            ):
+                source = base.source.model_copy(update={"port": 0})  # a server of its own
             else:
                 servers[f"srv-{j}"] = ModbusServerConfig(port=0)
                 source = base.source.model_copy(update={"server": f"srv-{j}", "unit": 1})

@@ -170,8 +170,9 @@ def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "co
 class IngestThread:
     """An :class:`Ingest` on its own event loop in a thread, with its store and dead letters."""
 
-    def __init__(self, settings: IngestSettings) -> None:
+    def __init__(self, settings: IngestSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock
         self.dead_letters = DeadLetterStore(settings.dead_letter_path)
         self.loop = asyncio.new_event_loop()
         self.ingest: Ingest | None = None
@@ -193,7 +194,7 @@ class IngestThread:
         self._stop = asyncio.Event()
         async with ingest_store(self.settings) as store:
             self.store = store
-            self.ingest = Ingest(self.settings, store, self.dead_letters)
+            self.ingest = Ingest(self.settings, store, self.dead_letters, clock=self.clock)
             self._started.set()
             await self.ingest.run(self._stop)
 

@@ -43,6 +43,32 @@ def mtconnect_machine(machine_id: str, buffer_size: int = 1024) -> dict[str, Any
     }
 
 
+def opcua_machine(machine_id: str) -> dict[str, Any]:
+    """A machine tool whose control serves OPC UA (a free port), the same behaviour."""
+    return {
+        "id": machine_id,
+        "name": machine_id,
+        "calendar": "days",
+        "capabilities": [{"process": "cnc_milling_3axis"}],
+        "ideal_cycle_time_s": 28,
+        "behaviour": BEHAVIOUR,
+        "source": {"kind": "opcua", "port": 0},
+    }
+
+
+def slmp_machine(machine_id: str, **source: Any) -> dict[str, Any]:
+    """A press with a MELSEC PLC answering SLMP (a free port), the same behaviour."""
+    return {
+        "id": machine_id,
+        "name": machine_id,
+        "calendar": "days",
+        "capabilities": [{"process": "punching"}],
+        "ideal_cycle_time_s": 28,
+        "behaviour": BEHAVIOUR,
+        "source": {"kind": "slmp", "port": 0, **source},
+    }
+
+
 def small_factory(
     factory: str,
     seed: int,

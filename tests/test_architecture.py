@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent / "kyoso"
 FLOORS: list[set[str]] = [
     {"i18n"},
     {"contract", "validation"},
-    {"mqtt", "ops"},
+    {"mqtt", "ops", "sparkplug"},
     {"gateway", "simulators", "influx"},
     {"store", "regional"},
     {"ingest", "capacity", "dashboards", "alerts"},

@@ -54,7 +54,7 @@ def test_shipped_factories_are_three_with_at_least_15_machines() -> None:
     assert len(FACTORIES) >= 3
     assert len(MACHINES) >= 15
     kinds = {m.source.kind for _, m in MACHINES}
-    assert kinds == {"modbus", "clamp", "mtconnect"}
+    assert kinds == {"modbus", "clamp", "mtconnect", "opcua", "slmp"}
 
 
 @pytest.mark.parametrize(("factory", "machine"), MACHINES, ids=[m.id for _, m in MACHINES])

@@ -311,7 +311,11 @@ EDGES: Final[dict[str, Callable[[Json, st.DataObject], bytes]]] = {
 }
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 250 examples: about 8 s here, the batches' generation most of it. At 500 a run on a CI
+# machine crowded by other jobs reached the suite's 300 s timeout, whose interruption left
+# Hypothesis's shrinker in an inconsistent state; 20,000 examples run by hand found no
+# disagreement.
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=batches(), data=st.data())
 def test_the_decoders_agree_at_the_edges(batch: SampleBatch, data: st.DataObject) -> None:
     """Every value, key and number form the contract's rules turn on, at and past each

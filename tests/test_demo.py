@@ -144,6 +144,12 @@ def test_the_demo_serves_every_factory_live_and_keeps_its_data(tmp_path: Path) -
         keys = json.loads((demo_dir / "demo-keys.json").read_text())
         # The page answers at once; the week of history fills in the background.
         assert "History       : 7.0 days filling in the background" in demo.output
+        # The shipped factories show every protocol the gateway reads.
+        said = re.search(r"Machines      : (.*)", demo.output)
+        assert said is not None
+        counts = {k.strip(): int(n) for k, n in re.findall(r"([^,]+) (\d+)", said.group(1))}
+        assert {"Modbus TCP", "MTConnect", "OPC UA", "SLMP (MELSEC)"} <= counts.keys()
+        assert sum(counts.values()) == 20
         _capacity_of_every_factory(base, keys["platform"], LIVE_WITHIN_S)
         # One demo per data directory: a second one says so in one line, starting nothing.
         second = subprocess.run(

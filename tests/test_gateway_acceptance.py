@@ -8,8 +8,10 @@ with the simulators' ground truth.
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -19,13 +21,16 @@ from services import Mosquitto
 from kyoso.contract import COUNTER_GOOD, COUNTER_REJECT, MachineState, SampleBatch
 from kyoso.gateway.agent import Gateway
 from kyoso.gateway.config import GatewayConfig
+from kyoso.gateway.opcua import OpcuaSource
 from kyoso.simulators.behaviour import MachineModel
 from kyoso.simulators.clamp import ClampSensor
 from kyoso.simulators.config import load_factory, shipped_factories
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.modbus import ModbusServers
-from kyoso.simulators.mtconnect import mtconnect_agents
+from kyoso.simulators.mtconnect import MTConnectAgent, mtconnect_agents
+from kyoso.simulators.opcua import OpcuaMachineServer, opcua_servers
 from kyoso.simulators.runner import FactorySimulation
+from kyoso.simulators.slmp import SlmpPlc, slmp_plcs
 
 START = datetime(2026, 1, 7, 0, 0, tzinfo=UTC).timestamp()  # Wednesday 09:00 in Tokyo
 HOURS = 6.0
@@ -68,6 +73,29 @@ class SampleCollector:
         self._client.disconnect()
 
 
+def _polled(config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration with its OPC UA machines read at each poll (not subscribed), the
+    alarm from the simulator's alarm-code node rather than its alarm events (which come
+    when they come): the clock is manual, and a poll must see the values of its moment."""
+    for machine in config["machines"]:
+        if "opcua" in machine["source"]:
+            source = machine["source"]["opcua"]
+            source["mode"] = "poll"
+            source["fields"]["alarm_code"] = {"node": f"ns=2;s={machine['id']}.AlarmCode"}
+    return config
+
+
+async def _opcua_sessions(gateways: list[Gateway], servers: list[OpcuaMachineServer]) -> None:
+    """Open the OPC UA sessions before the first poll; the servers' values are written by
+    the test, at each moved clock (not by their own timers)."""
+    for server in servers:
+        server.update_s = None
+    for source in (s for g in gateways for s in g.sources.values()):
+        if isinstance(source, OpcuaSource):
+            source.start()
+            await asyncio.wait_for(source.connected.wait(), 30)
+
+
 def _clamp_publisher(broker: Mosquitto) -> mqtt.Client:
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect(broker.host, broker.port)
@@ -92,16 +120,30 @@ def test_gateway_samples_match_the_ground_truth(mosquitto: Mosquitto, tmp_path: 
         agents = {
             name: mtconnect_agents(sim.config, sim.models, clock.now) for name, sim in sims.items()
         }
+        plcs = {name: slmp_plcs(sim.config, sim.models, clock.now) for name, sim in sims.items()}
+        opcua = {
+            name: opcua_servers(sim.config, sim.models, clock.now) for name, sim in sims.items()
+        }
+        ua_servers = [s for servers_ in opcua.values() for s in servers_.values()]
+        own_servers: dict[str, list[MTConnectAgent | SlmpPlc | OpcuaMachineServer]] = {
+            name: [*agents[name].values(), *plcs[name].values(), *opcua[name].values()]
+            for name in sims
+        }
         clamps: list[ClampSensor] = []
         gateways: list[Gateway] = []
         for name, sim in sims.items():
             await servers[name].start()
-            for agent in agents[name].values():
-                await agent.start()
+            for own_server in own_servers[name]:
+                await own_server.start()
             clamps.extend(sim.clamp_sensors())
             config = gateway_config(
                 sim.config,
-                {**servers[name].endpoints, **{m: a.endpoint for m, a in agents[name].items()}},
+                {
+                    **servers[name].endpoints,
+                    **{m: a.endpoint for m, a in agents[name].items()},
+                    **{m: p.endpoint for m, p in plcs[name].items()},
+                    **{m: u.endpoint for m, u in opcua[name].items()},
+                },
                 gateway="gw-01",
                 broker={"host": mosquitto.host, "port": mosquitto.port},
                 outbox_path=tmp_path / f"{name}.sqlite3",
@@ -109,16 +151,18 @@ def test_gateway_samples_match_the_ground_truth(mosquitto: Mosquitto, tmp_path: 
                 poll_interval_s=POLL_S,
                 publish_interval_s=PUBLISH_S,
             )
-            gateways.append(Gateway(GatewayConfig.model_validate(config), clock=clock))
+            gateways.append(Gateway(GatewayConfig.model_validate(_polled(config)), clock=clock))
         for gateway in gateways:
             await gateway.start()
             await gateway.publisher.wait_connected()
             assert gateway.sensors is not None
+        await _opcua_sessions(gateways, ua_servers)
         polls: dict[str, list[float]] = {}
         steps = int(HOURS * 3600 / POLL_S)
         for step in range(steps + 1):
             clock.moment = START + step * POLL_S
             await _publish_clamps(clamp_client, clamps, gateways, clock.moment)
+            await asyncio.gather(*(ua_server.update() for ua_server in ua_servers))
             await asyncio.gather(*(g.poll(m) for g in gateways for m in g.machines))
             for gateway in gateways:
                 for machine in gateway.machines:
@@ -131,9 +175,9 @@ def test_gateway_samples_match_the_ground_truth(mosquitto: Mosquitto, tmp_path: 
             await gateway.stop()
         for server in servers.values():
             await server.stop()
-        for factory_agents in agents.values():
-            for agent in factory_agents.values():
-                await agent.stop()
+        for name in sims:
+            for own_server in own_servers[name]:
+                await own_server.stop()
         return polls
 
     try:
@@ -164,6 +208,30 @@ async def _publish_clamps(
             return
         await asyncio.sleep(0.002)
     raise AssertionError("clamp readings did not reach the gateways")
+
+
+async def poll_a_shift(
+    gateway: Gateway,
+    clock: ManualClock,
+    machine: str,
+    before_poll: Callable[[int], Awaitable[None]],
+) -> dict[str, list[float]]:
+    """Poll ``machine`` every POLL_S for HOURS of the test's clock from START, a sample
+    published every PUBLISH_S, ``before_poll(step)`` awaited ahead of each poll (a device
+    restarting mid-job, say); then drain and stop the gateway. The moments polled."""
+    await gateway.start()
+    await gateway.publisher.wait_connected()
+    polls: list[float] = []
+    for step in range(int(HOURS * 3600 / POLL_S) + 1):
+        clock.moment = START + step * POLL_S
+        await before_poll(step)
+        await gateway.poll(machine)
+        polls.append(clock.moment)
+        if step and clock.moment % PUBLISH_S == 0:
+            gateway.emit(clock.moment)
+    await gateway.publisher.wait_drained()
+    await gateway.stop()
+    return {machine: polls}
 
 
 def _wait_for_samples(collector: SampleCollector, sims: dict[str, FactorySimulation]) -> bool:

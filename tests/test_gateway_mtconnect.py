@@ -24,8 +24,9 @@ from kyoso.gateway import mtconnect_probe
 from kyoso.gateway.agent import Gateway
 from kyoso.gateway.config import ConfigError, MachineConfig, load_config
 from kyoso.gateway.machine import CounterTracker
-from kyoso.gateway.mtconnect import MtconnectMissingReason, MtconnectReading, MtconnectSource
+from kyoso.gateway.mtconnect import MtconnectMissingReason, MtconnectSource
 from kyoso.gateway.mtconnect_xml import IDLE, INTERRUPTED, RUNNING, SETUP, MtconnectConfig
+from kyoso.gateway.source import Polled
 from kyoso.simulators.modbus import Fault, FaultKind
 from kyoso.simulators.mtconnect import mtconnect_agents
 from kyoso.simulators.runner import FactorySimulation
@@ -250,7 +251,7 @@ def source(agent: Agent, clock: Clock | None = None, **options: Any) -> Mtconnec
     return MtconnectSource(config, clock=clock or Clock())
 
 
-def reasons(reading: MtconnectReading) -> set[StrEnum]:
+def reasons(reading: Polled) -> set[StrEnum]:
     return {m.reason for m in reading.missing.values()}
 
 
@@ -515,7 +516,7 @@ def _mt(fields: dict[str, Any], agent: str = "http://a") -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("source_", "message"),
     [
-        ({}, "give exactly one of modbus, mqtt, mtconnect (given: none)"),
+        ({}, "give exactly one of modbus, mqtt, mtconnect, opcua, slmp (given: none)"),
         (
             {"mqtt": {"topic": "t", "values": {"s": "a"}}, **_mt({"s": {"preset": "state"}})},
             "given: mqtt, mtconnect",

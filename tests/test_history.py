@@ -28,6 +28,9 @@ from kyoso.simulators.config import (
     FactoryConfig,
     ModbusSourceConfig,
     MTConnectSourceConfig,
+    OpcuaSourceConfig,
+    RegisterMapConfig,
+    SlmpSourceConfig,
     WordOrder,
     load_factory,
     shipped_factories,
@@ -36,6 +39,7 @@ from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.history import BATCH_SAMPLES, history_batches, history_samples
 from kyoso.simulators.modbus import Endpoint
 from kyoso.simulators.mtconnect import AgentEndpoint
+from kyoso.simulators.opcua import ServerEndpoint
 from kyoso.simulators.registers import (
     ALARM,
     GOOD_COUNTER,
@@ -48,6 +52,7 @@ from kyoso.simulators.registers import (
     register_image,
 )
 from kyoso.simulators.runner import FactorySimulation
+from kyoso.simulators.slmp import SlmpEndpoint
 
 ORIGIN = datetime(2026, 1, 5, tzinfo=UTC).timestamp()  # a Monday, 09:00 in Tokyo
 HOUR = 3600.0
@@ -140,7 +145,7 @@ def test_batches_round_trip_on_their_topic_in_sequence(factory: FactoryConfig) -
 
 def test_samples_carry_what_the_simulators_gateway_config_reads() -> None:
     for factory in FACTORIES:
-        endpoints: dict[str, Endpoint | AgentEndpoint] = {
+        endpoints: dict[str, Endpoint | AgentEndpoint | SlmpEndpoint | ServerEndpoint] = {
             m.id: Endpoint("127.0.0.1", 5020, 1)
             for m in factory.machines
             if isinstance(m.source, ModbusSourceConfig)
@@ -149,6 +154,16 @@ def test_samples_carry_what_the_simulators_gateway_config_reads() -> None:
             (m.id, AgentEndpoint("127.0.0.1", 5024, m.id))
             for m in factory.machines
             if isinstance(m.source, MTConnectSourceConfig)
+        )
+        endpoints.update(
+            (m.id, SlmpEndpoint("127.0.0.1", 5032, "tcp", "3e"))
+            for m in factory.machines
+            if isinstance(m.source, SlmpSourceConfig)
+        )
+        endpoints.update(
+            (m.id, ServerEndpoint("127.0.0.1", 4840, m.id))
+            for m in factory.machines
+            if isinstance(m.source, OpcuaSourceConfig)
         )
         config = gateway_config(
             factory, endpoints, gateway="gw-01", broker={}, outbox_path=Path("unused")
@@ -176,7 +191,7 @@ def test_modbus_values_are_those_the_gateway_decodes_from_the_registers(
     history = history_samples(sim, ORIGIN + DAY, ORIGIN + DAY + HOUR)
     for config in factory.machines:
         source = config.source
-        if not isinstance(source, ModbusSourceConfig):
+        if not isinstance(source, RegisterMapConfig):  # Modbus, or SLMP on D devices
             continue
         model = sim.models[config.id]
         meters = MeterReader(model)
@@ -227,8 +242,8 @@ def test_totals_roll_over_and_reset_as_the_registers_do(factory: FactoryConfig) 
     for config in factory.machines:
         samples = history[config.id]
         source = config.source
-        start = source.counter_start if isinstance(source, ModbusSourceConfig) else 0
-        daily = isinstance(source, ModbusSourceConfig) and source.counter_reset_daily
+        start = source.counter_start if isinstance(source, RegisterMapConfig) else 0
+        daily = isinstance(source, RegisterMapConfig) and source.counter_reset_daily
         zone = ZoneInfo(factory.calendars[config.calendar].timezone) if daily else None
         for counter in (COUNTER_GOOD, COUNTER_REJECT):
             totals = [total(s, counter) for s in samples]

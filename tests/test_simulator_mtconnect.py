@@ -16,13 +16,13 @@ import pytest
 from services import Mosquitto
 from simfactory import mtconnect_machine, small_factory
 from test_gateway_acceptance import (
-    HOURS,
     POLL_S,
     PUBLISH_S,
     ManualClock,
     SampleCollector,
     _check_against_truth,
     _wait_for_samples,
+    poll_a_shift,
 )
 from test_gateway_acceptance import START as GATEWAY_START
 
@@ -303,21 +303,14 @@ def test_the_gateway_reads_the_ground_truth_through_the_agent(
             publish_interval_s=PUBLISH_S,
         )
         gateway = Gateway(GatewayConfig.model_validate(config), clock=clock)
-        await gateway.start()
-        await gateway.publisher.wait_connected()
-        polls: list[float] = []
-        for step in range(int(HOURS * 3600 / POLL_S) + 1):
-            clock.moment = GATEWAY_START + step * POLL_S
+
+        async def before_poll(step: int) -> None:
             if step == 900:  # the agent restarts mid-job: nothing is counted twice
                 await agent.restart()
-            await gateway.poll("mc-01")
-            polls.append(clock.moment)
-            if step and clock.moment % PUBLISH_S == 0:
-                gateway.emit(clock.moment)
-        await gateway.publisher.wait_drained()
-        await gateway.stop()
+
+        polls = await poll_a_shift(gateway, clock, "mc-01", before_poll)
         await agent.stop()
-        return {"mc-01": polls}
+        return polls
 
     try:
         polls = asyncio.run(main())

@@ -32,6 +32,7 @@ import logging
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -101,6 +102,8 @@ class DemoInfo:
     broker: str
     keys: dict[str, str]
     factories: list[str]
+    protocols: dict[str, int]
+    """How many of the demo's machines are read through each source kind."""
     history: BackfillProgress
     data_dir: Path
 
@@ -282,6 +285,7 @@ async def _start(
         broker=f"{host}:{port}",
         keys=made,
         factories=[c.factory for c in configs],
+        protocols=dict(Counter(m.source.kind for c in configs for m in c.machines)),
         history=backfill.progress,
         data_dir=options.data_dir,
     )
@@ -379,10 +383,24 @@ def guide(info: DemoInfo, lang: Lang = DEFAULT) -> str:
         ),
         "broker": info.broker,
         "factories": ", ".join(info.factories),
+        "machines": ", ".join(
+            text("demo.protocol", lang, kind=text(f"demo.kind.{kind}", lang), count=count)
+            for kind, count in sorted(info.protocols.items())
+        ),
         "history": _history(info.history, lang),
         "data": info.data_dir.resolve(),
     }
-    lines = ("running", "overview", "docs", "capacity", "broker", "factories", "history", "data")
+    lines = (
+        "running",
+        "overview",
+        "docs",
+        "capacity",
+        "broker",
+        "factories",
+        "machines",
+        "history",
+        "data",
+    )
     said = [text(f"demo.{line}", lang, **values) for line in (*lines, "stop")]
     return "\n".join(["", *said, ""])
 

@@ -19,16 +19,19 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
-from kyoso.contract import MachineDescription
+from kyoso.contract import MachineDescription, Sample
 
 from .config import GatewayConfig, MachineConfig
 from .machine import MachineTracker
 from .modbus import ModbusConnections, ModbusSource
 from .mtconnect import MtconnectSource
+from .opcua import OpcuaSource
 from .outbox import SqliteOutbox
 from .publisher import MqttPublisher
 from .sensors import SensorHub, SensorSource
+from .slmp import SlmpSource
 from .source import Source
+from .sparkplug import SparkplugNode
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ class Gateway:
         self.machines = {m.id: m for m in config.machines}
         self.outbox = SqliteOutbox(config.outbox, session=session)
         self.publisher = MqttPublisher(config.broker, self.outbox, descriptions=self.descriptions())
+        self.sparkplug = SparkplugNode(config, clock=self.clock.now) if config.sparkplug else None
+        """The Sparkplug B edge node, if the configuration has a ``sparkplug`` section."""
         self.connections = ModbusConnections()
         self.sensors = (
             SensorHub(
@@ -101,10 +106,24 @@ class Gateway:
         self._closers.append(source.aclose)
         return source
 
+    def _opcua_source(self, machine: MachineConfig) -> Source:
+        assert machine.source.opcua is not None
+        source = OpcuaSource(machine.source.opcua)
+        self._closers.append(source.aclose)
+        return source
+
+    def _slmp_source(self, machine: MachineConfig) -> Source:
+        assert machine.source.slmp is not None
+        source = SlmpSource(machine.source.slmp)
+        self._closers.append(source.aclose)
+        return source
+
     _BUILDERS: ClassVar[dict[str, Callable[["Gateway", MachineConfig], Source]]] = {
         "modbus": _modbus_source,
         "mqtt": _mqtt_source,
         "mtconnect": _mtconnect_source,
+        "opcua": _opcua_source,
+        "slmp": _slmp_source,
     }
     """A builder per source kind of :class:`~kyoso.gateway.config.SourceConfig`."""
 
@@ -142,6 +161,8 @@ class Gateway:
             for m in self.config.machines
         }
         await self.publisher.start()
+        if self.sparkplug is not None:
+            await self.sparkplug.start()
         if self.sensors is not None:
             await self.sensors.start()
 
@@ -150,6 +171,8 @@ class Gateway:
         if self.trackers:
             self.emit(self.clock.now())
         await self.publisher.stop()
+        if self.sparkplug is not None:
+            await self.sparkplug.stop()
         if self.sensors is not None:
             await self.sensors.stop()
         for close in self._closers:
@@ -164,12 +187,21 @@ class Gateway:
         self.polls[machine] += 1
         changed = self.trackers[machine].observe(at, reading.values, set(reading.missing))
         if changed is not None:
-            self.publisher.submit([changed])
+            self._submit([changed])
 
     def emit(self, end: float) -> list[int]:
         """Close every machine's interval at ``end``; submit the samples; return their seqs."""
         samples = [s for t in self.trackers.values() if (s := t.sample(end)) is not None]
-        return self.publisher.submit(samples) if samples else []
+        return self._submit(samples) if samples else []
+
+    def _submit(self, samples: list[Sample]) -> list[int]:
+        """Hand samples to the Kyoso publisher and the Sparkplug node, as configured; return
+        their Kyoso outbox seqs (none when Sparkplug replaces the Kyoso samples)."""
+        if self.sparkplug is not None:
+            self.sparkplug.submit(samples)
+            if not self.sparkplug.config.kyoso_samples:
+                return []
+        return self.publisher.submit(samples)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, poll and publish until ``stop`` is set, then stop cleanly."""

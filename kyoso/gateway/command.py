@@ -11,7 +11,7 @@ from pathlib import Path
 from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.validation import explain
 
-from . import mtconnect_probe
+from . import mtconnect_probe, opcua_probe, slmp_probe
 from .agent import Gateway
 from .config import ConfigError, GatewayConfig, load_config
 from .http import health_server
@@ -20,6 +20,8 @@ from .modbus_decode import format_plan, plan_device
 from .modbus_probe import format_probe, probe
 from .mtconnect_xml import MtconnectError
 from .outbox import OutboxLockedError, SqliteOutbox
+from .slmp_config import SlmpEndpointConfig, plan_reads
+from .slmp_frames import SlmpError
 
 
 def register(
@@ -46,6 +48,31 @@ def register(
     )
     probe_parser.add_argument(
         "--device", metavar="NAME", help=text("cli.gateway.probe.mtconnect_device", lang)
+    )
+    probe_parser.add_argument("--opcua", metavar="URL", help=text("cli.gateway.probe.opcua", lang))
+    probe_parser.add_argument(
+        "--depth", type=int, default=4, help=text("cli.gateway.probe.opcua_depth", lang)
+    )
+    probe_parser.add_argument(
+        "--security", metavar="POLICY,MODE,...", help=text("cli.gateway.probe.opcua_security", lang)
+    )
+    probe_parser.add_argument(
+        "--user", metavar="NAME", help=text("cli.gateway.probe.opcua_user", lang)
+    )
+    probe_parser.add_argument(
+        "--slmp", metavar="HOST[:PORT]", help=text("cli.gateway.probe.slmp", lang)
+    )
+    probe_parser.add_argument(
+        "--devices", metavar="D0-D99,M0-M63", help=text("cli.gateway.probe.slmp_devices", lang)
+    )
+    probe_parser.add_argument(
+        "--udp", action="store_true", help=text("cli.gateway.probe.slmp_udp", lang)
+    )
+    probe_parser.add_argument(
+        "--frame",
+        choices=["3e", "4e"],
+        default="3e",
+        help=text("cli.gateway.probe.slmp_frame", lang),
     )
     probe_parser.add_argument(
         "--unit", type=int, default=1, help=text("cli.gateway.probe.unit", lang)
@@ -119,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{machine.id}: mqtt {machine.source.mqtt.topic}")
             elif (agent := machine.source.mtconnect) is not None:
                 print(f"{machine.id}: mtconnect {agent.base} device {agent.device or '(only)'}")
+            elif (server := machine.source.opcua) is not None:
+                print(f"{machine.id}: opcua {server.endpoint} ({server.mode})")
+            elif (plc := machine.source.slmp) is not None:
+                reads = ", ".join(map(str, plan_reads(plc)))
+                print(f"{machine.id}: slmp {plc.endpoint} {plc.frame.upper()}: {reads}")
         return 0
     asyncio.run(_serve(Gateway(config)))
     return 0
@@ -172,10 +204,16 @@ def run_outbox(args: argparse.Namespace) -> int:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Execute ``kyoso gateway probe``."""
-    if args.mtconnect is not None:
-        return _probe_mtconnect(args)
+    protocols = (("mtconnect", _probe_mtconnect), ("opcua", _probe_opcua), ("slmp", _probe_slmp))
+    for option, run_protocol in protocols:
+        if getattr(args, option) is not None:
+            return run_protocol(args)
     if args.target is None:
-        print("kyoso gateway probe: give HOST[:PORT] (Modbus) or --mtconnect URL", file=sys.stderr)
+        print(
+            "kyoso gateway probe: give HOST[:PORT] (Modbus), --mtconnect URL, --opcua URL or "
+            "--slmp HOST[:PORT]",
+            file=sys.stderr,
+        )
         return 2
     host, _, port = args.target.rpartition(":") if ":" in args.target else (args.target, "", "502")
     if not host or not port.isdigit():
@@ -212,4 +250,53 @@ def _probe_mtconnect(args: argparse.Namespace) -> int:
         print(f"probe failed: {exc}", file=sys.stderr)
         return 1
     print(mtconnect_probe.format_probe(items))
+    return 0
+
+
+def _probe_opcua(args: argparse.Namespace) -> int:
+    """Execute ``kyoso gateway probe --opcua URL [--depth N] [--security ...] [--user]``."""
+    if args.target is not None:
+        print("kyoso gateway probe: give HOST[:PORT] or --opcua, not both", file=sys.stderr)
+        return 2
+    try:
+        nodes = asyncio.run(
+            opcua_probe.probe(
+                args.opcua,
+                depth=args.depth,
+                security=args.security,
+                user=args.user,
+                timeout_s=args.timeout,
+            )
+        )
+    except opcua_probe.OpcuaProbeError as exc:
+        print(f"probe failed: {exc}", file=sys.stderr)
+        return 1
+    print(opcua_probe.format_probe(nodes))
+    return 0
+
+
+def _probe_slmp(args: argparse.Namespace) -> int:
+    """Execute ``kyoso gateway probe --slmp HOST[:PORT] --devices RANGES [--udp] [--frame]``."""
+    if args.target is not None or args.mtconnect is not None:
+        print("kyoso gateway probe: give one of HOST[:PORT], --mtconnect, --slmp", file=sys.stderr)
+        return 2
+    host, _, port = args.slmp.rpartition(":") if ":" in args.slmp else (args.slmp, "", "5000")
+    try:
+        ranges = slmp_probe.parse_ranges(args.devices or "")
+        endpoint = SlmpEndpointConfig(
+            host=host,
+            port=int(port),
+            transport="udp" if args.udp else "tcp",
+            frame=args.frame,
+            timeout_s=args.timeout,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is one
+        print(f"kyoso gateway probe --slmp: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results = asyncio.run(slmp_probe.probe(endpoint, ranges))
+    except SlmpError as exc:
+        print(f"probe failed: {exc}", file=sys.stderr)
+        return 1
+    print(slmp_probe.format_probe(results))
     return 0

@@ -25,8 +25,11 @@ from kyoso.validation import ConfigModel, FileSettings, load_yaml_settings
 from .errors import GatewayError
 from .modbus_decode import ModbusDeviceConfig
 from .mtconnect_xml import MtconnectConfig
+from .opcua_config import OpcuaConfig
 from .outbox import OutboxConfig
 from .publisher import PublisherConfig
+from .slmp_config import SlmpConfig
+from .sparkplug_config import SparkplugConfig
 
 
 class MqttSensorConfig(ConfigModel):
@@ -44,11 +47,13 @@ class MqttSensorConfig(ConfigModel):
 
 class SourceConfig(ConfigModel):
     """Where a machine's fields come from: exactly one kind (``modbus``, ``mqtt``,
-    ``mtconnect``)."""
+    ``mtconnect``, ``opcua``, ``slmp``)."""
 
     modbus: ModbusDeviceConfig | None = None
     mqtt: MqttSensorConfig | None = None
     mtconnect: MtconnectConfig | None = None
+    opcua: OpcuaConfig | None = None
+    slmp: SlmpConfig | None = None
 
     @property
     def kind(self) -> str:
@@ -70,6 +75,10 @@ class SourceConfig(ConfigModel):
             return {f.name for f in self.modbus.fields}
         if self.mtconnect is not None:
             return set(self.mtconnect.fields)
+        if self.opcua is not None:
+            return set(self.opcua.fields)
+        if self.slmp is not None:
+            return set(self.slmp.fields)
         assert self.mqtt is not None
         return set(self.mqtt.values)
 
@@ -155,8 +164,10 @@ class CounterConfig(ConfigModel):
     )
 
 
-class MachineConfig(ConfigModel):
-    """One machine behind this gateway."""
+class MachineRules(ConfigModel):
+    """A machine's identity, and how its fields become a state, counters and signals:
+    everything a gateway's machine has but its source (the ingest's Sparkplug machines,
+    whose fields come from metrics, share it)."""
 
     id: Id
     name: str = Field(max_length=128, description="Display name.")
@@ -164,7 +175,6 @@ class MachineConfig(ConfigModel):
     capabilities: list[Capability] = Field(default_factory=list, max_length=16)
     ideal_cycle_time_s: float | None = Field(default=None, gt=0)
     sharing: Sharing = Field(default_factory=Sharing)
-    source: SourceConfig
     state: StateConfig
     counters: dict[Name, CounterConfig] = Field(
         default_factory=dict, description="Published counter -> raw counter field."
@@ -173,15 +183,26 @@ class MachineConfig(ConfigModel):
         default_factory=list, description="Fields published as signals (last/mean/min/max)."
     )
 
+    @property
+    def wanted_fields(self) -> set[str]:
+        """The fields the state rules, counters and signals read."""
+        rules = self.state.from_code or self.state.from_threshold
+        assert rules is not None
+        wanted = {rules.field, *(c.field for c in self.counters.values()), *self.signals}
+        if self.state.alarm is not None:
+            wanted.add(self.state.alarm.field)
+        return wanted
+
+
+class MachineConfig(MachineRules):
+    """One machine behind this gateway."""
+
+    source: SourceConfig
+
     @model_validator(mode="after")
     def _fields_exist(self) -> Self:
         known = self.source.fields
-        rules = self.state.from_code or self.state.from_threshold
-        assert rules is not None
-        wanted = [rules.field, *(c.field for c in self.counters.values()), *self.signals]
-        if self.state.alarm is not None:
-            wanted.append(self.state.alarm.field)
-        if unknown := sorted(set(wanted) - known):
+        if unknown := sorted(self.wanted_fields - known):
             raise ValueError(
                 f"fields {unknown} are not read by the source (it reads {sorted(known)})"
             )
@@ -212,6 +233,9 @@ class GatewayConfig(ConfigModel):
         default=None, description="Local broker of MQTT sensors; needed if any machine has one."
     )
     http: HttpConfig = Field(default_factory=HttpConfig)
+    sparkplug: SparkplugConfig | None = Field(
+        default=None, description="Also publish as a Sparkplug B edge node; None: do not."
+    )
     poll_interval_s: float = Field(default=1.0, gt=0, le=3600, description="Device poll period.")
     publish_interval_s: float = Field(
         default=10.0, gt=0, le=3600, description="Sample interval: one sample per machine."

@@ -59,7 +59,7 @@ from kyoso.contract import (
     SignalStats,
 )
 
-from .config import CounterConfig, MachineConfig, StateConfig, StateFromThreshold
+from .config import CounterConfig, MachineRules, StateConfig, StateFromThreshold
 from .modbus_decode import Value
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class MachineTracker:
 
     def __init__(
         self,
-        config: MachineConfig,
+        config: MachineRules,
         calendar: ShiftCalendar,
         start: float,
         *,
@@ -387,7 +387,7 @@ class MachineTracker:
             self._since = at
 
 
-def _max_parts_per_s(machine: MachineConfig, counter: CounterConfig) -> float | None:
+def _max_parts_per_s(machine: MachineRules, counter: CounterConfig) -> float | None:
     """The counter's own rate, or :data:`RATE_TOLERANCE` parts per ideal cycle time."""
     if counter.max_parts_per_s is not None:
         return counter.max_parts_per_s

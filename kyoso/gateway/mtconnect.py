@@ -53,7 +53,7 @@ from .mtconnect_xml import (
     parse_streams,
     state_code,
 )
-from .source import Missing
+from .source import Missing, Polled
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,6 @@ class MtconnectMissingReason(StrEnum):
     AGENT_ERROR = "agent error"
     INVALID_DOCUMENT = "invalid document"
     CIRCUIT_OPEN = "circuit open"
-
-
-@dataclass(frozen=True, slots=True)
-class MtconnectReading:
-    """One poll (a :class:`~kyoso.gateway.source.Reading`): every configured field is in
-    exactly one of ``values`` and ``missing``."""
-
-    values: Mapping[str, Value]
-    missing: Mapping[str, Missing]
 
 
 @dataclass(slots=True)
@@ -132,7 +123,7 @@ class MtconnectSource:
         self._conditions: dict[str, dict[str, Observation]] = {}
         """Conditions: each data item's active activations by native code."""
 
-    async def poll(self) -> MtconnectReading:
+    async def poll(self) -> Polled:
         """Bring the device's state up to date and read every field; never raises for an
         agent fault."""
         async with self._polling:
@@ -142,12 +133,12 @@ class MtconnectSource:
                     MtconnectMissingReason.CIRCUIT_OPEN, f"{self.breaker.remaining_s():.1f} s left"
                 )
                 self.stats.errors["circuit_open"] += 1
-                return MtconnectReading({}, dict.fromkeys(self.config.fields, left))
+                return Polled({}, dict.fromkeys(self.config.fields, left))
             try:
                 await self._update()
             except _PollFailedError as failure:
                 self._failed(failure.missing)
-                return MtconnectReading({}, dict.fromkeys(self.config.fields, failure.missing))
+                return Polled({}, dict.fromkeys(self.config.fields, failure.missing))
             self.breaker.success()
             return self._read()
 
@@ -264,7 +255,7 @@ class MtconnectSource:
 
     # -- reading fields --------------------------------------------------------------------
 
-    def _read(self) -> MtconnectReading:
+    def _read(self) -> Polled:
         values: dict[str, Value] = {}
         missing: dict[str, Missing] = {}
         for name, spec in self.config.fields.items():
@@ -273,7 +264,7 @@ class MtconnectSource:
                 missing[name] = result
             else:
                 values[name] = result
-        return MtconnectReading(values, missing)
+        return Polled(values, missing)
 
     def _field(self, spec: MtconnectFieldConfig) -> Value | Missing:
         if spec.preset in ("faults", "fault_code"):

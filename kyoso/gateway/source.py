@@ -5,7 +5,9 @@ configured field, why it is missing. It never raises for a device fault: a dead,
 confused device is missing values with a reason, so the agent treats every protocol alike
 and a new one (OPC UA, MTConnect, SLMP) only has to implement :class:`Source`.
 Implementations: :class:`~kyoso.gateway.modbus.ModbusSource`,
-:class:`~kyoso.gateway.mtconnect.MtconnectSource` (an MTConnect agent) and
+:class:`~kyoso.gateway.mtconnect.MtconnectSource` (an MTConnect agent),
+:class:`~kyoso.gateway.opcua.OpcuaSource` (an OPC UA server),
+:class:`~kyoso.gateway.slmp.SlmpSource` (a MELSEC PLC over SLMP) and
 :class:`~kyoso.gateway.sensors.SensorSource` (MQTT sensors); the agent builds each by its
 configured kind (kyoso/gateway/agent.py).
 """
@@ -17,7 +19,7 @@ from typing import Protocol
 
 from .modbus_decode import Value
 
-__all__ = ["Missing", "Reading", "Source"]
+__all__ = ["Missing", "Polled", "Reading", "Source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,15 @@ class Reading(Protocol):
     def missing(self) -> Mapping[str, object]:
         """Field name -> why it could not be read (printable)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """One poll of a source (a :class:`Reading`): every configured field is in exactly one of
+    ``values`` and ``missing``."""
+
+    values: Mapping[str, Value]
+    missing: Mapping[str, Missing]
 
 
 class Source(Protocol):

@@ -19,6 +19,8 @@ from kyoso.ops import HttpConfig
 from kyoso.store.choice import StoreChoice
 from kyoso.validation import ConfigError, ConfigModel, FileSettings, load_yaml_settings
 
+from .sparkplug_config import SparkplugConfig
+
 __all__ = [
     "BatchConfig",
     "IngestConfigError",
@@ -136,6 +138,11 @@ class IngestSettings(StoreChoice, FileSettings):
     plausibility: PlausibilityConfig = Field(default_factory=PlausibilityConfig)
     receipts: ReceiptsConfig = Field(default_factory=ReceiptsConfig)
     http: HttpConfig = Field(default_factory=lambda: HttpConfig(port=9106))
+    sparkplug: SparkplugConfig | None = Field(
+        None,
+        description="Read Sparkplug B edge nodes as a host application (docs/sparkplug.md);"
+        " null: Kyoso gateways only.",
+    )
 
     @property
     def worker(self) -> str:

@@ -25,6 +25,10 @@ after a reconnect or a crash, so nothing the ingest received is lost with it.
 - **Store receipts** (:mod:`kyoso.ingest.receipts`) of every worker are subscribed with
   *No Local*: a worker hears the others' as they are published, and its own only as the
   retained message on (re)subscribing, which is how it goes on after a restart.
+- **A hosted application** (:class:`HostApplication`: the Sparkplug host of
+  :mod:`kyoso.ingest.sparkplug`) shares the connection: its filters are added, its will is
+  set before each connect (and sent on a clean disconnect too), its announcement published
+  after subscribing; messages on its topics are handed over undecoded (``sparkplug``).
 """
 
 import asyncio
@@ -35,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -55,18 +59,22 @@ from kyoso.contract import (
 )
 from kyoso.contract.wire import WireBatch, decode_samples
 from kyoso.mqtt import new_client
+from kyoso.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 
 from .config import MqttConfig
 
 __all__ = ["Incoming", "MqttConsumer"]
 
 log = logging.getLogger(__name__)
+_WITH_WILL = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+"""MQTT 5: disconnect, and have the broker publish the will all the same."""
 
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One received message, decoded; exactly one of ``message``, ``error``, ``withdrawn``
-    and ``cleared`` says what it is."""
+    """One received message, decoded; exactly one of ``message``, ``error``, ``withdrawn``,
+    ``cleared`` and ``sparkplug`` says what it is (a Sparkplug message the host has read
+    comes back ``cleared``, or with an ``error``)."""
 
     generation: int
     """The connection it came on (acknowledge only on the same one)."""
@@ -83,6 +91,9 @@ class Incoming:
     cleared: bool = False
     """An empty status or receipt payload: someone cleared a retained message; nothing to
     store."""
+    sparkplug: bool = False
+    """On a Sparkplug B topic: for the Sparkplug host (:mod:`kyoso.ingest.sparkplug`),
+    which gives it back ``cleared`` (or with an ``error``) once it has read it."""
 
     @property
     def samples(self) -> int:
@@ -93,6 +104,8 @@ class Incoming:
 def classify(generation: int, mid: int, qos: int, topic: str, payload: bytes) -> Incoming:
     """Decode one message into an :class:`Incoming`; never raises."""
     make = partial(Incoming, generation, mid, qos, topic, payload, time.time())
+    if topic.startswith(f"{SPARKPLUG_NAMESPACE}/"):
+        return make(sparkplug=True)
     try:
         if not payload:
             where = parse_topic(topic)
@@ -100,9 +113,8 @@ def classify(generation: int, mid: int, qos: int, topic: str, payload: bytes) ->
                 return make(withdrawn=(where.factory, where.gateway, where.machine))
             if where.kind in (TopicKind.STATUS, TopicKind.STORED):
                 return make(cleared=True)
-        if _kind(topic) is TopicKind.SAMPLES:
-            return make(message=decode_samples(topic, payload))
-        return make(message=decode(topic, payload))
+        samples = _kind(topic) is TopicKind.SAMPLES
+        return make(message=decode_samples(topic, payload) if samples else decode(topic, payload))
     except ContractError as exc:
         return make(error=exc)
     except ValueError as exc:  # parse_topic's TopicError
@@ -116,12 +128,31 @@ def _kind(topic: str) -> TopicKind | None:
         return None  # the decoder words the refusal
 
 
+class HostApplication(Protocol):
+    """A host application sharing the connection (the Sparkplug host; the broker binds one
+    session to an account): its filters (subscribed with No Local, so that its own commands
+    do not come back), the will set before each connect, what it publishes once connected."""
+
+    @property
+    def filters(self) -> list[str]: ...
+
+    def will(self) -> tuple[str, bytes]: ...
+
+    def birth(self) -> tuple[str, bytes]: ...
+
+
 class MqttConsumer:
     """Subscribes to the contract's topics and hands each message to ``deliver``, on the loop."""
 
-    def __init__(self, config: MqttConfig, deliver: Callable[[Incoming], None]) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        deliver: Callable[[Incoming], None],
+        host: HostApplication | None = None,
+    ) -> None:
         self.config = config
         self._deliver = deliver
+        self.host = host
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self.generation = 0
@@ -137,7 +168,8 @@ class MqttConsumer:
         """The subscription filters (samples through the shared group, if any)."""
         group = self.config.shared_group
         samples, *others = SUBSCRIPTIONS
-        return [f"$share/{group}/{samples}" if group else samples, *others]
+        hosted = self.host.filters if self.host is not None else []
+        return [f"$share/{group}/{samples}" if group else samples, *others, *hosted]
 
     async def start(self) -> None:
         """Connect in the background (retried by paho with backoff) and subscribe."""
@@ -150,6 +182,8 @@ class MqttConsumer:
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
         client.on_subscribe = self._paho_subscribe
+        if (host := self.host) is not None:
+            client.on_pre_connect = lambda c, _: c.will_set(*host.will(), qos=1, retain=True)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = cfg.session_expiry_s
         properties.ReceiveMaximum = cfg.receive_maximum
@@ -164,17 +198,19 @@ class MqttConsumer:
         client, self._client = self._client, None
         if client is None:
             return
-        client.disconnect()
+        # A host's will says it is gone: the broker sends it on a clean disconnect too.
+        client.disconnect(None if self.host is None else _WITH_WILL)
         await asyncio.to_thread(client.loop_stop)
         self.connected = False
 
-    def publish(self, topic: str, payload: bytes) -> bool:
-        """Publish ``payload`` retained at QoS 1 (paho queues it while disconnected and
-        sends it on reconnect); False if the client is not started or refused it."""
+    def publish(self, topic: str, payload: bytes, retain: bool = True) -> bool:
+        """Publish ``payload`` at QoS 1, retained unless told (paho queues it while
+        disconnected and sends it on reconnect); False if the client is not started or
+        refused it."""
         client = self._client
         if client is None:
             return False
-        info = client.publish(topic, payload, qos=1, retain=True)
+        info = client.publish(topic, payload, qos=1, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack(self, incoming: Incoming) -> bool:
@@ -199,12 +235,15 @@ class MqttConsumer:
         self.connects += 1
         options = SubscribeOptions(qos=1)
         own = SubscribeOptions(qos=1, noLocal=True)  # not our own receipts, once published
+        hosted = set(self.host.filters) if self.host is not None else set()
         client.subscribe(
             [
-                (t, own if t.endswith(f"/{TopicKind.STORED.value}/+") else options)
+                (t, own if t.endswith(f"/{TopicKind.STORED.value}/+") or t in hosted else options)
                 for t in self.filters
             ]
         )
+        if self.host is not None:  # after subscribing, as Sparkplug 3.0 asks of a host
+            client.publish(*self.host.birth(), qos=1, retain=True)
         log.info(
             "connected to %s:%d as %s (session %s)",
             self.config.host,

@@ -96,6 +96,16 @@ class IngestCollector(Collector):
             "How long the oldest gap has been open; 0 without gaps.",
             value=max((gap.oldest_s for gap in gaps), default=0.0),
         )
+        if ingest.sparkplug is not None:
+            events = CounterMetricFamily(
+                "kyoso_ingest_sparkplug_events",
+                "Sparkplug host events: messages, births, deaths, stale_deaths (an old"
+                " bdSeq), rebirth_requests, seq_gaps, ignored, late_metrics and more.",
+                labels=["event"],
+            )
+            for event, count in sorted(ingest.sparkplug.stats.items()):
+                events.add_metric([event], count)
+            yield events
 
 
 def health_server(ingest: Ingest, config: HttpConfig) -> OpsServer:

@@ -31,6 +31,10 @@ overloaded, credentials refused, anything but a refusal of one message) is retri
 exponential backoff for as long as it lasts: nothing is acknowledged meanwhile, so the
 broker keeps the messages, and ``/readyz`` reports not ready. A write repeated after a
 crash or a retry stores the same points (the store is idempotent).
+
+With a ``sparkplug`` mapping, Sparkplug B messages go to the host application
+(:mod:`kyoso.ingest.sparkplug`) before any batch: it hands back the samples, statuses and
+descriptions they make, as a gateway's messages, then the message itself to acknowledge.
 """
 
 import asyncio
@@ -39,14 +43,14 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
 from prometheus_client import Histogram
 
-from kyoso.contract import GatewayStatus, MachineDescription, StoreReceipt
+from kyoso.contract import ContractError, GatewayStatus, MachineDescription, StoreReceipt
 from kyoso.contract.wire import SampleLike, WireBatch
 from kyoso.store import (
     SampleGroup,
@@ -60,6 +64,7 @@ from .config import IngestSettings
 from .consumer import Incoming, MqttConsumer
 from .deadletter import DeadLetterStore
 from .receipts import Receipts, ReplayGuard
+from .sparkplug import SparkplugHost
 
 __all__ = ["Ingest", "IngestStats"]
 
@@ -109,12 +114,23 @@ class Ingest:
     """One ingest worker: ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(
-        self, settings: IngestSettings, store: Store, dead_letters: DeadLetterStore
+        self,
+        settings: IngestSettings,
+        store: Store,
+        dead_letters: DeadLetterStore,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: the Sparkplug host's (when its samples close)."""
         self.settings = settings
         self.store = store
         self.dead_letters = dead_letters
-        self.consumer = MqttConsumer(settings.mqtt, self._receive)
+        self.sparkplug: SparkplugHost | None = None
+        if settings.sparkplug is not None:
+            self.sparkplug = SparkplugHost(settings.sparkplug, self._receive, clock)
+        self.consumer = MqttConsumer(settings.mqtt, self._receive, self.sparkplug)
+        if self.sparkplug is not None:
+            self.sparkplug.publish = self.consumer.publish
         self.stats = IngestStats()
         self.receipts = Receipts(settings.worker)
         self._replays = ReplayGuard()
@@ -140,6 +156,8 @@ class Ingest:
         ]
         workers.append(asyncio.create_task(self._publish_receipts(), name="ingest-receipts"))
         workers.append(asyncio.create_task(self._write_gaps(), name="ingest-gaps"))
+        if self.sparkplug is not None:
+            workers.append(asyncio.create_task(self.sparkplug.run(), name="ingest-sparkplug"))
         await self.consumer.start()
         try:
             await stop.wait()
@@ -185,6 +203,11 @@ class Ingest:
     def _receive(self, incoming: Incoming) -> None:
         if self._stopping:  # not acknowledged: the broker sends it again next time
             return
+        if incoming.sparkplug and not incoming.cleared and incoming.error is None:
+            if self.sparkplug is not None:
+                self.sparkplug.receive(incoming)  # it gives the message back once read
+                return
+            incoming = replace(incoming, error=ContractError("topic", "no Sparkplug mapping"))
         self.stats.received[_kind(incoming)] += 1
         self.stats.samples_received += incoming.samples
         batch = self._open
@@ -449,6 +472,8 @@ class Ingest:
 def _kind(incoming: Incoming) -> str:
     if incoming.error is not None:
         return "refused"
+    if incoming.sparkplug:
+        return "sparkplug"
     if isinstance(incoming.message, WireBatch):
         return "samples"
     if isinstance(incoming.message, StoreReceipt):

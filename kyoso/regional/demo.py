@@ -2,9 +2,9 @@
 
 For each registry gateway whose factory is one of the simulated ones, the configuration a
 technician would write (:func:`~kyoso.simulators.gateways.gateway_config`), pointed at the
-``simulators`` service for Modbus, at the shop-floor broker for the current clamps, and at
-the regional broker with the gateway's own account. Real gateways are configured on their
-Raspberry Pi; they only need their registry entry and password.
+``simulators`` service for Modbus, MTConnect and SLMP, at the shop-floor broker for the
+current clamps, and at the regional broker with the gateway's own account. Real gateways are
+configured on their Raspberry Pi; they only need their registry entry and password.
 """
 
 from collections.abc import Mapping
@@ -13,10 +13,18 @@ from typing import Any
 
 import yaml
 
-from kyoso.simulators.config import FactoryConfig, ModbusSourceConfig, MTConnectSourceConfig
+from kyoso.simulators.config import (
+    FactoryConfig,
+    ModbusSourceConfig,
+    MTConnectSourceConfig,
+    OpcuaSourceConfig,
+    SlmpSourceConfig,
+)
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.modbus import Endpoint
 from kyoso.simulators.mtconnect import AgentEndpoint
+from kyoso.simulators.opcua import ServerEndpoint
+from kyoso.simulators.slmp import SlmpEndpoint
 
 from .files import write_file
 from .registry import Registry
@@ -43,13 +51,18 @@ def demo_gateway_configs(
         factory = simulated.get(entry.factory)
         if factory is None:
             continue
-        endpoints: dict[str, Endpoint | AgentEndpoint] = {}
+        endpoints: dict[str, Endpoint | AgentEndpoint | SlmpEndpoint | ServerEndpoint] = {}
         for m in factory.machines:
             if isinstance(m.source, ModbusSourceConfig):
                 port = factory.modbus_servers[m.source.server].port
                 endpoints[m.id] = Endpoint(simulator_host, port, m.source.unit)
             elif isinstance(m.source, MTConnectSourceConfig):
                 endpoints[m.id] = AgentEndpoint(simulator_host, m.source.port, m.id)
+            elif isinstance(m.source, SlmpSourceConfig):
+                src = m.source
+                endpoints[m.id] = SlmpEndpoint(simulator_host, src.port, src.transport, src.frame)
+            elif isinstance(m.source, OpcuaSourceConfig):
+                endpoints[m.id] = ServerEndpoint(simulator_host, m.source.port, m.id)
         has_clamps = len(endpoints) < len(factory.machines)
         configs[entry.user] = gateway_config(
             factory,

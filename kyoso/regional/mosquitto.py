@@ -31,7 +31,11 @@ The ACL grants, and Mosquitto denies everything else:
 - the ingest reads ``kyoso/v1/#`` (every factory) and writes only its store receipts,
   ``kyoso/v1/<factory>/<gateway>/stored/<its user>`` (docs/contract.md, 8.6); it has one
   account per worker (a session, hence a client id, per account), each with the same
-  grants, each writing under its own name.
+  grants, each writing under its own name;
+- a Sparkplug B edge node writes only its own births, deaths and data in its group,
+  ``spBv1.0/<group>/{N,D}{BIRTH,DEATH,DATA}/<node>[/<device>]``, and reads its commands
+  and the hosts' ``spBv1.0/STATE/#``; the ingest, as the Sparkplug host, reads the edge
+  nodes' groups and writes their NCMD and its own STATE (docs/sparkplug.md).
 
 The capacity service talks to InfluxDB only and has no broker account.
 """
@@ -44,9 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kyoso.contract import ROOT
+from kyoso.sparkplug import NAMESPACE as SPARKPLUG
 
 from .files import write_file
-from .registry import Registry
+from .registry import Registry, SparkplugNode
 
 __all__ = [
     "HASH_ITERATIONS",
@@ -112,6 +117,7 @@ def acl_file(registry: Registry) -> str:
     ]
     for user in registry.ingest.mqtt_users:
         lines += [f"user {user}", f"topic read {ROOT}/#", f"topic write {ROOT}/+/+/stored/{user}"]
+        lines += _sparkplug_host(registry)
     for gateway in registry.gateways:
         lines += [
             "",
@@ -120,7 +126,37 @@ def acl_file(registry: Registry) -> str:
             f"topic write {ROOT}/{gateway.factory}/{gateway.gateway}/#",
             f"topic read {ROOT}/{gateway.factory}/#",
         ]
+    for node in registry.sparkplug_nodes:
+        lines += ["", f"# Sparkplug edge node {node.node} of {node.factory}.", f"user {node.user}"]
+        lines += _sparkplug_node(node)
     return "\n".join(lines) + "\n"
+
+
+def _sparkplug_host(registry: Registry) -> list[str]:
+    """The ingest as a Sparkplug host: it reads the edge nodes' groups, asks them for
+    rebirths (NCMD) and announces its own STATE."""
+    if not registry.sparkplug_nodes:
+        return []
+    lines = []
+    for group in registry.sparkplug_groups:
+        lines += [f"topic read {SPARKPLUG}/{group}/#", f"topic write {SPARKPLUG}/{group}/NCMD/+"]
+    return [*lines, f"topic write {SPARKPLUG}/STATE/{registry.ingest.sparkplug_host}"]
+
+
+def _sparkplug_node(node: SparkplugNode) -> list[str]:
+    """An edge node speaks only as itself in its group, and reads its commands and the
+    hosts' STATE."""
+    prefix = f"{SPARKPLUG}/{node.group}"
+    lines = [f"topic write {prefix}/{kind}/{node.node}" for kind in ("NBIRTH", "NDEATH", "NDATA")]
+    lines += [
+        f"topic write {prefix}/{kind}/{node.node}/+" for kind in ("DBIRTH", "DDEATH", "DDATA")
+    ]
+    return [
+        *lines,
+        f"topic read {prefix}/NCMD/{node.node}/#",
+        f"topic read {prefix}/DCMD/{node.node}/#",
+        f"topic read {SPARKPLUG}/STATE/#",
+    ]
 
 
 def access_config(out_dir: Path, tls: TlsFiles | None = None) -> str:

@@ -11,6 +11,7 @@ isolation"), so an account holds one connection and one session at a time: each 
 worker has a broker account of its own (:attr:`IngestAccount.mqtt_users`).
 """
 
+import re
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -31,6 +32,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "ServiceAccount",
+    "SparkplugNode",
     "load_registry",
 ]
 
@@ -38,10 +40,15 @@ GRAFANA_UID_MAX = 40
 """Longest Grafana data source uid; a factory's data source uid is the factory id."""
 
 USERNAME_MAX = 64
-Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Username = Annotated[str, StringConstraints(pattern=_USERNAME.pattern)]
 """An MQTT or InfluxDB user name: no ':' (the password file's separator), no spaces."""
 
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
+
+SparkplugId = Annotated[str, StringConstraints(pattern=r"^[^+#/\s]{1,128}$")]
+"""A Sparkplug group, edge node or host id, as an ACL line can hold it: no wildcard, no
+'/', no space."""
 
 
 class ServiceAccount(ConfigModel):
@@ -66,6 +73,12 @@ class IngestAccount(ServiceAccount):
         " session to a user, so each worker has a broker user of its own: the first"
         " `username`, the n-th '<username>-<n>'; all with the same password when"
         " `password_env` names one, else each its own generated one.",
+    )
+
+    sparkplug_host: SparkplugId = Field(
+        default="kyoso-ingest",
+        description="The Sparkplug host id the ingest announces its STATE as (its"
+        " sparkplug.host_id); used when `sparkplug_nodes` lists any.",
     )
 
     @property
@@ -96,6 +109,28 @@ class Gateway(ConfigModel):
         return self.username or f"{self.factory}-{self.gateway}"
 
 
+class SparkplugNode(ConfigModel):
+    """A Sparkplug B edge node the broker admits: it speaks only as itself, in its group."""
+
+    factory: Id = Field(description="The factory its data belongs to (a database, a read user).")
+    group: SparkplugId
+    node: SparkplugId
+    username: Username | None = Field(
+        default=None, description="Broker user; None: '<group>-<node>'."
+    )
+
+    @property
+    def user(self) -> str:
+        """The broker user name."""
+        return self.username or f"{self.group}-{self.node}"
+
+    @model_validator(mode="after")
+    def _user_valid(self) -> Self:
+        if self.username is None and not _USERNAME.fullmatch(self.user):
+            raise ValueError(f"{self.user!r} is no broker user name: set username")
+        return self
+
+
 class Registry(ConfigModel):
     """A region's gateways and the accounts of its services."""
 
@@ -113,16 +148,33 @@ class Registry(ConfigModel):
         description="Reads kyoso_capacity only: the regional dashboard's data source.",
     )
     gateways: list[Gateway] = Field(min_length=1, max_length=10_000)
+    sparkplug_nodes: list[SparkplugNode] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Sparkplug B edge nodes, read by the ingest as a host application.",
+    )
 
     @property
     def factories(self) -> list[str]:
-        """Every factory with a gateway, sorted; each has a database and a read user."""
-        return sorted({g.factory for g in self.gateways})
+        """Every factory with a gateway or an edge node, sorted; each has a database and a
+        read user."""
+        return sorted(
+            {g.factory for g in self.gateways} | {n.factory for n in self.sparkplug_nodes}
+        )
+
+    @property
+    def sparkplug_groups(self) -> list[str]:
+        """The Sparkplug groups of the edge nodes, sorted."""
+        return sorted({n.group for n in self.sparkplug_nodes})
 
     @property
     def mqtt_users(self) -> list[str]:
-        """Broker users: the ingest workers, then every gateway."""
-        return [*self.ingest.mqtt_users, *(g.user for g in self.gateways)]
+        """Broker users: the ingest workers, then every gateway, then every edge node."""
+        return [
+            *self.ingest.mqtt_users,
+            *(g.user for g in self.gateways),
+            *(n.user for n in self.sparkplug_nodes),
+        ]
 
     @property
     def influx_users(self) -> list[str]:
@@ -139,6 +191,15 @@ class Registry(ConfigModel):
         pairs = [(g.factory, g.gateway) for g in self.gateways]
         if repeated := sorted({f"{f}/{g}" for f, g in pairs if pairs.count((f, g)) > 1}):
             raise ValueError(f"gateways listed twice: {repeated}")
+        owners: dict[str, str] = {}
+        for node in self.sparkplug_nodes:
+            if (owner := owners.setdefault(node.group, node.factory)) != node.factory:
+                raise ValueError(
+                    f"Sparkplug group {node.group!r} in factories {owner} and {node.factory}"
+                )
+        nodes = [(n.group, n.node) for n in self.sparkplug_nodes]
+        if repeated := sorted({f"{g}/{n}" for g, n in nodes if nodes.count((g, n)) > 1}):
+            raise ValueError(f"Sparkplug nodes listed twice: {repeated}")
         for factory in self.factories:
             if factory in RESERVED_FACTORY_IDS:
                 raise ValueError(f"factory id {factory!r} is reserved (its database is shared)")

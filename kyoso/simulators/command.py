@@ -17,14 +17,26 @@ from .config import (
     FactoryConfig,
     FactoryConfigError,
     MTConnectSourceConfig,
+    OpcuaSourceConfig,
+    SlmpSourceConfig,
     load_factory,
 )
 from .config import shipped_factories as _shipped
 from .modbus import Endpoint, Fault, FaultKind
+from .mtconnect import AgentEndpoint
+from .opcua import ServerEndpoint
 from .runner import SimClock, Simulation, SimulationOptions
+from .slmp import SlmpEndpoint
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENDPOINT_KINDS: dict[type, str] = {
+    Endpoint: "modbus",
+    AgentEndpoint: "mtconnect",
+    SlmpEndpoint: "slmp",
+    ServerEndpoint: "opcua",
+}
+"""How ``kyoso simulate`` names each kind of endpoint it prints."""
 
 
 def parse_duration(text: str) -> float:
@@ -158,7 +170,7 @@ async def _serve(
     async with Simulation(factories, clock, options) as sim:
         for factory, machines in sim.endpoints.items():
             for machine, endpoint in machines.items():
-                kind = "modbus" if isinstance(endpoint, Endpoint) else "mtconnect"
+                kind = _ENDPOINT_KINDS.get(type(endpoint), type(endpoint).__name__)
                 print(f"{factory}/{machine}: {kind} {endpoint}", flush=True)
         for factory, publisher in sim.publishers.items():
             for sensor in publisher.sensors:
@@ -177,6 +189,10 @@ def _print_machines(factories: list[FactoryConfig]) -> None:
                 where = f"clamp sensors/{source.sensor}/tele/SENSOR"
             elif isinstance(source, MTConnectSourceConfig):
                 where = f"mtconnect :{source.port} device {machine.id}"
+            elif isinstance(source, SlmpSourceConfig):
+                where = f"slmp :{source.port} {source.transport} {source.frame.upper()}"
+            elif isinstance(source, OpcuaSourceConfig):
+                where = f"opcua :{source.port} umati {machine.id}"
             else:
                 port = factory.modbus_servers[source.server].port
                 where = f"modbus :{port} unit {source.unit} {source.word_order}"

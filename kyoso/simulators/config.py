@@ -53,12 +53,10 @@ class BehaviourConfig(ConfigModel):
         return self
 
 
-class ModbusSourceConfig(ConfigModel):
-    """A machine read over Modbus TCP, with the register map of docs/simulators.md."""
+class RegisterMapConfig(ConfigModel):
+    """A controller that holds the register map of docs/simulators.md, read over Modbus or
+    (on D devices and bits) over SLMP: its codes, word order and counters."""
 
-    kind: Literal["modbus"] = "modbus"
-    server: Id = Field(description="Modbus server (TCP port) the machine answers on.")
-    unit: int = Field(default=1, ge=1, le=247, description="Unit id on that server.")
     word_order: WordOrder = "ABCD"
     state_codes: dict[str, int] = Field(
         default_factory=lambda: {
@@ -75,6 +73,31 @@ class ModbusSourceConfig(ConfigModel):
     )
     counter_reset_daily: bool = Field(
         default=False, description="The controller resets its counters at local midnight."
+    )
+
+
+class ModbusSourceConfig(RegisterMapConfig):
+    """A machine read over Modbus TCP, with the register map of docs/simulators.md."""
+
+    kind: Literal["modbus"] = "modbus"
+    server: Id = Field(description="Modbus server (TCP port) the machine answers on.")
+    unit: int = Field(default=1, ge=1, le=247, description="Unit id on that server.")
+
+
+class SlmpSourceConfig(RegisterMapConfig):
+    """A Mitsubishi MELSEC PLC answering SLMP (3E and 4E binary frames, TCP and UDP on one
+    port), the register map on D devices and bits (docs/simulators.md)."""
+
+    kind: Literal["slmp"] = "slmp"
+    port: int = Field(ge=0, le=65535, description="TCP and UDP port; 0 picks a free one.")
+    word_order: WordOrder = Field(
+        default="CDAB", description="MELSEC keeps a 32-bit value's low word first."
+    )
+    transport: Literal["tcp", "udp"] = Field(
+        default="tcp", description="How the demo gateway reads it (the PLC answers both)."
+    )
+    frame: Literal["3e", "4e"] = Field(
+        default="3e", description="The frame the demo gateway sends (the PLC answers both)."
     )
 
 
@@ -110,6 +133,14 @@ class MTConnectSourceConfig(ConfigModel):
     )
 
 
+class OpcuaSourceConfig(ConfigModel):
+    """A machine tool whose control runs an OPC UA server with an umati-like address space
+    (kyoso/simulators/opcua.py)."""
+
+    kind: Literal["opcua"] = "opcua"
+    port: int = Field(ge=0, le=65535, description="The server's TCP port; 0 picks a free one.")
+
+
 class MachineConfig(ConfigModel):
     """One simulated machine."""
 
@@ -119,9 +150,13 @@ class MachineConfig(ConfigModel):
     capabilities: list[Capability] = Field(min_length=1)
     ideal_cycle_time_s: float = Field(gt=0)
     behaviour: BehaviourConfig
-    source: ModbusSourceConfig | ClampSourceConfig | MTConnectSourceConfig = Field(
-        discriminator="kind"
-    )
+    source: (
+        ModbusSourceConfig
+        | ClampSourceConfig
+        | MTConnectSourceConfig
+        | SlmpSourceConfig
+        | OpcuaSourceConfig
+    ) = Field(discriminator="kind")
 
 
 class ModbusServerConfig(ConfigModel):
@@ -161,7 +196,8 @@ class FactoryConfig(ConfigModel):
                         f"machine {machine.id}: unit {source.unit} already used on {source.server}"
                     )
                 units.add((source.server, source.unit))
-            if isinstance(source, MTConnectSourceConfig) and source.port:
+            own_port = MTConnectSourceConfig | SlmpSourceConfig | OpcuaSourceConfig
+            if isinstance(source, own_port) and source.port:
                 if source.port in ports:
                     raise ValueError(f"machine {machine.id}: port {source.port} already used")
                 ports.append(source.port)

@@ -2,9 +2,11 @@
 
 Each Modbus machine is read through the documented register map (one request for the
 live block), each MTConnect machine through its agent's state and faults presets and its
-part counts, each clamp through its vendor JSON with current thresholds half-way between
-the clamp's state levels. The demo and the tests use these; they double as worked
-examples of a gateway configuration.
+part counts, each OPC UA machine through the umati state preset and its vendor nodes
+(subscribed), each SLMP machine through the same live block on D devices, each clamp
+through its vendor JSON with current thresholds half-way between the clamp's state levels.
+The demo and the tests use these; they double as worked examples of a gateway
+configuration.
 """
 
 import itertools
@@ -12,9 +14,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import ClampSourceConfig, FactoryConfig, ModbusSourceConfig, MTConnectSourceConfig
+from .config import (
+    ClampSourceConfig,
+    FactoryConfig,
+    MTConnectSourceConfig,
+    OpcuaSourceConfig,
+    RegisterMapConfig,
+)
 from .modbus import Endpoint
 from .mtconnect import AgentEndpoint
+from .opcua import ServerEndpoint
+from .slmp import SlmpEndpoint
 
 _LIVE_FIELDS = [
     {"name": "state_code", "address": 0, "dtype": "uint16"},
@@ -44,7 +54,7 @@ _MTCONNECT_STATES = {
 
 def gateway_config(
     factory: FactoryConfig,
-    endpoints: Mapping[str, Endpoint | AgentEndpoint],
+    endpoints: Mapping[str, Endpoint | AgentEndpoint | ServerEndpoint | SlmpEndpoint],
     *,
     gateway: str,
     broker: dict[str, Any],
@@ -79,18 +89,27 @@ def gateway_config(
             }
             entry["state"] = _MTCONNECT_STATES
             entry["signals"] = ["spindle_rpm"]
-        elif isinstance(source, ModbusSourceConfig):
+        elif isinstance(source, OpcuaSourceConfig):
+            server = endpoints[machine.id]
+            assert isinstance(server, ServerEndpoint), machine.id
+            entry["source"] = {"opcua": _opcua_source(server)}
+            entry["state"] = _MTCONNECT_STATES  # the umati preset yields the same codes
+            entry["signals"] = ["spindle_rpm"]
+        elif isinstance(source, RegisterMapConfig):
             endpoint = endpoints[machine.id]
-            assert isinstance(endpoint, Endpoint), machine.id
-            entry["source"] = {
-                "modbus": {
-                    "host": endpoint.host,
-                    "port": endpoint.port,
-                    "unit": endpoint.unit,
-                    "word_order": source.word_order,
-                    "fields": _LIVE_FIELDS,
+            if isinstance(endpoint, SlmpEndpoint):
+                entry["source"] = {"slmp": _slmp_source(endpoint, source)}
+            else:
+                assert isinstance(endpoint, Endpoint), machine.id
+                entry["source"] = {
+                    "modbus": {
+                        "host": endpoint.host,
+                        "port": endpoint.port,
+                        "unit": endpoint.unit,
+                        "word_order": source.word_order,
+                        "fields": _LIVE_FIELDS,
+                    }
                 }
-            }
             entry["state"] = {
                 "from_code": {
                     "field": "state_code",
@@ -119,6 +138,35 @@ def gateway_config(
     if sensor_broker is not None:
         config["sensor_broker"] = sensor_broker
     return config
+
+
+def _opcua_source(server: ServerEndpoint) -> dict[str, Any]:
+    """The umati state preset on the machine object, the alarm from its alarm events; the
+    counts and the spindle by node id."""
+    return {
+        "endpoint": server.url,
+        "fields": {
+            "state_code": {"node": server.machine_path, "preset": "state", "channel": "Channel1"},
+            "alarm_code": {"node": server.messages_path, "preset": "fault_code"},
+            "good_count": {"node": server.node("PartsGood")},
+            "reject_count": {"node": server.node("PartsBad")},
+            "spindle_rpm": {"node": server.node("SpindleSpeed")},
+        },
+    }
+
+
+def _slmp_source(plc: SlmpEndpoint, source: RegisterMapConfig) -> dict[str, Any]:
+    """The live block on D0-D9 (kyoso/simulators/slmp.py), the same fields as over Modbus."""
+    return {
+        "host": plc.host,
+        "port": plc.port,
+        "transport": plc.transport,
+        "frame": plc.frame,
+        "word_order": source.word_order,
+        "fields": {
+            f["name"]: {"device": f"D{f['address']}", "type": f["dtype"]} for f in _LIVE_FIELDS
+        },
+    }
 
 
 def _clamp_source(source: ClampSourceConfig) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from kyoso.contract import (
 
 from .behaviour import MachineModel, Segment
 from .clamp import ClampSensor
-from .config import FactoryConfig, ModbusSourceConfig, MTConnectSourceConfig
+from .config import FactoryConfig, MTConnectSourceConfig, OpcuaSourceConfig, RegisterMapConfig
 from .mtconnect import STATE_VIEW
 from .runner import FactorySimulation
 
@@ -165,10 +165,10 @@ def _sampled(
     machines = []
     for config in sim.config.machines:
         model = sim.models[config.id]
-        if isinstance(config.source, ModbusSourceConfig):
-            read = _modbus_reader(model)
-        elif isinstance(config.source, MTConnectSourceConfig):
-            read = _mtconnect_reader(model)
+        if isinstance(config.source, RegisterMapConfig):
+            read = _modbus_reader(model)  # over Modbus or SLMP, the same live block
+        elif isinstance(config.source, MTConnectSourceConfig | OpcuaSourceConfig):
+            read = _mtconnect_reader(model)  # an OPC UA server shows the same values
         else:
             read = _clamp_reader(sensors[config.id])
         machines.append(_MachineHistory(model, read, boundaries[0], boundaries[-1]))
@@ -231,7 +231,8 @@ def _modbus_reader(model: MachineModel) -> _Reader:
 def _mtconnect_reader(model: MachineModel) -> _Reader:
     def read(moment: float) -> _Reading:
         snap = model.snapshot(moment)
-        # The agent's cumulative PartCounts, its active Fault's code and its spindle speed.
+        # The agent's cumulative PartCounts, its active Fault's code and its spindle speed
+        # (an OPC UA machine's vendor nodes hold the same: kyoso/simulators/opcua.py).
         down = snap.state is MachineState.DOWN
         return _Reading(
             state=snap.state,

@@ -22,7 +22,7 @@ from typing import Final, Literal
 from kyoso.contract import MachineState
 
 from .behaviour import MachineModel, Snapshot, nominal_power_kw
-from .config import ModbusSourceConfig, WordOrder
+from .config import RegisterMapConfig, WordOrder
 
 DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
 
@@ -185,7 +185,7 @@ class RegisterImage:
 
 def register_image(
     snapshot: Snapshot,
-    source: ModbusSourceConfig,
+    source: RegisterMapConfig,
     *,
     name: str,
     meters: Meters,

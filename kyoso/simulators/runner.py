@@ -1,4 +1,4 @@
-"""Runs whole demo factories: Modbus servers, MTConnect agents, clamps, the ground truth.
+"""Runs whole demo factories: Modbus, MTConnect and OPC UA servers, clamps, ground truth.
 
 Simulation time is wall time by default. A time-scale factor compresses it for tests and
 demos, and a backfill generates the past days at once so that a demo has meaningful
@@ -21,12 +21,16 @@ from .config import (
     ClampSourceConfig,
     FactoryConfig,
     ModbusServerConfig,
-    ModbusSourceConfig,
     MTConnectSourceConfig,
+    OpcuaSourceConfig,
+    RegisterMapConfig,
+    SlmpSourceConfig,
 )
 from .groundtruth import GroundTruthWriter
 from .modbus import Endpoint, Fault, ModbusServers
 from .mtconnect import AgentEndpoint, MTConnectAgent, mtconnect_agents
+from .opcua import OpcuaMachineServer, ServerEndpoint, opcua_servers
+from .slmp import SlmpEndpoint, SlmpPlc, slmp_plcs
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class FactorySimulation:
             source = machine.source
             start, daily = (
                 (source.counter_start, source.counter_reset_daily)
-                if isinstance(source, ModbusSourceConfig)
+                if isinstance(source, RegisterMapConfig)
                 else (0, False)
             )
             self.models[machine.id] = MachineModel(
@@ -115,18 +119,27 @@ class Simulation:
         self.factories = {f.factory: FactorySimulation(f, origin) for f in factories}
         self.servers: dict[str, ModbusServers] = {}
         self.agents: dict[str, dict[str, MTConnectAgent]] = {}
+        self.opcua: dict[str, dict[str, OpcuaMachineServer]] = {}
+        self.plcs: dict[str, dict[str, SlmpPlc]] = {}
         self.publishers: dict[str, ClampPublisher] = {}
         self._writers: dict[str, GroundTruthWriter] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def endpoints(self) -> dict[str, dict[str, Endpoint | AgentEndpoint]]:
-        """Where each Modbus or MTConnect machine answers: factory -> machine -> endpoint."""
-        found: dict[str, dict[str, Endpoint | AgentEndpoint]] = {}
+    def endpoints(
+        self,
+    ) -> dict[str, dict[str, Endpoint | AgentEndpoint | ServerEndpoint | SlmpEndpoint]]:
+        """Where each Modbus, MTConnect, OPC UA or SLMP machine answers: factory -> machine
+        -> endpoint."""
+        found: dict[str, dict[str, Endpoint | AgentEndpoint | ServerEndpoint | SlmpEndpoint]] = {}
         for name, servers in self.servers.items():
             found.setdefault(name, {}).update(servers.endpoints)
         for name, agents in self.agents.items():
             found.setdefault(name, {}).update((m, a.endpoint) for m, a in agents.items())
+        for name, opcua in self.opcua.items():
+            found.setdefault(name, {}).update((m, s.endpoint) for m, s in opcua.items())
+        for name, plcs in self.plcs.items():
+            found.setdefault(name, {}).update((m, p.endpoint) for m, p in plcs.items())
         return found
 
     def model(self, factory: str, machine: str) -> MachineModel:
@@ -135,7 +148,7 @@ class Simulation:
 
     def set_fault(self, factory: str, machine: str, fault: Fault | None) -> None:
         """Inject a fault into a Modbus machine or an MTConnect agent (None clears it)."""
-        agent = self.agents.get(factory, {}).get(machine)
+        agent = self.agents.get(factory, {}).get(machine) or self.plcs.get(factory, {}).get(machine)
         if agent is not None:
             agent.set_fault(fault)
             log.info("%s/%s: fault %s", factory, machine, fault)
@@ -145,6 +158,14 @@ class Simulation:
     def agent(self, factory: str, machine: str) -> MTConnectAgent:
         """The MTConnect agent of a machine, to restart it or take its machine away."""
         return self.agents[factory][machine]
+
+    def opcua_server(self, factory: str, machine: str) -> OpcuaMachineServer:
+        """The OPC UA server of a machine, to restart it."""
+        return self.opcua[factory][machine]
+
+    def plc(self, factory: str, machine: str) -> SlmpPlc:
+        """The SLMP PLC of a machine, to restart it."""
+        return self.plcs[factory][machine]
 
     async def __aenter__(self) -> Self:
         try:
@@ -179,6 +200,8 @@ class Simulation:
                 self.agents[name] = agents
                 for agent in agents.values():
                     await agent.start()
+            await self._start_opcua(name, sim)
+            await self._start_plcs(name, sim)
             for machine, fault in opts.faults.items():
                 if machine in sim.models:
                     self.set_fault(name, machine, fault)
@@ -200,6 +223,20 @@ class Simulation:
         if self._writers:
             self._tasks.append(asyncio.create_task(self._flush_loop()))
 
+    async def _start_opcua(self, name: str, sim: FactorySimulation) -> None:
+        opcua = opcua_servers(sim.config, sim.models, self.clock.now, host=self.options.host)
+        if opcua:
+            self.opcua[name] = opcua
+            for server in opcua.values():
+                await server.start()
+
+    async def _start_plcs(self, name: str, sim: FactorySimulation) -> None:
+        plcs = slmp_plcs(sim.config, sim.models, self.clock.now, host=self.options.host)
+        if plcs:
+            self.plcs[name] = plcs
+            for plc in plcs.values():
+                await plc.start()
+
     async def _stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -212,6 +249,12 @@ class Simulation:
         for agents in self.agents.values():
             for agent in agents.values():
                 await agent.stop()
+        for opcua in self.opcua.values():
+            for server in opcua.values():
+                await server.stop()
+        for plcs in self.plcs.values():
+            for plc in plcs.values():
+                await plc.stop()
         if self._writers:
             self._flush()
         for writer in self._writers.values():
@@ -229,11 +272,12 @@ class Simulation:
 
 
 def _ephemeral(config: FactoryConfig) -> FactoryConfig:
-    """The same factory with every Modbus server and MTConnect agent on a free port."""
+    """The same factory with every Modbus server, MTConnect agent, OPC UA server and SLMP
+    PLC on a free port."""
     servers = {name: ModbusServerConfig(port=0) for name in config.modbus_servers}
     machines = [
         m.model_copy(update={"source": m.source.model_copy(update={"port": 0})})
-        if isinstance(m.source, MTConnectSourceConfig)
+        if isinstance(m.source, MTConnectSourceConfig | OpcuaSourceConfig | SlmpSourceConfig)
         else m
         for m in config.machines
     ]
