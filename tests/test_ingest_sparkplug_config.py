@@ -148,8 +148,8 @@ def test_a_message_of_a_group_no_factory_owns_is_refused_not_dropped() -> None:
 
 
 def test_a_value_the_codec_cannot_read_leaves_the_field_as_it_was() -> None:
-    """A data metric without its datatype (Sparkplug says it SHOULD be left out of data) or
-    of a kind no field takes (a DataSet) is counted, never taken as "no value"."""
+    """A metric whose datatype neither it nor its birth gives, or of a kind no field takes
+    (a DataSet), is counted, never taken as "no value"."""
     delivered: list[Incoming] = []
     clock = Clock(1_800_000_000.0)
     host = SparkplugHost(sparkplug_config("g", "h"), delivered.append, clock)
@@ -165,15 +165,20 @@ def test_a_value_the_codec_cannot_read_leaves_the_field_as_it_was() -> None:
         spb.Metric("Status/Code", 1, ms, spb.DataType.Int32, 2),
         spb.Metric(spb.BDSEQ, None, ms, spb.DataType.UInt64, 0),
     )
-    for seq, datatype in ((1, None), (2, spb.DataType.DataSet)):  # no value read, not null
+    # a birth leaving a metric's datatype out (not compliant), then data without one, and a
+    # DataSet: no value read, and not null either
+    raw = pb.Payload(timestamp=ms, seq=1)
+    raw.metrics.add(name="Spindle/Load", alias=7, timestamp=ms, double_value=1.0)
+    host.receive(classify(1, 9, 0, "spBv1.0/g/DBIRTH/Press Line 1/Press2", raw.SerializeToString()))
+    for seq, alias, datatype in ((2, 7, None), (3, 1, spb.DataType.DataSet)):
         raw = pb.Payload(timestamp=ms, seq=seq)
-        metric = raw.metrics.add(alias=1, timestamp=ms + 1000 * seq, int_value=3)
+        metric = raw.metrics.add(alias=alias, timestamp=ms + 1000 * seq, int_value=3)
         if datatype is not None:
             metric.datatype = datatype
         topic = "spBv1.0/g/NDATA/Press Line 1"
         host.receive(classify(1, 9, 0, topic, raw.SerializeToString()))
     clock.now += 60
     host.tick()
-    assert host.stats["undecoded_metrics"] == 2
+    assert host.stats["undecoded_metrics"] == 3  # the birth's, the data's, the DataSet
     assert host.nodes["g", "Press Line 1"].feeds[0].values == {"code": 2}
     assert [d.error for d in delivered if d.error is not None] == []
