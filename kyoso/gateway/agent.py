@@ -83,6 +83,8 @@ class Gateway:
         self.sources: dict[str, Source] = {m.id: self._source(m) for m in config.machines}
         self.trackers: dict[str, MachineTracker] = {}
         self.polls = dict.fromkeys(self.sources, 0)
+        self.poll_seconds: dict[str, float] = {}
+        """How long each machine's last poll took (wall clock, for /metrics)."""
         """Polls per machine, whatever its source."""
         self.emit_failures = 0
         self.poll_failures = 0
@@ -183,7 +185,9 @@ class Gateway:
         """Poll one machine once and feed its tracker; a sample that closed early because
         the state changed goes to the publisher at once."""
         at = self.clock.now()
+        started = time.perf_counter()
         reading = await self.sources[machine].poll()
+        self.poll_seconds[machine] = time.perf_counter() - started
         self.polls[machine] += 1
         changed = self.trackers[machine].observe(at, reading.values, set(reading.missing))
         if changed is not None:

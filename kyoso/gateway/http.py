@@ -13,7 +13,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from kyoso.ops import HttpConfig, OpsServer
 
 from .agent import Gateway
+from .breaker import CircuitState
 from .modbus import ModbusSource
+from .source import DeviceSource
 
 
 class GatewayCollector(Collector):
@@ -29,22 +31,30 @@ class GatewayCollector(Collector):
             "kyoso_gateway_modbus_requests", "Modbus requests sent.", labels=["machine"]
         )
         errors = CounterMetricFamily(
-            "kyoso_gateway_poll_errors", "Failed requests by reason.", labels=["machine", "reason"]
+            "kyoso_gateway_poll_errors",
+            "Failed requests and refused polls by reason, every device source.",
+            labels=["machine", "reason"],
+        )
+        circuit = GaugeMetricFamily(
+            "kyoso_gateway_circuit_open",
+            "1 while the device's circuit breaker refuses polls (open or half-open).",
+            labels=["machine"],
         )
         latency = GaugeMetricFamily(
             "kyoso_gateway_poll_seconds", "Duration of the last poll.", labels=["machine"]
         )
         for machine, count in gw.polls.items():
             polls.add_metric([machine], count)
+        for machine, seconds in gw.poll_seconds.items():
+            latency.add_metric([machine], seconds)
         for machine, source in gw.sources.items():
-            if not isinstance(source, ModbusSource):
-                continue
-            stats = source.stats
-            requests.add_metric([machine], stats.requests)
-            for reason, count in stats.errors.items():
-                errors.add_metric([machine, reason], count)
-            if stats.last_poll_s is not None:
-                latency.add_metric([machine], stats.last_poll_s)
+            if isinstance(source, ModbusSource):
+                requests.add_metric([machine], source.stats.requests)
+            if isinstance(source, DeviceSource):
+                for reason, count in source.stats.errors.items():
+                    errors.add_metric([machine, reason], count)
+                closed = source.breaker.state is CircuitState.CLOSED
+                circuit.add_metric([machine], 0 if closed else 1)
         implausible = CounterMetricFamily(
             "kyoso_gateway_counter_implausible",
             "Counter readings refused as more parts than the machine can make (not counted).",
@@ -53,7 +63,7 @@ class GatewayCollector(Collector):
         for machine, tracker in gw.trackers.items():
             for counter, count in tracker.implausible.items():
                 implausible.add_metric([machine, counter], count)
-        yield from (polls, requests, errors, latency, implausible)
+        yield from (polls, requests, errors, circuit, latency, implausible)
         outbox = gw.outbox
         yield GaugeMetricFamily(
             "kyoso_gateway_outbox_depth", "Samples waiting.", value=outbox.depth()
@@ -143,7 +153,7 @@ def _health(gw: Gateway) -> dict[str, object]:
         "machines": {
             machine: {
                 "polls": gw.polls[machine],
-                **({"circuit": s.breaker.state.value} if isinstance(s, ModbusSource) else {}),
+                **({"circuit": s.breaker.state.value} if isinstance(s, DeviceSource) else {}),
             }
             for machine, s in gw.sources.items()
         },

@@ -211,7 +211,6 @@ class SourceStats:
     circuit_opens: int = 0
     last_latency_s: float | None = None
     """Round trip of the last answered request."""
-    last_poll_s: float | None = None
 
 
 # -- connections ---------------------------------------------------------------------------
@@ -491,7 +490,6 @@ class ModbusSource:
             values, missing = await self._poll()
             duration_s = self._clock() - started
             self.stats.polls += 1
-            self.stats.last_poll_s = duration_s
             requests = self.stats.requests - sent_before
             return ReadResult(values, missing, at, duration_s, requests)
 

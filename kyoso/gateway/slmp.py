@@ -100,7 +100,6 @@ class SlmpStats:
     connects: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     circuit_opens: int = 0
-    last_poll_s: float | None = None
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -239,11 +238,9 @@ class SlmpSource:
     async def poll(self) -> Polled:
         """Read every field once; never raises for a PLC fault."""
         async with self._polling:
-            started = self._clock()
             self.stats.polls += 1
             reading = await self._poll()
             self.stats.connects = self.connection.connects
-            self.stats.last_poll_s = self._clock() - started
             return reading
 
     async def _poll(self) -> Polled:

@@ -12,14 +12,16 @@ Implementations: :class:`~kyoso.gateway.modbus.ModbusSource`,
 configured kind (kyoso/gateway/agent.py).
 """
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from .breaker import CircuitBreaker
 from .modbus_decode import Value
 
-__all__ = ["Missing", "Polled", "Reading", "Source"]
+__all__ = ["DeviceSource", "Missing", "Polled", "Reading", "Source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +68,22 @@ class Source(Protocol):
     async def poll(self) -> Reading:
         """Read every configured field once; never raises for a device fault."""
         ...
+
+
+class FailureCounts(Protocol):
+    @property
+    def errors(self) -> Counter[str]:
+        """Failed requests and refused polls by :attr:`Missing.key`."""
+        ...
+
+
+@runtime_checkable
+class DeviceSource(Source, Protocol):
+    """A source that talks to a device of its own (every kind but MQTT sensors): its
+    failures by reason and its circuit breaker, for the gateway's /metrics and /healthz."""
+
+    @property
+    def stats(self) -> FailureCounts: ...
+
+    @property
+    def breaker(self) -> CircuitBreaker: ...
