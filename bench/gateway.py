@@ -37,8 +37,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from kyoso.gateway.config import GatewayConfig
 from kyoso.gateway.modbus_decode import plan_device
 from kyoso.simulators.config import load_factory, shipped_factories
+from kyoso.simulators.endpoints import Endpoint
 from kyoso.simulators.gateways import gateway_config
-from kyoso.simulators.modbus import Endpoint
 
 _ENDPOINT = re.compile(r"^(\S+)/(\S+): modbus (\S+):(\d+) unit (\d+)$")
 

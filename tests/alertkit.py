@@ -19,7 +19,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from apikit import GATEWAY, Api, Clocks, Region, online
 from services import free_port
 
-from kyoso.alerts import AlertEngine, AlertState, load_config
+from kyoso.alerts.config import load_config
+from kyoso.alerts.engine import AlertEngine
+from kyoso.alerts.state import AlertState
 from kyoso.contract import MachineState
 from kyoso.store import SqliteStore
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from kyoso.simulators.config import load_factory, shipped_factories
-from kyoso.simulators.modbus import Endpoint
+from kyoso.simulators.endpoints import Endpoint
 from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
 
 

@@ -56,7 +56,8 @@ from kyoso.gateway.modbus_probe import format_probe, probe
 from kyoso.simulators import registers as reg
 from kyoso.simulators.behaviour import MachineModel, machine_seed
 from kyoso.simulators.config import ModbusSourceConfig
-from kyoso.simulators.modbus import Endpoint, Fault, FaultKind, ModbusServers
+from kyoso.simulators.endpoints import Endpoint
+from kyoso.simulators.modbus import Fault, FaultKind, ModbusServers
 from kyoso.simulators.registers import encode_value
 
 ORIGIN = datetime(2026, 1, 5, tzinfo=UTC).timestamp()  # a Monday

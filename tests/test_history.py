@@ -35,11 +35,9 @@ from kyoso.simulators.config import (
     load_factory,
     shipped_factories,
 )
+from kyoso.simulators.endpoints import AgentEndpoint, Endpoint, ServerEndpoint, SlmpEndpoint
 from kyoso.simulators.gateways import gateway_config
 from kyoso.simulators.history import BATCH_SAMPLES, history_batches, history_samples
-from kyoso.simulators.modbus import Endpoint
-from kyoso.simulators.mtconnect import AgentEndpoint
-from kyoso.simulators.opcua import ServerEndpoint
 from kyoso.simulators.registers import (
     ALARM,
     GOOD_COUNTER,
@@ -52,7 +50,6 @@ from kyoso.simulators.registers import (
     register_image,
 )
 from kyoso.simulators.runner import FactorySimulation
-from kyoso.simulators.slmp import SlmpEndpoint
 
 ORIGIN = datetime(2026, 1, 5, tzinfo=UTC).timestamp()  # a Monday, 09:00 in Tokyo
 HOUR = 3600.0

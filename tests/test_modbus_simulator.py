@@ -34,7 +34,8 @@ from kyoso.simulators.config import (
     load_factory,
     shipped_factories,
 )
-from kyoso.simulators.modbus import Endpoint, Fault, FaultKind, ModbusServers
+from kyoso.simulators.endpoints import Endpoint
+from kyoso.simulators.modbus import Fault, FaultKind, ModbusServers
 from kyoso.simulators.registers import DataType, encode_string, encode_value
 
 ORIGIN = datetime(2026, 1, 5, tzinfo=UTC).timestamp()  # a Monday

@@ -20,8 +20,8 @@ from services import Mosquitto
 from kyoso.contract import MachineState
 from kyoso.simulators.clamp import sensor_topic
 from kyoso.simulators.config import ClampSourceConfig, load_factory, shipped_factories
+from kyoso.simulators.endpoints import Endpoint
 from kyoso.simulators.groundtruth import read_ground_truth, state_seconds
-from kyoso.simulators.modbus import Endpoint
 from kyoso.simulators.runner import SimClock, Simulation, SimulationOptions
 
 START = datetime(2026, 1, 7, 0, 0, tzinfo=UTC).timestamp()  # a Wednesday, 09:00 in Tokyo

@@ -2,18 +2,3 @@
 gateway offline, capacity below a threshold, orders at risk, a BCP partner's machine down),
 delivered by e-mail, LINE and any other apprise channel, in the recipient's language, with
 de-duplication, reminders, recoveries and quiet hours (docs/alerts.md)."""
-
-from .config import AlertsConfig, load_config
-from .engine import AlertEngine
-from .errors import AlertsError, ApiReadError, DeliveryError
-from .state import AlertState
-
-__all__ = [
-    "AlertEngine",
-    "AlertState",
-    "AlertsConfig",
-    "AlertsError",
-    "ApiReadError",
-    "DeliveryError",
-    "load_config",
-]

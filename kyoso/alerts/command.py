@@ -5,16 +5,15 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.validation import ConfigError, explain
 
-from .config import AlertsConfig, load_config
-from .engine import AlertEngine
 from .errors import StateInUseError
-from .state import AlertState
+
+if TYPE_CHECKING:
+    from .config import AlertsConfig
 
 
 def register(
@@ -41,6 +40,9 @@ def register(
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``kyoso alerts``."""
+    # apprise and httpx load only when alerts run: every `kyoso` command builds this parser.
+    from .config import load_config  # noqa: PLC0415
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -62,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _serve(config: AlertsConfig, *, once: bool) -> int:
+async def _serve(config: "AlertsConfig", *, once: bool) -> int:
+    import httpx  # noqa: PLC0415 (see run)
+
+    from .engine import AlertEngine  # noqa: PLC0415
+    from .state import AlertState  # noqa: PLC0415
+
     with (
         httpx.Client(base_url=config.api.url, timeout=config.api.timeout_s) as client,
         AlertState(config.state_path) as state,

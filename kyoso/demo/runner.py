@@ -177,7 +177,9 @@ async def run_demo(
             ) from exc
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(api_socket.close)
-            starting = asyncio.create_task(_start(stack, options, configs, api_socket, stop))
+            starting = asyncio.create_task(
+                _start(stack, options, configs, api_socket, stop, on_ready=on_ready)
+            )
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not starting.done():  # stopped while starting: unwind what has started
@@ -185,10 +187,7 @@ async def run_demo(
                 await asyncio.gather(starting, return_exceptions=True)
                 return
             stopping.cancel()
-            running = starting.result()
-            if on_ready is not None and not running.api.done():
-                on_ready(running.info)
-            await running.wait(stop)
+            await starting.result().wait(stop)
 
 
 @dataclass(slots=True)
@@ -225,8 +224,13 @@ async def _start(
     configs: list[FactoryConfig],
     api_socket: socket.socket,
     stop: asyncio.Event,
+    *,
+    on_ready: Callable[[DemoInfo], None] | None,
 ) -> _Running:
-    """Start every part, each unwound by ``stack``; the history fills in the background."""
+    """Start every part, each unwound by ``stack``; the history fills in the background.
+    The API first: ``on_ready`` hears of it before the simulators start (an OPC UA server
+    alone takes seconds to load on a Raspberry Pi), and the page shows the factories
+    coming online."""
     try:
         host, port = await stack.enter_async_context(_broker(options))
     except EmbeddedBrokerError as exc:
@@ -263,10 +267,6 @@ async def _start(
     await backfill.plan(list(sim.factories))  # before any live sample arrives
     history = asyncio.create_task(backfill.run(), name="backfill")
     stack.push_async_callback(_cancelled, history)
-    await stack.enter_async_context(sim)
-    gateways, ingest = _components(options, sim, store, (host, port), stop)
-    for task in [*gateways, ingest.task]:  # done by then, unless the start was cut short
-        stack.push_async_callback(_cancelled, task)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(service, keys),
@@ -289,6 +289,12 @@ async def _start(
         history=backfill.progress,
         data_dir=options.data_dir,
     )
+    if on_ready is not None and not api.done():
+        on_ready(info)
+    await stack.enter_async_context(sim)
+    gateways, ingest = _components(options, sim, store, (host, port), stop)
+    for task in [*gateways, ingest.task]:  # done by then, unless the start was cut short
+        stack.push_async_callback(_cancelled, task)
     return _Running(info, server, api, history, gateways, ingest)
 
 

@@ -25,7 +25,6 @@ from .config import GatewayConfig, MachineConfig
 from .machine import MachineTracker
 from .modbus import ModbusConnections, ModbusSource
 from .mtconnect import MtconnectSource
-from .opcua import OpcuaSource
 from .outbox import SqliteOutbox
 from .publisher import MqttPublisher
 from .sensors import SensorHub, SensorSource
@@ -109,6 +108,10 @@ class Gateway:
         return source
 
     def _opcua_source(self, machine: MachineConfig) -> Source:
+        # asyncua takes a second to load on a Raspberry Pi: only gateways that read OPC UA
+        # load it.
+        from .opcua import OpcuaSource  # noqa: PLC0415
+
         assert machine.source.opcua is not None
         source = OpcuaSource(machine.source.opcua)
         self._closers.append(source.aclose)

@@ -11,7 +11,7 @@ from pathlib import Path
 from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.validation import explain
 
-from . import mtconnect_probe, opcua_probe, slmp_probe
+from . import mtconnect_probe, slmp_probe
 from .agent import Gateway
 from .config import ConfigError, GatewayConfig, load_config
 from .http import health_server
@@ -258,6 +258,8 @@ def _probe_opcua(args: argparse.Namespace) -> int:
     if args.target is not None:
         print("kyoso gateway probe: give HOST[:PORT] or --opcua, not both", file=sys.stderr)
         return 2
+    from . import opcua_probe  # noqa: PLC0415 (asyncua loads only for an OPC UA probe)
+
     try:
         nodes = asyncio.run(
             opcua_probe.probe(

@@ -20,11 +20,8 @@ from kyoso.simulators.config import (
     OpcuaSourceConfig,
     SlmpSourceConfig,
 )
+from kyoso.simulators.endpoints import AgentEndpoint, Endpoint, ServerEndpoint, SlmpEndpoint
 from kyoso.simulators.gateways import gateway_config
-from kyoso.simulators.modbus import Endpoint
-from kyoso.simulators.mtconnect import AgentEndpoint
-from kyoso.simulators.opcua import ServerEndpoint
-from kyoso.simulators.slmp import SlmpEndpoint
 
 from .files import write_file
 from .registry import Registry

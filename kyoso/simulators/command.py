@@ -8,6 +8,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kyoso.i18n import DEFAULT, Lang, text
 from kyoso.validation import explain
@@ -22,21 +23,13 @@ from .config import (
     load_factory,
 )
 from .config import shipped_factories as _shipped
-from .modbus import Endpoint, Fault, FaultKind
-from .mtconnect import AgentEndpoint
-from .opcua import ServerEndpoint
-from .runner import SimClock, Simulation, SimulationOptions
-from .slmp import SlmpEndpoint
+from .modbus import Fault, FaultKind
+
+if TYPE_CHECKING:
+    from .runner import SimClock, SimulationOptions
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_ENDPOINT_KINDS: dict[type, str] = {
-    Endpoint: "modbus",
-    AgentEndpoint: "mtconnect",
-    SlmpEndpoint: "slmp",
-    ServerEndpoint: "opcua",
-}
-"""How ``kyoso simulate`` names each kind of endpoint it prints."""
 
 
 def parse_duration(text: str) -> float:
@@ -144,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         _print_machines(factories)
         return 0
+    # The simulators' servers (asyncua above all) load only when a simulation runs: every
+    # `kyoso` command builds this parser, and `kyoso --help` should not wait for them.
+    from .runner import SimClock, SimulationOptions  # noqa: PLC0415
+
     options = SimulationOptions(
         backfill_s=args.backfill,
         host=args.host,
@@ -159,19 +156,20 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(
     factories: list[FactoryConfig],
-    clock: SimClock,
-    options: SimulationOptions,
+    clock: "SimClock",
+    options: "SimulationOptions",
     duration: float | None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from .runner import Simulation  # noqa: PLC0415 (see run)
+
     async with Simulation(factories, clock, options) as sim:
         for factory, machines in sim.endpoints.items():
             for machine, endpoint in machines.items():
-                kind = _ENDPOINT_KINDS.get(type(endpoint), type(endpoint).__name__)
-                print(f"{factory}/{machine}: {kind} {endpoint}", flush=True)
+                print(f"{factory}/{machine}: {endpoint.kind} {endpoint}", flush=True)
         for factory, publisher in sim.publishers.items():
             for sensor in publisher.sensors:
                 print(f"{factory}/{sensor.model.machine}: mqtt {sensor.topic}", flush=True)

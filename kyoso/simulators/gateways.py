@@ -21,10 +21,7 @@ from .config import (
     OpcuaSourceConfig,
     RegisterMapConfig,
 )
-from .modbus import Endpoint
-from .mtconnect import AgentEndpoint
-from .opcua import ServerEndpoint
-from .slmp import SlmpEndpoint
+from .endpoints import AgentEndpoint, Endpoint, ServerEndpoint, SlmpEndpoint
 
 _LIVE_FIELDS = [
     {"name": "state_code", "address": 0, "dtype": "uint16"},

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Final, NamedTuple, Self, TypeVar
+from typing import Final, Self, TypeVar
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusBaseDeviceContext, ModbusServerContext
@@ -32,6 +32,7 @@ from kyoso.contract import MachineState
 
 from .behaviour import MachineModel
 from .config import FactoryConfig, ModbusSourceConfig
+from .endpoints import Endpoint
 from .registers import COIL_ALARM_ACK, MeterReader, RegisterImage, register_image
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,6 @@ class Fault:
             raise ValueError(f"delay_s must be finite and >= 0, got {self.delay_s}")
         if self.kind is FaultKind.SLOW and self.delay_s == 0:
             raise ValueError("a slow fault needs delay_s > 0")
-
-
-class Endpoint(NamedTuple):
-    """Where a machine answers."""
-
-    host: str
-    port: int
-    unit: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port} unit {self.unit}"
 
 
 class _MachineDevice(ModbusBaseDeviceContext):

@@ -30,6 +30,7 @@ from kyoso.contract import MachineState
 
 from .behaviour import MachineModel, Segment
 from .config import FactoryConfig, MTConnectSourceConfig
+from .endpoints import AgentEndpoint
 from .modbus import Fault, FaultKind
 
 log = logging.getLogger(__name__)
@@ -98,22 +99,6 @@ class Observation:
     value: str
     level: str = "Normal"  # conditions only: Normal, Warning, Fault or Unavailable
     native_code: int | None = None
-
-
-class AgentEndpoint(NamedTuple):
-    """Where a machine's MTConnect agent answers."""
-
-    host: str
-    port: int
-    device: str
-
-    @property
-    def url(self) -> str:
-        """The agent's base URL."""
-        return f"http://{self.host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.url} device {self.device}"
 
 
 class _Reply(NamedTuple):

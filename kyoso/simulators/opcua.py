@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from asyncua import ua
 from asyncua.common.node import Node
@@ -56,6 +56,7 @@ from kyoso.contract import MachineState
 
 from .behaviour import MachineModel
 from .config import FactoryConfig, OpcuaSourceConfig
+from .endpoints import ServerEndpoint
 from .mtconnect import STATE_VIEW as AGENT_VIEW
 
 log = logging.getLogger(__name__)
@@ -75,36 +76,6 @@ STATE_VIEW: Final[Mapping[MachineState, tuple[int, int, str, str]]] = {
 """What the server shows in each true state (the table in docs/simulators.md)."""
 
 _LAMPS: Final = ("Red", "Yellow", "Green")
-
-
-class ServerEndpoint(NamedTuple):
-    """Where a machine's OPC UA server answers, and the browse path of its machine object."""
-
-    host: str
-    port: int
-    machine: str
-
-    @property
-    def url(self) -> str:
-        return f"opc.tcp://{self.host}:{self.port}/kyoso/"
-
-    @property
-    def machine_path(self) -> str:
-        """The machine object's browse path (the simulator's namespace is index 2)."""
-        return f"0:Objects/2:Machines/2:{self.machine}"
-
-    @property
-    def messages_path(self) -> str:
-        """The browse path of the node whose alarm events the machine emits."""
-        return f"{self.machine_path}/3:Notification/3:Messages"
-
-    def node(self, name: str) -> str:
-        """A vendor node's id: ``PartsGood``, ``PartsBad``, ``AlarmCode``, ``SpindleSpeed``;
-        ``Alarm`` is the id of the alarm condition."""
-        return f"ns=2;s={self.machine}.{name}"
-
-    def __str__(self) -> str:
-        return f"{self.url} {self.machine_path}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from .behaviour import MachineModel, machine_seed
 from .clamp import ClampPublisher, ClampSensor
@@ -26,11 +26,14 @@ from .config import (
     RegisterMapConfig,
     SlmpSourceConfig,
 )
+from .endpoints import AgentEndpoint, Endpoint, ServerEndpoint, SlmpEndpoint
 from .groundtruth import GroundTruthWriter
-from .modbus import Endpoint, Fault, ModbusServers
-from .mtconnect import AgentEndpoint, MTConnectAgent, mtconnect_agents
-from .opcua import OpcuaMachineServer, ServerEndpoint, opcua_servers
-from .slmp import SlmpEndpoint, SlmpPlc, slmp_plcs
+from .modbus import Fault, ModbusServers
+from .mtconnect import MTConnectAgent, mtconnect_agents
+from .slmp import SlmpPlc, slmp_plcs
+
+if TYPE_CHECKING:
+    from .opcua import OpcuaMachineServer
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,7 @@ class Simulation:
         """The MTConnect agent of a machine, to restart it or take its machine away."""
         return self.agents[factory][machine]
 
-    def opcua_server(self, factory: str, machine: str) -> OpcuaMachineServer:
+    def opcua_server(self, factory: str, machine: str) -> "OpcuaMachineServer":
         """The OPC UA server of a machine, to restart it."""
         return self.opcua[factory][machine]
 
@@ -224,6 +227,11 @@ class Simulation:
             self._tasks.append(asyncio.create_task(self._flush_loop()))
 
     async def _start_opcua(self, name: str, sim: FactorySimulation) -> None:
+        if not any(isinstance(m.source, OpcuaSourceConfig) for m in sim.config.machines):
+            return
+        # asyncua takes seconds to load on a Raspberry Pi: only for OPC UA machines.
+        from .opcua import opcua_servers  # noqa: PLC0415
+
         opcua = opcua_servers(sim.config, sim.models, self.clock.now, host=self.options.host)
         if opcua:
             self.opcua[name] = opcua

@@ -28,10 +28,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
-from typing import Final, NamedTuple, cast
+from typing import Final, cast
 
 from .behaviour import MachineModel
 from .config import FactoryConfig, SlmpSourceConfig
+from .endpoints import SlmpEndpoint
 from .modbus import Fault, FaultKind
 from .registers import (
     MODEL_NAME_ADDRESS,
@@ -69,18 +70,6 @@ _HEAD: Final = {0x50: 9, 0x54: 13}
 """Request subheader byte -> bytes up to and including the length field (3E, 4E)."""
 _WORD_LIMIT: Final = 960
 _BIT_LIMIT: Final = 7168
-
-
-class SlmpEndpoint(NamedTuple):
-    """Where a machine's PLC answers, and how the demo gateway reads it."""
-
-    host: str
-    port: int
-    transport: str
-    frame: str
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.transport} {self.frame.upper()}"
 
 
 class _RefusedError(Exception):
