@@ -29,6 +29,7 @@ from test_gateway_publisher import until
 from kyoso.contract import Sample
 from kyoso.gateway.agent import Gateway
 from kyoso.gateway.config import GatewayConfig, load_config
+from kyoso.gateway.http import GatewayCollector
 from kyoso.gateway.sparkplug_config import SparkplugConfig
 from kyoso.simulators.behaviour import MachineModel, machine_seed
 from kyoso.simulators.gateways import gateway_config
@@ -300,6 +301,13 @@ def test_a_rebirth_command_from_the_host_births_again(mosquitto: Mosquitto, tmp_
             assert _by_name(again)["bdSeq"]["value"] == _by_name(first)["bdSeq"]["value"]
             assert r.gateway.sparkplug is not None
             assert r.gateway.sparkplug.stats.rebirth_requests == 1
+            scraped = {f.name: f for f in GatewayCollector(r.gateway).collect()}
+            events = {
+                s.labels["event"]: s.value
+                for s in scraped["kyoso_gateway_sparkplug_events"].samples
+            }
+            assert (events["births"], events["rebirth_requests"]) == (2, 1)
+            assert scraped["kyoso_gateway_sparkplug_host_online"].samples[0].value == 1
             # the device's birth carries its latest values
             latest = _by_name(dbirth)["Kyoso/State"]
             assert latest["value"] in {"running", "idle", "setup", "down", "planned_stop"}

@@ -16,6 +16,7 @@ from .agent import Gateway
 from .breaker import CircuitState
 from .modbus import ModbusSource
 from .source import DeviceSource
+from .sparkplug import SparkplugNode
 
 
 class GatewayCollector(Collector):
@@ -127,11 +128,42 @@ class GatewayCollector(Collector):
                 "Publish to PUBACK of the last batch.",
                 value=pub.last_publish_latency_s,
             )
+        if gw.sparkplug is not None:
+            yield from _sparkplug(gw.sparkplug)
         yield CounterMetricFamily(
             "kyoso_gateway_loop_errors",
             "Unexpected errors caught in the poll and emit loops.",
             value=gw.poll_failures + gw.emit_failures,
         )
+
+
+def _sparkplug(node: SparkplugNode) -> Iterator[Metric]:
+    """The Sparkplug B edge node's counters, when the gateway has one."""
+    stats = node.stats
+    events = CounterMetricFamily(
+        "kyoso_gateway_sparkplug_events",
+        "Sparkplug B: connects, births, rebirth requests, data messages (historical apart).",
+        labels=["event"],
+    )
+    for event, count in [
+        ("connects", stats.connects),
+        ("births", stats.births),
+        ("rebirth_requests", stats.rebirth_requests),
+        ("data_messages", stats.data_messages),
+        ("historical_messages", stats.historical_messages),
+    ]:
+        events.add_metric([event], count)
+    yield events
+    yield GaugeMetricFamily(
+        "kyoso_gateway_sparkplug_host_online",
+        "1 while the primary host's STATE says online (always 1 without a primary host).",
+        value=int(stats.host_online),
+    )
+    yield GaugeMetricFamily(
+        "kyoso_gateway_sparkplug_outbox_depth",
+        "Samples waiting for their DDATA.",
+        value=node.outbox.depth(),
+    )
 
 
 def health_server(gateway: Gateway, config: HttpConfig) -> OpsServer:
