@@ -4,19 +4,35 @@ import subprocess
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from examples import documented_defaults, uncommented_lines
 from pydantic import BaseModel
 
-from kyoso.gateway.config import ConfigError, load_config
+from kyoso.gateway.config import ConfigError, MachineConfig, load_config
 from kyoso.gateway.outbox import OutboxConfig
 from kyoso.gateway.publisher import PublisherConfig
 from kyoso.ops import HttpConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "kyoso" / "gateway" / "gateway.example.yaml"
 ENV = {"KYOSO_BROKER_PASSWORD": "s3cret: with {yaml} chars"}
+
+
+def refusal(source: dict[str, Any]) -> str:
+    """Why a machine reading through ``source`` is refused, its state from field ``s``: the
+    validation error's text (each source kind's tests give the sources)."""
+    machine = {
+        "id": "m1",
+        "name": "M1",
+        "calendar": "c",
+        "source": source,
+        "state": {"from_code": {"field": "s", "map": {1: "running"}}},
+    }
+    with pytest.raises(ValueError, match="validation error") as caught:
+        MachineConfig.model_validate(machine)
+    return str(caught.value)
 
 
 def test_the_example_loads_with_every_section() -> None:
